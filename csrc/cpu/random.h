@@ -1,0 +1,36 @@
+// Philox4x32-10 (Salmon et al., "Parallel random numbers: as easy as 1, 2, 3", SC'11): a keyed bijection
+// of a 128-bit counter. Element i of a draw uses counter (offset + i), so every random number is a pure
+// function of (seed, offset, i): the same on every machine and for every thread count, and dropout
+// masks can be regenerated in the backward pass instead of stored.
+#pragma once
+#include <cstdint>
+
+namespace lorakit::cpu {
+
+struct PhiloxOut {
+  uint32_t v[4];
+};
+
+inline PhiloxOut philox(uint64_t seed, uint64_t counter) {
+  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
+  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
+  for (int round = 0; round < 10; ++round) {
+    uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0, p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
+    uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
+    c1 = static_cast<uint32_t>(p1);
+    c3 = static_cast<uint32_t>(p0);
+    c0 = n0;
+    c2 = n2;
+    k0 += 0x9E3779B9u;
+    k1 += 0xBB67AE85u;
+  }
+  return {{c0, c1, c2, c3}};
+}
+
+// 24 random bits as a float in [0, 1): exact in float32, so never rounds up to 1.
+inline float unit_float(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
+
+// Dropout keeps element i when its uniform draw is at least p.
+inline bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(philox(seed, i).v[0]) >= p; }
+
+}  // namespace lorakit::cpu

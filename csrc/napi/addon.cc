@@ -1,0 +1,393 @@
+// The N-API surface: one function per op in csrc/ops.h. Each reads a plain argument object built by
+// lib/native (already validated there), re-checks every size against the storages it touches, and
+// calls the backend. No kernel runs off the main thread's call, and no N-API call runs off it.
+#include "addon.h"
+
+#include <string>
+#include <vector>
+
+#include "../cpu/gemm.h"
+#include "../cpu/parallel.h"
+#include "../ops.h"
+#include "args.h"
+
+namespace lorakit::napi {
+
+Instance& instance(Napi::Env env) { return *env.GetInstanceData<Instance>(); }
+
+namespace {
+
+// Kernels throw lorakit::Error for conditions only they can see; JavaScript gets an Error with its code.
+template <typename F>
+auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const Error& e) {
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", e.code);
+    throw err;
+  } catch (const std::bad_alloc&) {
+    Napi::Error err = Napi::Error::New(env, "out of host memory");
+    err.Set("code", "ERR_OUT_OF_MEMORY");
+    throw err;
+  } catch (const std::exception& e) {
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", "ERR_NATIVE");
+    throw err;
+  }
+}
+
+size_t sz(int64_t n, size_t elem) { return static_cast<size_t>(n) * elem; }
+
+// A matrix operand: {s, dtype, trans, rows, cols} stored row-major [rows, cols], or NF4 with
+// {nf4: {packed, absmax, blockSize}}. Returns the logical shape through lrows/lcols.
+struct OperandHold {
+  Operand op;
+  NF4View nf4;
+  int64_t lrows = 0, lcols = 0;
+};
+
+void read_nf4(const Napi::Object& q, int64_t numel, NF4View& v, const char* op) {
+  v.block_size = i64(q, "blockSize", op);
+  if (v.block_size < 2 || (v.block_size & (v.block_size - 1))) throw_range(q.Env(), std::string(op) + ": NF4 blockSize must be a power of two");
+  v.packed = static_cast<const uint8_t*>(storage(q, "packed", sz((numel + 1) / 2, 1), op)->data());
+  v.absmax = static_cast<const float*>(storage(q, "absmax", sz((numel + v.block_size - 1) / v.block_size, 4), op)->data());
+}
+
+void read_operand(const Napi::Object& args, const char* key, OperandHold& h, const char* op) {
+  Napi::Env env = args.Env();
+  Napi::Value v = args.Get(key);
+  if (!v.IsObject()) throw_type(env, std::string(op) + ": '" + key + "' must be an operand object");
+  Napi::Object o = v.As<Napi::Object>();
+  int64_t rows = i64(o, "rows", op), cols = i64(o, "cols", op);
+  if (rows < 0 || cols < 0) throw_range(env, std::string(op) + ": '" + key + "' has a negative dimension");
+  h.op.trans = flag(o, "trans", op);
+  h.op.ld = cols;
+  Napi::Value q = o.Get("nf4");
+  if (q.IsObject()) {
+    read_nf4(q.As<Napi::Object>(), rows * cols, h.nf4, op);
+    h.op.nf4 = &h.nf4;
+  } else {
+    h.op.dtype = dtype(o, "dtype", op);
+    if (h.op.dtype != DType::F32 && h.op.dtype != DType::BF16 && h.op.dtype != DType::F16)
+      throw_type(env, std::string(op) + ": '" + key + "' must be float32, bfloat16 or float16, got " + dtype_name(h.op.dtype));
+    h.op.data = storage(o, "s", sz(rows * cols, dtype_size(h.op.dtype)), op)->data();
+  }
+  h.lrows = h.op.trans ? cols : rows;
+  h.lcols = h.op.trans ? rows : cols;
+}
+
+void expect_shape(Napi::Env env, const char* op, const char* key, const OperandHold& h, int64_t rows, int64_t cols) {
+  if (h.lrows != rows || h.lcols != cols)
+    throw_range(env, std::string(op) + ": '" + key + "' is [" + std::to_string(h.lrows) + ", " + std::to_string(h.lcols) +
+                         "] (after transpose), expected [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
+}
+
+template <typename T>
+T* ptr(const Napi::Object& o, const char* key, int64_t n, const char* op, bool optional = false) {
+  Storage* s = storage(o, key, sz(n, sizeof(T)), op, optional);
+  return s ? static_cast<T*>(s->data()) : nullptr;
+}
+
+Napi::Value Fill(const Napi::CallbackInfo& info) {
+  const char* op = "fill";
+  auto o = object_arg(info, 0, op);
+  DType dt = dtype(o, "dtype", op);
+  int64_t n = i64(o, "n", op);
+  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
+  guarded(info.Env(), [&] { cpu::fill(dst, dt, n, num(o, "value", op)); });
+  return info.Env().Undefined();
+}
+
+Napi::Value Arange(const Napi::CallbackInfo& info) {
+  const char* op = "arange";
+  auto o = object_arg(info, 0, op);
+  DType dt = dtype(o, "dtype", op);
+  int64_t n = i64(o, "n", op);
+  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
+  guarded(info.Env(), [&] { cpu::arange(dst, dt, n, num(o, "start", op), num(o, "step", op)); });
+  return info.Env().Undefined();
+}
+
+Napi::Value Cast(const Napi::CallbackInfo& info) {
+  const char* op = "cast";
+  auto o = object_arg(info, 0, op);
+  DType from = dtype(o, "from", op), to = dtype(o, "to", op);
+  int64_t n = i64(o, "n", op);
+  const void* src = storage(o, "src", sz(n, dtype_size(from)), op)->data();
+  void* dst = storage(o, "dst", sz(n, dtype_size(to)), op)->data();
+  guarded(info.Env(), [&] { cpu::cast(src, from, dst, to, n); });
+  return info.Env().Undefined();
+}
+
+Napi::Value Rand(const Napi::CallbackInfo& info, bool normal) {
+  const char* op = normal ? "randn" : "rand";
+  auto o = object_arg(info, 0, op);
+  int64_t n = i64(o, "n", op);
+  float* dst = ptr<float>(o, "dst", n, op);
+  uint64_t seed = static_cast<uint64_t>(i64(o, "seed", op)), offset = static_cast<uint64_t>(i64(o, "offset", op));
+  float p0 = static_cast<float>(num(o, "p0", op)), p1 = static_cast<float>(num(o, "p1", op));
+  guarded(info.Env(), [&] {
+    if (normal)
+      cpu::rand_normal(dst, n, seed, offset, p0, p1);
+    else
+      cpu::rand_uniform(dst, n, seed, offset, p0, p1);
+  });
+  return info.Env().Undefined();
+}
+
+Napi::Value Gemm(const Napi::CallbackInfo& info) {
+  const char* op = "matmul";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  GemmArgs g;
+  g.m = i64(o, "m", op);
+  g.n = i64(o, "n", op);
+  g.k = i64(o, "k", op);
+  OperandHold a, b;
+  read_operand(o, "a", a, op);
+  read_operand(o, "b", b, op);
+  expect_shape(env, op, "a", a, g.m, g.k);
+  expect_shape(env, op, "b", b, g.k, g.n);
+  g.a = a.op;
+  g.b = b.op;
+  g.ldc = g.n;
+  g.c = ptr<float>(o, "c", g.m * g.n, op);
+  g.alpha = static_cast<float>(num(o, "alpha", op));
+  g.beta = static_cast<float>(num(o, "beta", op));
+  g.bias = ptr<float>(o, "bias", g.n, op, true);
+  guarded(env, [&] { cpu::gemm(g); });
+  return env.Undefined();
+}
+
+void read_lora_common(const Napi::Object& o, const char* op, int64_t& m, int64_t& in, int64_t& out, int64_t& r,
+                      float& scale, float& dropout, uint64_t& seed) {
+  m = i64(o, "m", op);
+  in = i64(o, "in", op);
+  out = i64(o, "out", op);
+  r = i64(o, "r", op);
+  if (m < 0 || in < 1 || out < 1 || r < 1) throw_range(o.Env(), std::string(op) + ": sizes must be positive");
+  scale = static_cast<float>(num(o, "scale", op));
+  dropout = static_cast<float>(num(o, "dropout", op));
+  if (!(dropout >= 0.f && dropout < 1.f)) throw_range(o.Env(), std::string(op) + ": dropout must be in [0, 1)");
+  seed = static_cast<uint64_t>(i64(o, "seed", op));
+}
+
+Napi::Value LoraForward(const Napi::CallbackInfo& info) {
+  const char* op = "loraLinear.forward";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  LoraForwardArgs L;
+  read_lora_common(o, op, L.m, L.in, L.out, L.r, L.scale, L.dropout, L.seed);
+  OperandHold x, w;
+  read_operand(o, "x", x, op);
+  read_operand(o, "w", w, op);
+  expect_shape(env, op, "x", x, L.m, L.in);
+  expect_shape(env, op, "w", w, L.out, L.in);
+  if (x.op.trans || w.op.trans) throw_type(env, std::string(op) + ": x and w are taken as stored");
+  L.x = x.op;
+  L.w = w.op;
+  L.bias = ptr<float>(o, "bias", L.out, op, true);
+  L.a = ptr<float>(o, "a", L.r * L.in, op);
+  L.b = ptr<float>(o, "b", L.out * L.r, op);
+  L.y = ptr<float>(o, "y", L.m * L.out, op);
+  L.xa = ptr<float>(o, "xa", L.m * L.r, op);
+  guarded(env, [&] { cpu::lora_forward(L); });
+  return env.Undefined();
+}
+
+Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
+  const char* op = "loraLinear.backward";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  LoraBackwardArgs L;
+  read_lora_common(o, op, L.m, L.in, L.out, L.r, L.scale, L.dropout, L.seed);
+  L.accumulate = flag(o, "accumulate", op);
+  OperandHold dy, x, w;
+  read_operand(o, "dy", dy, op);
+  read_operand(o, "x", x, op);
+  read_operand(o, "w", w, op);
+  expect_shape(env, op, "dy", dy, L.m, L.out);
+  expect_shape(env, op, "x", x, L.m, L.in);
+  expect_shape(env, op, "w", w, L.out, L.in);
+  if (dy.op.trans || x.op.trans || w.op.trans) throw_type(env, std::string(op) + ": dy, x and w are taken as stored");
+  L.dy = dy.op;
+  L.x = x.op;
+  L.w = w.op;
+  L.a = ptr<float>(o, "a", L.r * L.in, op);
+  L.b = ptr<float>(o, "b", L.out * L.r, op);
+  L.xa = ptr<float>(o, "xa", L.m * L.r, op);
+  L.dx = ptr<float>(o, "dx", L.m * L.in, op, true);
+  L.da = ptr<float>(o, "da", L.r * L.in, op, true);
+  L.db = ptr<float>(o, "db", L.out * L.r, op, true);
+  L.dbias = ptr<float>(o, "dbias", L.out, op, true);
+  L.dw = ptr<float>(o, "dw", L.out * L.in, op, true);
+  guarded(env, [&] { cpu::lora_backward(L); });
+  return env.Undefined();
+}
+
+Napi::Value Nf4Quantize(const Napi::CallbackInfo& info) {
+  const char* op = "nf4.quantize";
+  auto o = object_arg(info, 0, op);
+  DType dt = dtype(o, "dtype", op);
+  int64_t n = i64(o, "n", op), bs = i64(o, "blockSize", op);
+  if (bs < 2 || (bs & (bs - 1))) throw_range(info.Env(), std::string(op) + ": blockSize must be a power of two");
+  const void* src = storage(o, "src", sz(n, dtype_size(dt)), op)->data();
+  uint8_t* packed = ptr<uint8_t>(o, "packed", (n + 1) / 2, op);
+  float* absmax = ptr<float>(o, "absmax", (n + bs - 1) / bs, op);
+  guarded(info.Env(), [&] { cpu::nf4_quantize(src, dt, n, bs, packed, absmax); });
+  return info.Env().Undefined();
+}
+
+Napi::Value Nf4Dequantize(const Napi::CallbackInfo& info) {
+  const char* op = "nf4.dequantize";
+  auto o = object_arg(info, 0, op);
+  DType dt = dtype(o, "dtype", op);
+  int64_t n = i64(o, "n", op);
+  NF4View q;
+  read_nf4(o, n, q, op);
+  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
+  guarded(info.Env(), [&] { cpu::nf4_dequantize(q, n, dst, dt); });
+  return info.Env().Undefined();
+}
+
+Napi::Value AbsmaxQuantize(const Napi::CallbackInfo& info) {
+  const char* op = "nf4.quantize(doubleQuant)";
+  auto o = object_arg(info, 0, op);
+  int64_t n = i64(o, "n", op);
+  const float* absmax = ptr<float>(o, "absmax", n, op);
+  uint8_t* codes = ptr<uint8_t>(o, "codes", n, op);
+  float* scales = ptr<float>(o, "scales", (n + 255) / 256, op);
+  float offset = 0.f;
+  guarded(info.Env(), [&] { cpu::absmax_quantize(absmax, n, codes, scales, &offset); });
+  return Napi::Number::New(info.Env(), offset);
+}
+
+Napi::Value AbsmaxDequantize(const Napi::CallbackInfo& info) {
+  const char* op = "nf4.dequantize(doubleQuant)";
+  auto o = object_arg(info, 0, op);
+  NestedAbsmax q;
+  q.n = i64(o, "n", op);
+  q.codes = ptr<uint8_t>(o, "codes", q.n, op);
+  q.scales = ptr<float>(o, "scales", (q.n + 255) / 256, op);
+  q.offset = static_cast<float>(num(o, "offset", op));
+  float* absmax = ptr<float>(o, "absmax", q.n, op);
+  guarded(info.Env(), [&] { cpu::absmax_dequantize(q, absmax); });
+  return info.Env().Undefined();
+}
+
+Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
+  const char* op = "adamw.step";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  Napi::Value tv = o.Get("tensors");
+  if (!tv.IsArray()) throw_type(env, std::string(op) + ": 'tensors' must be an array");
+  auto arr = tv.As<Napi::Array>();
+  std::vector<AdamWTensor> ts(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value e = arr.Get(i);
+    if (!e.IsObject()) throw_type(env, std::string(op) + ": tensors[" + std::to_string(i) + "] must be an object");
+    auto t = e.As<Napi::Object>();
+    AdamWTensor& a = ts[i];
+    a.numel = i64(t, "numel", op);
+    a.param = ptr<float>(t, "param", a.numel, op);
+    a.grad = ptr<float>(t, "grad", a.numel, op);
+    a.exp_avg = ptr<float>(t, "expAvg", a.numel, op);
+    a.exp_avg_sq = ptr<float>(t, "expAvgSq", a.numel, op);
+    a.lr = num(t, "lr", op);
+    a.beta1 = num(t, "beta1", op);
+    a.beta2 = num(t, "beta2", op);
+    a.eps = num(t, "eps", op);
+    a.weight_decay = num(t, "weightDecay", op);
+  }
+  int64_t step = i64(o, "step", op);
+  if (step < 1) throw_range(env, std::string(op) + ": step counts from 1");
+  float grad_scale = static_cast<float>(num(o, "gradScale", op));
+  guarded(env, [&] { cpu::adamw_step(ts.data(), static_cast<int64_t>(ts.size()), step, grad_scale); });
+  return env.Undefined();
+}
+
+Napi::Value GradNorm(const Napi::CallbackInfo& info) {
+  const char* op = "gradNorm";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  Napi::Value gv = o.Get("grads");
+  if (!gv.IsArray()) throw_type(env, std::string(op) + ": 'grads' must be an array");
+  auto arr = gv.As<Napi::Array>();
+  std::vector<const float*> ptrs(arr.Length());
+  std::vector<int64_t> numels(arr.Length());
+  for (uint32_t i = 0; i < arr.Length(); ++i) {
+    Napi::Value e = arr.Get(i);
+    if (!e.IsObject()) throw_type(env, std::string(op) + ": grads[" + std::to_string(i) + "] must be an object");
+    auto t = e.As<Napi::Object>();
+    numels[i] = i64(t, "numel", op);
+    ptrs[i] = ptr<float>(t, "s", numels[i], op);
+  }
+  double norm = guarded(env, [&] { return cpu::grad_norm(ptrs.data(), numels.data(), static_cast<int64_t>(ptrs.size())); });
+  return Napi::Number::New(env, norm);
+}
+
+Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
+  Napi::Env env = info.Env();
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("threads", cpu::num_threads());
+  r.Set("gemmKernel", cpu::gemm_kernel());
+  r.Set("avx2", cpu::cpu_has_avx2());
+  r.Set("avx512", cpu::cpu_has_avx512());
+  r.Set("gpu", false);
+  return r;
+}
+
+Napi::Value SetGemmKernel(const Napi::CallbackInfo& info) {
+  if (info.Length() < 1 || !info[0].IsString()) throw_type(info.Env(), "setGemmKernel: expected a kernel name");
+  return Napi::Boolean::New(info.Env(), cpu::set_gemm_kernel(info[0].As<Napi::String>().Utf8Value()));
+}
+
+Napi::Value Memory(const Napi::CallbackInfo& info) {
+  Napi::Object r = Napi::Object::New(info.Env());
+  r.Set("hostBytes", static_cast<double>(instance(info.Env()).host_bytes));
+  return r;
+}
+
+}  // namespace
+
+void register_ops(Napi::Env env, Napi::Object exports) {
+  auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
+    exports.Set(name, Napi::Function::New(env, f, name));
+  };
+  fn("fill", Fill);
+  fn("arange", Arange);
+  fn("cast", Cast);
+  fn("randUniform", [](const Napi::CallbackInfo& i) { return Rand(i, false); });
+  fn("randNormal", [](const Napi::CallbackInfo& i) { return Rand(i, true); });
+  fn("gemm", Gemm);
+  fn("loraForward", LoraForward);
+  fn("loraBackward", LoraBackward);
+  fn("nf4Quantize", Nf4Quantize);
+  fn("nf4Dequantize", Nf4Dequantize);
+  fn("absmaxQuantize", AbsmaxQuantize);
+  fn("absmaxDequantize", AbsmaxDequantize);
+  fn("adamwStep", AdamWStep);
+  fn("gradNorm", GradNorm);
+  fn("backendInfo", BackendInfo);
+  fn("setGemmKernel", SetGemmKernel);
+  fn("memory", Memory);
+}
+
+}  // namespace lorakit::napi
+
+namespace {
+Napi::Object Init(Napi::Env env, Napi::Object exports) {
+  auto* inst = new lorakit::napi::Instance();
+  env.SetInstanceData(inst);
+  Napi::Function ctor = lorakit::napi::Storage::Define(env);
+  inst->storage_ctor = Napi::Persistent(ctor);
+  exports.Set("Storage", ctor);
+  lorakit::napi::register_ops(env, exports);
+  return exports;
+}
+}  // namespace
+
+NODE_API_MODULE(lorakit, Init)

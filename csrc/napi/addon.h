@@ -1,0 +1,19 @@
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+
+namespace lorakit::napi {
+
+// Per-environment state (main thread and each worker_thread get their own), never globals.
+struct Instance {
+  Napi::FunctionReference storage_ctor;
+  int64_t host_bytes = 0;
+};
+
+Instance& instance(Napi::Env env);
+
+
+void register_ops(Napi::Env env, Napi::Object exports);
+
+}  // namespace lorakit::napi

@@ -1,0 +1,49 @@
+// Reading plain values out of the argument objects that lib/native passes. TypeScript has validated
+// them already; these checks exist so that a call that bypasses lib/ still gets an exception, never a
+// crash or an out-of-bounds access.
+#pragma once
+#include <napi.h>
+
+#include <cstdint>
+#include <string>
+
+#include "../ops.h"
+
+namespace lorakit::napi {
+
+// Native bytes on one device, owned by exactly one JavaScript Storage object.
+class Storage : public Napi::ObjectWrap<Storage> {
+ public:
+  static Napi::Function Define(Napi::Env env);
+  explicit Storage(const Napi::CallbackInfo& info);
+  ~Storage() override;
+
+  void* data() const { return data_; }
+  size_t bytes() const { return bytes_; }
+  bool live() const { return live_; }
+
+ private:
+  Napi::Value Upload(const Napi::CallbackInfo& info);
+  Napi::Value Download(const Napi::CallbackInfo& info);
+  Napi::Value Free(const Napi::CallbackInfo& info);
+  Napi::Value GetBytes(const Napi::CallbackInfo& info);
+  Napi::Value GetDevice(const Napi::CallbackInfo& info);
+  void release(Napi::Env env);
+
+  void* data_ = nullptr;
+  size_t bytes_ = 0;
+  bool live_ = false;
+};
+
+[[noreturn]] void throw_type(Napi::Env env, const std::string& msg);
+[[noreturn]] void throw_range(Napi::Env env, const std::string& msg);
+
+Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const char* op);
+double num(const Napi::Object& o, const char* key, const char* op);
+int64_t i64(const Napi::Object& o, const char* key, const char* op);
+bool flag(const Napi::Object& o, const char* key, const char* op);
+DType dtype(const Napi::Object& o, const char* key, const char* op);
+// The live storage at `key` holding at least `bytes`; null when the key is absent or null and optional.
+Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional = false);
+
+}  // namespace lorakit::napi

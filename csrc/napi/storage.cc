@@ -1,0 +1,157 @@
+#include <cstring>
+
+#include "addon.h"
+#include "args.h"
+
+namespace lorakit::napi {
+
+Napi::Function Storage::Define(Napi::Env env) {
+  return DefineClass(env, "Storage",
+                     {InstanceMethod("upload", &Storage::Upload), InstanceMethod("download", &Storage::Download),
+                      InstanceMethod("free", &Storage::Free), InstanceAccessor("bytes", &Storage::GetBytes, nullptr),
+                      InstanceAccessor("device", &Storage::GetDevice, nullptr)});
+}
+
+// new Storage(bytes, device)
+Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(info) {
+  Napi::Env env = info.Env();
+  if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString())
+    throw_type(env, "Storage: expected (bytes: number, device: string)");
+  double bytes = info[0].As<Napi::Number>().DoubleValue();
+  if (!(bytes >= 0) || bytes > 1e15 || bytes != static_cast<double>(static_cast<int64_t>(bytes)))
+    throw_range(env, "Storage: bytes must be a non-negative integer, got " + std::to_string(bytes));
+  std::string device = info[1].As<Napi::String>().Utf8Value();
+  if (device != "cpu") throw_type(env, "Storage: device '" + device + "' is not available in this build (expected 'cpu')");
+  try {
+    data_ = cpu::alloc(static_cast<size_t>(bytes));
+  } catch (const Error& e) {
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", e.code);
+    throw err;
+  }
+  bytes_ = static_cast<size_t>(bytes);
+  live_ = true;
+  instance(env).host_bytes += static_cast<int64_t>(bytes_);
+  Napi::MemoryManagement::AdjustExternalMemory(env, static_cast<int64_t>(bytes_));
+}
+
+Storage::~Storage() {
+  // Garbage collection is only a safety net; dispose() normally released the bytes already. The
+  // external-memory counter cannot be adjusted from a finalizer, which is one more reason to dispose.
+  if (live_) cpu::release(data_);
+}
+
+void Storage::release(Napi::Env env) {
+  if (!live_) return;
+  cpu::release(data_);
+  data_ = nullptr;
+  live_ = false;
+  instance(env).host_bytes -= static_cast<int64_t>(bytes_);
+  Napi::MemoryManagement::AdjustExternalMemory(env, -static_cast<int64_t>(bytes_));
+}
+
+namespace {
+// The bytes a TypedArray argument views, checked against the storage size.
+std::pair<uint8_t*, size_t> view(const Napi::CallbackInfo& info, const char* what, size_t storage_bytes, bool live) {
+  Napi::Env env = info.Env();
+  if (!live) throw_type(env, std::string("Storage.") + what + ": the storage has been freed");
+  if (info.Length() < 1 || !info[0].IsTypedArray()) throw_type(env, std::string("Storage.") + what + ": expected a TypedArray");
+  auto arr = info[0].As<Napi::TypedArray>();
+  size_t n = arr.ByteLength();
+  if (n != storage_bytes)
+    throw_range(env, std::string("Storage.") + what + ": the array has " + std::to_string(n) + " bytes, the storage " +
+                         std::to_string(storage_bytes));
+  return {static_cast<uint8_t*>(arr.ArrayBuffer().Data()) + arr.ByteOffset(), n};
+}
+}  // namespace
+
+Napi::Value Storage::Upload(const Napi::CallbackInfo& info) {
+  auto [p, n] = view(info, "upload", bytes_, live_);
+  if (n) std::memcpy(data_, p, n);
+  return info.Env().Undefined();
+}
+
+Napi::Value Storage::Download(const Napi::CallbackInfo& info) {
+  auto [p, n] = view(info, "download", bytes_, live_);
+  if (n) std::memcpy(p, data_, n);
+  return info.Env().Undefined();
+}
+
+Napi::Value Storage::Free(const Napi::CallbackInfo& info) {
+  release(info.Env());
+  return info.Env().Undefined();
+}
+
+Napi::Value Storage::GetBytes(const Napi::CallbackInfo& info) {
+  return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
+}
+
+Napi::Value Storage::GetDevice(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), "cpu"); }
+
+// ---- argument readers -------------------------------------------------------------------------------
+
+void throw_type(Napi::Env env, const std::string& msg) {
+  Napi::Error e = Napi::TypeError::New(env, msg);
+  e.Set("code", "ERR_INVALID_ARG");
+  throw e;
+}
+
+void throw_range(Napi::Env env, const std::string& msg) {
+  Napi::Error e = Napi::RangeError::New(env, msg);
+  e.Set("code", "ERR_OUT_OF_RANGE");
+  throw e;
+}
+
+Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
+  if (info.Length() <= i || !info[i].IsObject()) throw_type(info.Env(), std::string(op) + ": expected an argument object");
+  return info[i].As<Napi::Object>();
+}
+
+double num(const Napi::Object& o, const char* key, const char* op) {
+  Napi::Value v = o.Get(key);
+  if (!v.IsNumber()) throw_type(o.Env(), std::string(op) + ": '" + key + "' must be a number");
+  return v.As<Napi::Number>().DoubleValue();
+}
+
+int64_t i64(const Napi::Object& o, const char* key, const char* op) {
+  Napi::Value v = o.Get(key);
+  if (v.IsBigInt()) {
+    bool lossless = true;
+    int64_t r = v.As<Napi::BigInt>().Int64Value(&lossless);
+    if (!lossless) throw_range(o.Env(), std::string(op) + ": '" + key + "' does not fit in 64 bits");
+    return r;
+  }
+  double d = num(o, key, op);
+  if (d != static_cast<double>(static_cast<int64_t>(d)) || d < -9.0e15 || d > 9.0e15)
+    throw_range(o.Env(), std::string(op) + ": '" + key + "' must be an integer, got " + std::to_string(d));
+  return static_cast<int64_t>(d);
+}
+
+bool flag(const Napi::Object& o, const char* key, const char* op) {
+  Napi::Value v = o.Get(key);
+  if (v.IsUndefined()) return false;
+  if (!v.IsBoolean()) throw_type(o.Env(), std::string(op) + ": '" + key + "' must be a boolean");
+  return v.As<Napi::Boolean>().Value();
+}
+
+DType dtype(const Napi::Object& o, const char* key, const char* op) {
+  int64_t d = i64(o, key, op);
+  if (d < 0 || d > static_cast<int64_t>(DType::U8)) throw_range(o.Env(), std::string(op) + ": unknown dtype code " + std::to_string(d));
+  return static_cast<DType>(d);
+}
+
+Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional) {
+  Napi::Env env = o.Env();
+  Napi::Value v = o.Get(key);
+  if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(instance(env).storage_ctor.Value()))
+    throw_type(env, std::string(op) + ": '" + key + "' must be a Storage");
+  Storage* s = Storage::Unwrap(v.As<Napi::Object>());
+  if (!s->live()) throw_type(env, std::string(op) + ": '" + key + "' has been disposed");
+  if (s->bytes() < bytes)
+    throw_range(env, std::string(op) + ": '" + key + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " +
+                         std::to_string(bytes));
+  return s;
+}
+
+}  // namespace lorakit::napi

@@ -1,0 +1,130 @@
+// The op list: every backend (csrc/cpu, later csrc/gpu) implements exactly these functions.
+// Arguments are plain pointers and sizes; shape and dtype checking happens in TypeScript and again in
+// csrc/napi before a call reaches here, so kernels may assume consistent arguments.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <stdexcept>
+#include <string>
+
+namespace lorakit {
+
+// Codes shared with lib/tensor/dtype.ts (DTYPE_CODE). Append only.
+enum class DType : int32_t { F32 = 0, BF16 = 1, F16 = 2, I32 = 3, I64 = 4, U8 = 5 };
+size_t dtype_size(DType d);
+const char* dtype_name(DType d);
+
+// Thrown by kernels for conditions only they can see (for example an allocation failure).
+struct Error : std::runtime_error {
+  std::string code;
+  Error(std::string c, const std::string& msg) : std::runtime_error(msg), code(std::move(c)) {}
+};
+
+// NF4 weight as bitsandbytes stores it: two 4-bit codes per byte, element 2j in the high nibble,
+// one fp32 absmax per block of `block_size` consecutive elements of the row-major tensor.
+struct NF4View {
+  const uint8_t* packed;
+  const float* absmax;
+  int64_t block_size;
+};
+
+// A read-only matrix operand. The stored matrix is row-major with `ld` elements between rows;
+// `trans` means the logical operand is the transpose of what is stored. With `nf4` set the
+// operand is NF4-packed (then `data` and `dtype` are ignored and ld must equal the stored width).
+struct Operand {
+  const void* data = nullptr;
+  DType dtype = DType::F32;
+  bool trans = false;
+  int64_t ld = 0;
+  const NF4View* nf4 = nullptr;
+};
+
+// C[m,n] = alpha * op(A)[m,k] * op(B)[k,n] + beta * C + bias[n]   (C float32, row-major, ldc)
+// beta == 0 never reads C, so C may hold garbage (or NaN) on entry.
+struct GemmArgs {
+  int64_t m = 0, n = 0, k = 0;
+  Operand a, b;
+  float* c = nullptr;
+  int64_t ldc = 0;
+  float alpha = 1.f, beta = 0.f;
+  const float* bias = nullptr;
+};
+
+// y = x W^T + b + s * (dropout(x) A^T) B^T ; x [m, in], W [out, in], A [r, in], B [out, r].
+// xa (out) receives dropout(x) A^T [m, r], the rank-r intermediate the backward pass needs.
+struct LoraForwardArgs {
+  int64_t m = 0, in = 0, out = 0, r = 0;
+  Operand x;          // [m, in], not transposed
+  Operand w;          // [out, in] as stored (the op uses it transposed)
+  const float* bias = nullptr;
+  const float* a = nullptr;  // [r, in]
+  const float* b = nullptr;  // [out, r]
+  float scale = 1.f;
+  float dropout = 0.f;
+  uint64_t seed = 0;
+  float* y = nullptr;   // [m, out]
+  float* xa = nullptr;  // [m, r]
+};
+
+// Gradients of the layer above from dy [m, out]. Any output pointer may be null (not wanted).
+// `accumulate` adds into the gradient buffers instead of overwriting them (gradient accumulation).
+struct LoraBackwardArgs {
+  int64_t m = 0, in = 0, out = 0, r = 0;
+  Operand dy, x, w;
+  const float* a = nullptr;
+  const float* b = nullptr;
+  const float* xa = nullptr;
+  float scale = 1.f;
+  float dropout = 0.f;
+  uint64_t seed = 0;
+  bool accumulate = false;
+  float* dx = nullptr;  // [m, in]  (always overwritten: it is an activation gradient)
+  float* da = nullptr;  // [r, in]
+  float* db = nullptr;  // [out, r]
+  float* dbias = nullptr;  // [out]
+  float* dw = nullptr;  // [out, in] (full fine-tuning only)
+};
+
+// One parameter tensor of a fused AdamW step.
+struct AdamWTensor {
+  float* param;
+  const float* grad;
+  float* exp_avg;
+  float* exp_avg_sq;
+  int64_t numel;
+  double lr, beta1, beta2, eps, weight_decay;  // doubles, as Python passes them to torch
+};
+
+// Double quantization of NF4 absmax (bitsandbytes compress_statistics): codes of (absmax - offset) in
+// blocks of 256 under the signed dynamic 8-bit map, one fp32 scale per block.
+struct NestedAbsmax {
+  const uint8_t* codes;
+  const float* scales;
+  float offset;
+  int64_t n;  // number of absmax values
+};
+
+#define LORAKIT_DECLARE_OPS(NS)                                                                          \
+  namespace NS {                                                                                         \
+  void* alloc(size_t bytes);                                                                             \
+  void release(void* ptr);                                                                               \
+  void fill(void* dst, DType dt, int64_t n, double value);                                               \
+  void arange(void* dst, DType dt, int64_t n, double start, double step);                                \
+  void cast(const void* src, DType from, void* dst, DType to, int64_t n);                                \
+  void rand_uniform(float* dst, int64_t n, uint64_t seed, uint64_t offset, float lo, float hi);          \
+  void rand_normal(float* dst, int64_t n, uint64_t seed, uint64_t offset, float mean, float std);        \
+  void gemm(const GemmArgs& args);                                                                       \
+  void lora_forward(const LoraForwardArgs& args);                                                        \
+  void lora_backward(const LoraBackwardArgs& args);                                                      \
+  void nf4_quantize(const void* src, DType dt, int64_t n, int64_t block_size, uint8_t* packed,           \
+                    float* absmax);                                                                      \
+  void nf4_dequantize(const NF4View& q, int64_t n, void* dst, DType dt);                                 \
+  void absmax_quantize(const float* absmax, int64_t n, uint8_t* codes, float* scales, float* offset);    \
+  void absmax_dequantize(const NestedAbsmax& q, float* absmax);                                          \
+  void adamw_step(const AdamWTensor* tensors, int64_t count, int64_t step, float grad_scale);            \
+  double grad_norm(const float* const* grads, const int64_t* numels, int64_t count);                     \
+  }
+
+LORAKIT_DECLARE_OPS(cpu)
+
+}  // namespace lorakit

@@ -1,0 +1,78 @@
+/** Every error lorakit raises carries a stable `code` beside its message. */
+export type ErrorCode =
+  | 'ERR_INVALID_ARG'
+  | 'ERR_OUT_OF_RANGE'
+  | 'ERR_SHAPE'
+  | 'ERR_DTYPE'
+  | 'ERR_DEVICE'
+  | 'ERR_DISPOSED'
+  | 'ERR_NOT_CONTIGUOUS'
+  | 'ERR_OUT_OF_MEMORY'
+  | 'ERR_NATIVE'
+  | 'ERR_NO_BINARY';
+
+export class LorakitError extends Error {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'LorakitError';
+    this.code = code;
+  }
+}
+
+/** A wrong argument type or dtype. */
+export class LorakitTypeError extends TypeError {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'LorakitTypeError';
+    this.code = code;
+  }
+}
+
+/** A value or shape outside what the operation accepts. */
+export class LorakitRangeError extends RangeError {
+  readonly code: ErrorCode;
+  constructor(code: ErrorCode, message: string) {
+    super(message);
+    this.name = 'LorakitRangeError';
+    this.code = code;
+  }
+}
+
+/** Use of a tensor (or other native object) after dispose(). */
+export class DisposedError extends LorakitError {
+  constructor(what: string) {
+    super('ERR_DISPOSED', `${what} has been disposed`);
+    this.name = 'DisposedError';
+  }
+}
+
+/** The native addon could not be loaded. */
+export class NoBinaryError extends LorakitError {
+  constructor(message: string) {
+    super('ERR_NO_BINARY', message);
+    this.name = 'NoBinaryError';
+  }
+}
+
+function hasCode(e: unknown): e is Error & { code: string } {
+  return e instanceof Error && typeof (e as { code?: unknown }).code === 'string';
+}
+
+/**
+ * Native errors arrive as plain Error/TypeError/RangeError with a `code`; rethrow them as lorakit's
+ * classes, keeping the message and the JavaScript stack of the call site.
+ */
+export function fromNative(e: unknown, stack?: string): unknown {
+  if (!hasCode(e)) return e;
+  const code = e.code as ErrorCode;
+  const wrapped =
+    e instanceof RangeError
+      ? new LorakitRangeError(code, e.message)
+      : e instanceof TypeError
+        ? new LorakitTypeError(code, e.message)
+        : new LorakitError(code, e.message);
+  if (stack) wrapped.stack = `${wrapped.name}: ${e.message}\n${stack.split('\n').slice(1).join('\n')}`;
+  return wrapped;
+}

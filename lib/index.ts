@@ -1,0 +1,18 @@
+/**
+ * lorakit: LoRA, QLoRA and full fine-tuning on a native core.
+ *
+ *   import { tensor, ops, nf4, lora, optim, backend } from 'lorakit';
+ */
+export * from './tensor';
+export * as ops from './ops';
+export * as nf4 from './nf4';
+export { NF4Tensor } from './nf4';
+export { backend, type BackendInfo } from './backend';
+export {
+  LorakitError,
+  LorakitTypeError,
+  LorakitRangeError,
+  DisposedError,
+  NoBinaryError,
+  type ErrorCode,
+} from './errors';

@@ -1,0 +1,183 @@
+/**
+ * NF4 (4-bit NormalFloat) quantization, bit-compatible with bitsandbytes' quantize_4bit / dequantize_4bit
+ * (quant_type "nf4"), with optional double quantization of the per-block absmax (compress_statistics).
+ */
+import { native, type AddonNF4 } from '../native/binding';
+import { LorakitRangeError, LorakitTypeError } from '../errors';
+import { DTYPE_CODE, type DType } from '../tensor/dtype';
+import { Tensor, describe, numelOf } from '../tensor/tensor';
+import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
+
+/** The 16 NF4 values, index = 4-bit code (bitsandbytes' table). */
+export const NF4_CODE: readonly number[] = [
+  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
+  -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
+  0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
+];
+
+/** Block size of the double-quantized absmax (fixed by bitsandbytes). */
+export const ABSMAX_BLOCK = 256;
+
+export interface QuantizeOptions {
+  /** Elements per absmax block: a power of two from 32 to 4096 (default 64). */
+  blockSize?: number;
+  /** Quantize the absmax values too (8-bit, blocks of 256): about 0.37 fewer bits per parameter. */
+  doubleQuant?: boolean;
+}
+
+/** A quantized tensor. It owns its tensors: dispose() frees them all. */
+export class NF4Tensor {
+  /** Two codes per byte, element 2j in the high nibble. */
+  readonly packed: Tensor;
+  /** One float32 scale per block (absent with double quantization). */
+  readonly absmax?: Tensor;
+  /** Double quantization: 8-bit codes of (absmax - absmaxOffset) ... */
+  readonly absmaxCodes?: Tensor;
+  /** ... scaled per 256 blocks by these float32 values ... */
+  readonly absmaxScales?: Tensor;
+  /** ... and the mean absmax that was subtracted. */
+  readonly absmaxOffset?: number;
+  readonly blockSize: number;
+  /** Shape and dtype of the tensor that was quantized. */
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+
+  /** @internal */
+  constructor(parts: {
+    packed: Tensor;
+    absmax?: Tensor;
+    absmaxCodes?: Tensor;
+    absmaxScales?: Tensor;
+    absmaxOffset?: number;
+    blockSize: number;
+    shape: readonly number[];
+    dtype: DType;
+  }) {
+    this.packed = parts.packed;
+    this.absmax = parts.absmax;
+    this.absmaxCodes = parts.absmaxCodes;
+    this.absmaxScales = parts.absmaxScales;
+    this.absmaxOffset = parts.absmaxOffset;
+    this.blockSize = parts.blockSize;
+    this.shape = Object.freeze([...parts.shape]);
+    this.dtype = parts.dtype;
+  }
+
+  get numel(): number {
+    return numelOf(this.shape);
+  }
+  get doubleQuant(): boolean {
+    return this.absmaxCodes !== undefined;
+  }
+  get disposed(): boolean {
+    return this.packed.disposed;
+  }
+  dispose(): void {
+    for (const t of [this.packed, this.absmax, this.absmaxCodes, this.absmaxScales]) t?.dispose();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+function checkBlockSize(op: string, bs: unknown): number {
+  const n = checkNumber(op, 'blockSize', bs, { integer: true, min: 32, max: 4096 });
+  if ((n & (n - 1)) !== 0) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: 'blockSize' must be a power of two from 32 to 4096, got ${n}`);
+  return n;
+}
+
+/** Quantizes a float tensor to NF4, block by block over its row-major elements. */
+export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
+  const op = 'nf4.quantize';
+  const x = checkTensor(op, 't', t, { dtypes: FLOATS });
+  const o = checkOptions<QuantizeOptions>(op, options);
+  const blockSize = checkBlockSize(op, o.blockSize ?? 64);
+  if (o.doubleQuant !== undefined && typeof o.doubleQuant !== 'boolean')
+    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'doubleQuant' must be a boolean, got ${describe(o.doubleQuant)}`);
+  const n = x.numel;
+  const blocks = Math.ceil(n / blockSize);
+  const packed = Tensor.empty([Math.ceil(n / 2)], 'uint8', 'cpu', op);
+  const absmax = Tensor.empty([blocks], 'float32', 'cpu', op);
+  native().nf4Quantize({
+    src: x.storage(),
+    dtype: DTYPE_CODE[x.dtype],
+    n,
+    blockSize,
+    packed: packed.storage(),
+    absmax: absmax.storage(),
+  });
+  if (!o.doubleQuant) return new NF4Tensor({ packed, absmax, blockSize, shape: x.shape, dtype: x.dtype });
+  const absmaxCodes = Tensor.empty([blocks], 'uint8', 'cpu', op);
+  const absmaxScales = Tensor.empty([Math.ceil(blocks / ABSMAX_BLOCK)], 'float32', 'cpu', op);
+  try {
+    const absmaxOffset = native().absmaxQuantize({
+      absmax: absmax.storage(),
+      n: blocks,
+      codes: absmaxCodes.storage(),
+      scales: absmaxScales.storage(),
+    });
+    return new NF4Tensor({ packed, absmaxCodes, absmaxScales, absmaxOffset, blockSize, shape: x.shape, dtype: x.dtype });
+  } finally {
+    absmax.dispose();
+  }
+}
+
+function checkQuantized(op: string, q: unknown): NF4Tensor {
+  if (!(q instanceof NF4Tensor)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: expected an NF4Tensor from nf4.quantize, got ${describe(q)}`);
+  const blocks = Math.ceil(q.numel / q.blockSize);
+  checkTensor(op, 'packed', q.packed, { dtypes: ['uint8'], shape: [Math.ceil(q.numel / 2)] });
+  if (q.absmax) checkTensor(op, 'absmax', q.absmax, { dtypes: ['float32'], shape: [blocks] });
+  else {
+    checkTensor(op, 'absmaxCodes', q.absmaxCodes, { dtypes: ['uint8'], shape: [blocks] });
+    checkTensor(op, 'absmaxScales', q.absmaxScales, { dtypes: ['float32'], shape: [Math.ceil(blocks / ABSMAX_BLOCK)] });
+  }
+  return q;
+}
+
+/** The float32 absmax of a quantized tensor (decoded when double-quantized; the caller disposes it). */
+export function absmaxOf(q: NF4Tensor): Tensor {
+  const op = 'nf4.absmax';
+  checkQuantized(op, q);
+  if (q.absmax) return q.absmax.clone();
+  const blocks = Math.ceil(q.numel / q.blockSize);
+  const out = Tensor.empty([blocks], 'float32', 'cpu', op);
+  native().absmaxDequantize({
+    codes: q.absmaxCodes!.storage(),
+    scales: q.absmaxScales!.storage(),
+    offset: q.absmaxOffset!,
+    n: blocks,
+    absmax: out.storage(),
+  });
+  return out;
+}
+
+/**
+ * @internal The native view of a quantized weight and a cleanup for the decoded absmax.
+ */
+export function nativeNF4(op: string, q: NF4Tensor): { nf4: AddonNF4; release: () => void } {
+  checkQuantized(op, q);
+  const absmax = q.absmax ?? absmaxOf(q);
+  return {
+    nf4: { packed: q.packed.storage(), absmax: absmax.storage(), blockSize: q.blockSize },
+    release: () => {
+      if (absmax !== q.absmax) absmax.dispose();
+    },
+  };
+}
+
+/** Reconstructs the tensor (in its original dtype unless `dtype` is given). */
+export function dequantize(q: NF4Tensor, options?: { dtype?: DType }): Tensor {
+  const op = 'nf4.dequantize';
+  const o = checkOptions<{ dtype: DType }>(op, options);
+  const dtype = o.dtype ?? q?.dtype;
+  if (!FLOATS.includes(dtype as DType))
+    throw new LorakitTypeError('ERR_DTYPE', `${op}: dtype must be float32, bfloat16 or float16, got ${describe(dtype)}`);
+  const { nf4, release } = nativeNF4(op, q);
+  try {
+    const out = Tensor.empty(q.shape, dtype, 'cpu', op);
+    native().nf4Dequantize({ ...nf4, n: q.numel, dst: out.storage(), dtype: DTYPE_CODE[dtype] });
+    return out;
+  } finally {
+    release();
+  }
+}

@@ -1,0 +1,1 @@
+export { matmul, type MatmulOptions } from './matmul';

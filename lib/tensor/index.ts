@@ -1,0 +1,3 @@
+export { Tensor, tensor, zeros, ones, full, arange, memory, type Device, type TensorOptions, type NestedArray } from './tensor';
+export { rand, randn, manualSeed, type RandomOptions } from './random';
+export { type DType, DTYPES, type TypedArrayOf } from './dtype';

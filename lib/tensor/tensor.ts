@@ -1,0 +1,370 @@
+import { native, type AddonStorage } from '../native/binding';
+import { DisposedError, LorakitRangeError, LorakitTypeError, fromNative } from '../errors';
+import {
+  DTYPE_BYTES,
+  DTYPE_CODE,
+  type DType,
+  type TypedArrayOf,
+  bf16ToNumber,
+  dtypeOfArray,
+  f16ToNumber,
+  isDType,
+  typedArrayFor,
+} from './dtype';
+
+/** Where a tensor's bytes live. Only 'cpu' exists in this build; GPU devices are named 'cuda' / 'cuda:N'. */
+export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
+
+export interface TensorOptions {
+  dtype?: DType;
+  device?: Device;
+}
+
+/** Nested arrays of numbers (or bigints for int64), as `toArray()` returns them. */
+export type NestedArray = number | bigint | NestedArray[];
+
+/**
+ * Native bytes shared by a tensor and its reshaped views; freed when the last view is disposed (or,
+ * as a safety net only, garbage collected).
+ */
+class SharedStorage {
+  refs = 1;
+  constructor(readonly native: AddonStorage) {}
+  release(): void {
+    if (--this.refs === 0) this.native.free();
+  }
+}
+
+// Safety net: a tensor that was never disposed gives its reference back when collected.
+const registry = new FinalizationRegistry<SharedStorage>((s) => s.release());
+let liveTensors = 0;
+
+function checkDevice(op: string, device: unknown): Device {
+  if (device === undefined || device === 'cpu') return 'cpu';
+  if (typeof device === 'string' && /^cuda(:\d+)?$/.test(device))
+    throw new LorakitTypeError(
+      'ERR_DEVICE',
+      `${op}: device '${device}' is not available: this build of lorakit has only the 'cpu' backend (see backend())`,
+    );
+  throw new LorakitTypeError('ERR_DEVICE', `${op}: device must be 'cpu' or 'cuda[:N]', got ${describe(device)}`);
+}
+
+export function describe(x: unknown): string {
+  if (x === null) return 'null';
+  if (Array.isArray(x)) return `an array of length ${x.length}`;
+  if (ArrayBuffer.isView(x)) return `a ${x.constructor.name}`;
+  if (typeof x === 'object') return `an object (${(x as object).constructor?.name ?? 'Object'})`;
+  if (typeof x === 'string') return `'${x}'`;
+  return `${typeof x} ${String(x)}`;
+}
+
+export function checkShape(op: string, shape: unknown): number[] {
+  if (!Array.isArray(shape))
+    throw new LorakitTypeError('ERR_SHAPE', `${op}: shape must be an array of non-negative integers, got ${describe(shape)}`);
+  for (const d of shape)
+    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
+      throw new LorakitRangeError(
+        'ERR_SHAPE',
+        `${op}: shape must be an array of non-negative integers, got [${shape.map(String).join(', ')}]`,
+      );
+  return [...(shape as number[])];
+}
+
+export function numelOf(shape: readonly number[]): number {
+  return shape.reduce((a, b) => a * b, 1);
+}
+
+function allocate(op: string, bytes: number, device: Device): AddonStorage {
+  const { Storage } = native();
+  try {
+    return new Storage(bytes, device);
+  } catch (e) {
+    throw fromNative(e, new Error().stack);
+  }
+}
+
+/** An n-dimensional, contiguous, row-major array in native memory. */
+export class Tensor {
+  readonly shape: readonly number[];
+  readonly dtype: DType;
+  readonly device: Device;
+  #store: SharedStorage | null;
+
+  /** @internal Use tensor(), zeros(), ... to make tensors. */
+  constructor(store: SharedStorage, shape: readonly number[], dtype: DType, device: Device) {
+    this.#store = store;
+    this.shape = Object.freeze([...shape]);
+    this.dtype = dtype;
+    this.device = device;
+    registry.register(this, store, this);
+    liveTensors++;
+  }
+
+  /** @internal Allocates an uninitialised tensor. */
+  static empty(shape: readonly number[], dtype: DType, device: Device = 'cpu', op = 'empty'): Tensor {
+    const s = checkShape(op, shape);
+    return new Tensor(new SharedStorage(allocate(op, numelOf(s) * DTYPE_BYTES[dtype], device)), s, dtype, device);
+  }
+
+  get numel(): number {
+    return numelOf(this.shape);
+  }
+  get ndim(): number {
+    return this.shape.length;
+  }
+  get nbytes(): number {
+    return this.numel * DTYPE_BYTES[this.dtype];
+  }
+  get disposed(): boolean {
+    return this.#store === null;
+  }
+  /** Tensors are always contiguous row-major; ops check this for views made by future slicing ops. */
+  get contiguous(): boolean {
+    return true;
+  }
+
+  /**
+   * @internal The native storage, for ops. Throws if disposed.
+   * `op` and `arg` name the caller in the error.
+   */
+  storage(op = 'Tensor', arg = 'tensor'): AddonStorage {
+    if (!this.#store) throw new DisposedError(`${op}: '${arg}' (a ${this.dtype} tensor of shape [${this.shape.join(', ')}])`);
+    return this.#store.native;
+  }
+
+  /** Frees the native memory (once the last reshaped view of it is disposed). Idempotent. */
+  dispose(): void {
+    if (!this.#store) return;
+    registry.unregister(this);
+    this.#store.release();
+    this.#store = null;
+    liveTensors--;
+  }
+
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+
+  /** A copy of the elements in a TypedArray of the dtype (bf16/f16 as raw bits in a Uint16Array). */
+  data(): TypedArrayOf[typeof this.dtype] {
+    const out = typedArrayFor(this.dtype, this.numel);
+    this.storage('data').download(out);
+    return out;
+  }
+
+  /** The elements converted to float32 (int64 beyond 2^24 loses precision, as a cast would). */
+  toFloat32Array(): Float32Array {
+    if (this.dtype === 'float32') return this.data() as Float32Array;
+    using f = this.to('float32');
+    return f.data() as Float32Array;
+  }
+
+  /** Nested arrays of numbers following the shape (int64 as bigint, so no value is rounded). */
+  toArray(): NestedArray {
+    const flat = this.data();
+    const value = (i: number): number | bigint => {
+      const v = flat[i]!;
+      if (this.dtype === 'bfloat16') return bf16ToNumber(v as number);
+      if (this.dtype === 'float16') return f16ToNumber(v as number);
+      return v;
+    };
+    if (this.shape.length === 0) return value(0);
+    let next = 0;
+    const build = (dim: number): NestedArray[] => {
+      const n = this.shape[dim]!;
+      const out: NestedArray[] = new Array(n);
+      for (let i = 0; i < n; i++) out[i] = dim === this.shape.length - 1 ? value(next++) : build(dim + 1);
+      return out;
+    };
+    return build(0);
+  }
+
+  /** A new tensor of another dtype; floats round to nearest even, floats to ints truncate (saturating). */
+  to(dtype: DType): Tensor {
+    if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `Tensor.to: unknown dtype ${describe(dtype)}`);
+    const src = this.storage('Tensor.to', 'this');
+    const out = Tensor.empty(this.shape, dtype, this.device, 'Tensor.to');
+    native().cast({ src, from: DTYPE_CODE[this.dtype], dst: out.storage(), to: DTYPE_CODE[dtype], n: this.numel });
+    return out;
+  }
+
+  /** A copy with its own storage. */
+  clone(): Tensor {
+    return this.to(this.dtype);
+  }
+
+  /**
+   * A view with another shape over the same storage (one dimension may be -1). Disposing the view
+   * releases only its own reference.
+   */
+  reshape(shape: readonly number[]): Tensor {
+    const store = this.#store;
+    if (!store) throw new DisposedError(`Tensor.reshape: the tensor of shape [${this.shape.join(', ')}]`);
+    if (!Array.isArray(shape)) throw new LorakitTypeError('ERR_SHAPE', `Tensor.reshape: shape must be an array, got ${describe(shape)}`);
+    const infer = shape.indexOf(-1);
+    const known = shape.filter((_, i) => i !== infer);
+    const dims = checkShape('Tensor.reshape', known);
+    const rest = numelOf(dims);
+    const full = [...shape];
+    if (infer >= 0) {
+      if (shape.lastIndexOf(-1) !== infer || rest === 0 || this.numel % rest !== 0)
+        throw new LorakitRangeError('ERR_SHAPE', `Tensor.reshape: cannot infer -1 in [${shape.join(', ')}] for ${this.numel} elements`);
+      full[infer] = this.numel / rest;
+    }
+    if (numelOf(full) !== this.numel)
+      throw new LorakitRangeError(
+        'ERR_SHAPE',
+        `Tensor.reshape: [${this.shape.join(', ')}] has ${this.numel} elements, [${shape.join(', ')}] needs ${numelOf(full)}`,
+      );
+    store.refs++;
+    return new Tensor(store, full, this.dtype, this.device);
+  }
+
+  toString(): string {
+    return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.disposed ? ', disposed' : ''})`;
+  }
+}
+
+type NumberData = number | bigint | NumberData[];
+
+function inferShape(data: NumberData): number[] {
+  const shape: number[] = [];
+  let cur: NumberData = data;
+  while (Array.isArray(cur)) {
+    shape.push(cur.length);
+    if (cur.length === 0) break;
+    cur = cur[0]!;
+  }
+  return shape;
+}
+
+function flatten(op: string, data: NumberData, shape: readonly number[], out: (number | bigint)[], dim = 0): void {
+  if (dim === shape.length) {
+    if (Array.isArray(data)) throw new LorakitRangeError('ERR_SHAPE', `${op}: nested array is ragged or deeper than shape [${shape.join(', ')}]`);
+    if (typeof data !== 'number' && typeof data !== 'bigint')
+      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: elements must be numbers, got ${describe(data)}`);
+    out.push(data);
+    return;
+  }
+  if (!Array.isArray(data) || data.length !== shape[dim])
+    throw new LorakitRangeError(
+      'ERR_SHAPE',
+      `${op}: nested array is ragged: expected ${shape[dim]} entries at depth ${dim}, got ${Array.isArray(data) ? data.length : describe(data)}`,
+    );
+  for (const d of data) flatten(op, d, shape, out, dim + 1);
+}
+
+/** Writes numbers into a fresh tensor of `dtype` (floats through float32, rounding to nearest even). */
+function fromNumbers(op: string, values: (number | bigint)[], shape: number[], dtype: DType, device: Device): Tensor {
+  if (dtype === 'int64') {
+    const arr = new BigInt64Array(values.length);
+    values.forEach((v, i) => {
+      if (typeof v === 'number' && !Number.isInteger(v))
+        throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: int64 element ${i} is not an integer: ${v}`);
+      arr[i] = BigInt(v);
+    });
+    return upload(op, arr, shape, 'int64', device);
+  }
+  const nums = values.map(Number);
+  if (dtype === 'int32' || dtype === 'uint8') {
+    const arr = dtype === 'int32' ? Int32Array.from(nums) : Uint8Array.from(nums);
+    nums.forEach((v, i) => {
+      if (arr[i] !== v) throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: element ${i} (${v}) is not representable as ${dtype}`);
+    });
+    return upload(op, arr, shape, dtype, device);
+  }
+  const f = upload(op, Float32Array.from(nums), shape, 'float32', device);
+  if (dtype === 'float32') return f;
+  try {
+    return f.to(dtype);
+  } finally {
+    f.dispose();
+  }
+}
+
+function upload(op: string, arr: ArrayBufferView, shape: number[], dtype: DType, device: Device): Tensor {
+  const t = Tensor.empty(shape, dtype, device, op);
+  t.storage().upload(arr);
+  return t;
+}
+
+/**
+ * A tensor from a TypedArray (with its shape) or from nested arrays (shape inferred, or given).
+ * bfloat16/float16 data given as Uint16Array is taken as raw bits; given as numbers, it is rounded.
+ */
+export function tensor(data: ArrayBufferView | NumberData, shape?: readonly number[], options: TensorOptions = {}): Tensor {
+  const op = 'tensor';
+  if (options === null || typeof options !== 'object') throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: options must be an object`);
+  const device = checkDevice(op, options.device);
+  if (options.dtype !== undefined && !isDType(options.dtype))
+    throw new LorakitTypeError('ERR_DTYPE', `${op}: unknown dtype ${describe(options.dtype)}; expected one of float32, bfloat16, float16, int32, int64, uint8`);
+  if (ArrayBuffer.isView(data)) {
+    if (data instanceof DataView) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: a DataView is not accepted; pass a TypedArray`);
+    const implied = dtypeOfArray(data);
+    const s = shape === undefined ? [(data as unknown as { length: number }).length] : checkShape(op, shape);
+    const n = numelOf(s);
+    const length = (data as unknown as { length: number }).length;
+    if (length !== n)
+      throw new LorakitRangeError('ERR_SHAPE', `${op}: data has ${length} elements, shape [${s.join(', ')}] needs ${n}`);
+    if (data instanceof Uint16Array) {
+      const dtype = options.dtype;
+      if (dtype === 'bfloat16' || dtype === 'float16') return upload(op, data, s, dtype, device);
+      if (dtype === undefined)
+        throw new LorakitTypeError('ERR_DTYPE', `${op}: a Uint16Array holds raw 16-bit floats; say which with { dtype: 'bfloat16' } or { dtype: 'float16' }`);
+      return fromNumbers(op, Array.from(data), s, dtype, device);
+    }
+    if (!implied && !(data instanceof Float64Array) && !(data instanceof Int16Array) && !(data instanceof Int8Array) && !(data instanceof Uint32Array) && !(data instanceof Uint8ClampedArray))
+      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: unsupported array type ${describe(data)}`);
+    const dtype = options.dtype ?? implied ?? 'float32';
+    if (dtype === implied) return upload(op, data, s, dtype, device);
+    return fromNumbers(op, Array.from(data as unknown as ArrayLike<number | bigint>), s, dtype, device);
+  }
+  if (typeof data !== 'number' && typeof data !== 'bigint' && !Array.isArray(data))
+    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: data must be a TypedArray, a number or nested arrays of numbers, got ${describe(data)}`);
+  const inferred = inferShape(data);
+  const s = shape === undefined ? inferred : checkShape(op, shape);
+  const values: (number | bigint)[] = [];
+  if (shape !== undefined && numelOf(s) !== numelOf(inferred)) {
+    throw new LorakitRangeError('ERR_SHAPE', `${op}: data has ${numelOf(inferred)} elements, shape [${s.join(', ')}] needs ${numelOf(s)}`);
+  }
+  flatten(op, data, inferred, values);
+  const dtype = options.dtype ?? (values.some((v) => typeof v === 'bigint') ? 'int64' : 'float32');
+  return fromNumbers(op, values, s, dtype, device);
+}
+
+export function full(shape: readonly number[], value: number, options: TensorOptions = {}): Tensor {
+  const op = 'full';
+  const device = checkDevice(op, options.device);
+  const dtype = options.dtype ?? 'float32';
+  if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `${op}: unknown dtype ${describe(dtype)}`);
+  if (typeof value !== 'number') throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: value must be a number, got ${describe(value)}`);
+  const t = Tensor.empty(shape, dtype, device, op);
+  native().fill({ dst: t.storage(), dtype: DTYPE_CODE[dtype], n: t.numel, value });
+  return t;
+}
+
+export const zeros = (shape: readonly number[], options: TensorOptions = {}): Tensor => full(shape, 0, options);
+export const ones = (shape: readonly number[], options: TensorOptions = {}): Tensor => full(shape, 1, options);
+
+/** start, start+step, ... below end (like Python's range / torch.arange). */
+export function arange(start: number, end?: number, step = 1, options: TensorOptions = {}): Tensor {
+  const op = 'arange';
+  if (end === undefined) [start, end] = [0, start];
+  for (const [k, v] of Object.entries({ start, end, step }))
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: ${k} must be a finite number, got ${describe(v)}`);
+  if (step === 0) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: step must not be 0`);
+  const n = Math.max(0, Math.ceil((end - start) / step));
+  const dtype = options.dtype ?? (Number.isInteger(start) && Number.isInteger(step) ? 'int64' : 'float32');
+  const device = checkDevice(op, options.device);
+  if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `${op}: unknown dtype ${describe(dtype)}`);
+  const t = Tensor.empty([n], dtype, device, op);
+  native().arange({ dst: t.storage(), dtype: DTYPE_CODE[dtype], n, start, step });
+  return t;
+}
+
+/** Live tensors and native bytes, for leak hunting. */
+export function memory(): { tensors: number; hostBytes: number } {
+  return { tensors: liveTensors, hostBytes: native().memory().hostBytes };
+}
+
+export { checkDevice };
