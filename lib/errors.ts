@@ -56,8 +56,12 @@ export class NoBinaryError extends LorakitError {
   }
 }
 
-function hasCode(e: unknown): e is Error & { code: string } {
-  return e instanceof Error && typeof (e as { code?: unknown }).code === 'string';
+// Checked structurally: errors made by the addon belong to the main realm, so `instanceof Error` fails
+// for them inside a vm context (jest, REPL sandboxes).
+function hasCode(e: unknown): e is { name: string; message: string; code: string; stack?: string } {
+  if (e === null || typeof e !== 'object') return false;
+  const r = e as { code?: unknown; message?: unknown };
+  return typeof r.code === 'string' && typeof r.message === 'string';
 }
 
 /**
@@ -68,9 +72,9 @@ export function fromNative(e: unknown, stack?: string): unknown {
   if (!hasCode(e)) return e;
   const code = e.code as ErrorCode;
   const wrapped =
-    e instanceof RangeError
+    e.name === 'RangeError'
       ? new LorakitRangeError(code, e.message)
-      : e instanceof TypeError
+      : e.name === 'TypeError'
         ? new LorakitTypeError(code, e.message)
         : new LorakitError(code, e.message);
   if (stack) wrapped.stack = `${wrapped.name}: ${e.message}\n${stack.split('\n').slice(1).join('\n')}`;

@@ -16,3 +16,5 @@ export {
   NoBinaryError,
   type ErrorCode,
 } from './errors';
+export * as lora from './lora';
+export { AdamW, gradNorm, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult } from './train';

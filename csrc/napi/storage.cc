@@ -18,7 +18,7 @@ Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(inf
   if (info.Length() < 2 || !info[0].IsNumber() || !info[1].IsString())
     throw_type(env, "Storage: expected (bytes: number, device: string)");
   double bytes = info[0].As<Napi::Number>().DoubleValue();
-  if (!(bytes >= 0) || bytes > 1e15 || bytes != static_cast<double>(static_cast<int64_t>(bytes)))
+  if (!(bytes >= 0) || bytes > 9007199254740992.0 || bytes != static_cast<double>(static_cast<int64_t>(bytes)))
     throw_range(env, "Storage: bytes must be a non-negative integer, got " + std::to_string(bytes));
   std::string device = info[1].As<Napi::String>().Utf8Value();
   if (device != "cpu") throw_type(env, "Storage: device '" + device + "' is not available in this build (expected 'cpu')");

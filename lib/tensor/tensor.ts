@@ -1,3 +1,4 @@
+import '../native/polyfill';
 import { native, type AddonStorage } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError, fromNative } from '../errors';
 import {
@@ -76,6 +77,8 @@ export function numelOf(shape: readonly number[]): number {
 
 function allocate(op: string, bytes: number, device: Device): AddonStorage {
   const { Storage } = native();
+  if (!Number.isSafeInteger(bytes))
+    throw new LorakitRangeError('ERR_OUT_OF_MEMORY', `${op}: cannot allocate ${bytes} bytes: the tensor is too large`);
   try {
     return new Storage(bytes, device);
   } catch (e) {
@@ -202,12 +205,14 @@ export class Tensor {
     if (!store) throw new DisposedError(`Tensor.reshape: the tensor of shape [${this.shape.join(', ')}]`);
     if (!Array.isArray(shape)) throw new LorakitTypeError('ERR_SHAPE', `Tensor.reshape: shape must be an array, got ${describe(shape)}`);
     const infer = shape.indexOf(-1);
+    if (infer >= 0 && shape.lastIndexOf(-1) !== infer)
+      throw new LorakitRangeError('ERR_SHAPE', `Tensor.reshape: cannot infer more than one -1 in [${shape.join(', ')}]`);
     const known = shape.filter((_, i) => i !== infer);
     const dims = checkShape('Tensor.reshape', known);
     const rest = numelOf(dims);
     const full = [...shape];
     if (infer >= 0) {
-      if (shape.lastIndexOf(-1) !== infer || rest === 0 || this.numel % rest !== 0)
+      if (rest === 0 || this.numel % rest !== 0)
         throw new LorakitRangeError('ERR_SHAPE', `Tensor.reshape: cannot infer -1 in [${shape.join(', ')}] for ${this.numel} elements`);
       full[infer] = this.numel / rest;
     }

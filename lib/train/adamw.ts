@@ -1,0 +1,161 @@
+/**
+ * Fused multi-tensor AdamW with torch.optim.AdamW's semantics (decoupled weight decay, bias-corrected
+ * moments), per-group hyperparameters, fp32 moments, and clip-by-global-norm folded into the same pass.
+ * A whole step over every parameter is one native call.
+ */
+import { native, type AddonAdamWTensor } from '../native/binding';
+import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
+import { Tensor, describe, zeros } from '../tensor/tensor';
+import { checkNumber, checkOptions, checkTensor, shapeStr } from '../ops/check';
+
+export interface AdamWHyper {
+  lr: number;
+  betas: [number, number];
+  eps: number;
+  /** Decoupled: each step multiplies the parameter by (1 - lr·weightDecay). */
+  weightDecay: number;
+}
+
+export interface ParamGroup extends Partial<AdamWHyper> {
+  params: Tensor[];
+}
+
+export interface StepOptions {
+  /** Clip the global gradient norm to this value before the update (torch's clip_grad_norm_). */
+  maxGradNorm?: number;
+  /** Override every group's learning rate for this step (a scheduler's value). */
+  lr?: number;
+}
+
+export interface StepResult {
+  /** Global L2 norm of the gradients before clipping (computed only when clipping). */
+  gradNorm?: number;
+  /** The factor the gradients were multiplied by (1 when not clipped). */
+  clipScale: number;
+}
+
+const DEFAULTS: AdamWHyper = { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-2 };
+
+function checkHyper(op: string, where: string, h: Partial<AdamWHyper>, base: AdamWHyper): AdamWHyper {
+  const lr = h.lr === undefined ? base.lr : checkNumber(op, `${where}lr`, h.lr, { min: 0 });
+  const betas = h.betas ?? base.betas;
+  if (!Array.isArray(betas) || betas.length !== 2)
+    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${where}betas' must be [beta1, beta2], got ${describe(betas)}`);
+  betas.forEach((b, i) => checkNumber(op, `${where}betas[${i}]`, b, { min: 0, max: 1, maxExclusive: true }));
+  const eps = h.eps === undefined ? base.eps : checkNumber(op, `${where}eps`, h.eps, { min: 0 });
+  const weightDecay = h.weightDecay === undefined ? base.weightDecay : checkNumber(op, `${where}weightDecay`, h.weightDecay, { min: 0 });
+  return { lr, betas: [betas[0], betas[1]], eps, weightDecay };
+}
+
+/** Global L2 norm of a list of float32 tensors, reduced in a fixed order (same bits on any thread count). */
+export function gradNorm(grads: readonly Tensor[]): number {
+  const op = 'gradNorm';
+  if (!Array.isArray(grads)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: expected an array of tensors, got ${describe(grads)}`);
+  grads.forEach((g, i) => checkTensor(op, `grads[${i}]`, g, { dtypes: ['float32'] }));
+  return native().gradNorm({ grads: grads.map((g) => ({ s: g.storage(), numel: g.numel })) });
+}
+
+interface Slot {
+  param: Tensor;
+  expAvg: Tensor;
+  expAvgSq: Tensor;
+  group: number;
+}
+
+export class AdamW {
+  readonly groups: AdamWHyper[];
+  #slots: Slot[];
+  #step = 0;
+  #disposed = false;
+
+  /** `params` is a list of float32 tensors, or of groups each with its own hyperparameters. */
+  constructor(params: Tensor[] | ParamGroup[], defaults: Partial<AdamWHyper> = {}) {
+    const op = 'AdamW';
+    const base = checkHyper(op, '', checkOptions<AdamWHyper>(op, defaults), DEFAULTS);
+    if (!Array.isArray(params) || params.length === 0)
+      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: expected a non-empty array of tensors or parameter groups, got ${describe(params)}`);
+    const groups: ParamGroup[] = params[0] instanceof Tensor ? [{ params: params as Tensor[] }] : (params as ParamGroup[]);
+    this.groups = [];
+    this.#slots = [];
+    const seen = new Set<Tensor>();
+    groups.forEach((g, gi) => {
+      if (g === null || typeof g !== 'object' || !Array.isArray(g.params))
+        throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: groups[${gi}] must be { params: Tensor[], ... }, got ${describe(g)}`);
+      this.groups.push(checkHyper(op, `groups[${gi}].`, g, base));
+      g.params.forEach((p, pi) => {
+        checkTensor(op, `groups[${gi}].params[${pi}]`, p, { dtypes: ['float32'] });
+        if (seen.has(p)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: groups[${gi}].params[${pi}] appears twice`);
+        seen.add(p);
+        this.#slots.push({ param: p, expAvg: zeros(p.shape), expAvgSq: zeros(p.shape), group: gi });
+      });
+    });
+  }
+
+  /** Steps taken so far (the bias correction uses step + 1 next). */
+  get stepCount(): number {
+    return this.#step;
+  }
+
+  /** The parameters in order: step() takes their gradients in the same order. */
+  get params(): Tensor[] {
+    return this.#slots.map((s) => s.param);
+  }
+
+  /** First and second moments of parameter i (owned by the optimizer). */
+  state(i: number): { expAvg: Tensor; expAvgSq: Tensor } {
+    const s = this.#slots[i];
+    if (!s) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `AdamW.state: index ${i} is out of range (0..${this.#slots.length - 1})`);
+    return { expAvg: s.expAvg, expAvgSq: s.expAvgSq };
+  }
+
+  /** One update of every parameter from its gradient (same order as `params`). */
+  step(grads: readonly Tensor[], options?: StepOptions): StepResult {
+    const op = 'AdamW.step';
+    if (this.#disposed) throw new DisposedError('AdamW');
+    const o = checkOptions<StepOptions>(op, options);
+    if (!Array.isArray(grads) || grads.length !== this.#slots.length)
+      throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: expected ${this.#slots.length} gradients (one per parameter), got ${Array.isArray(grads) ? grads.length : describe(grads)}`);
+    this.#slots.forEach((s, i) => {
+      checkTensor(op, `params[${i}]`, s.param, { dtypes: ['float32'] });
+      const g = checkTensor(op, `grads[${i}]`, grads[i], { dtypes: ['float32'] });
+      if (g.numel !== s.param.numel)
+        throw new LorakitRangeError('ERR_SHAPE', `${op}: grads[${i}] has shape ${shapeStr(g.shape)}, its parameter ${shapeStr(s.param.shape)}`);
+    });
+    const lrOverride = o.lr === undefined ? undefined : checkNumber(op, 'lr', o.lr, { min: 0 });
+    let clipScale = 1;
+    let norm: number | undefined;
+    if (o.maxGradNorm !== undefined) {
+      const max = checkNumber(op, 'maxGradNorm', o.maxGradNorm, { min: 0 });
+      norm = gradNorm(grads);
+      if (!Number.isFinite(norm)) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the gradient norm is ${norm}; no parameter was updated`);
+      // torch.nn.utils.clip_grad_norm_: coefficient max/(norm + 1e-6), never above 1.
+      clipScale = Math.min(1, max / (norm + 1e-6));
+    }
+    const tensors: AddonAdamWTensor[] = this.#slots.map((s, i) => {
+      const h = this.groups[s.group]!;
+      return {
+        param: s.param.storage(), grad: grads[i]!.storage(), expAvg: s.expAvg.storage(), expAvgSq: s.expAvgSq.storage(),
+        numel: s.param.numel, lr: lrOverride ?? h.lr, beta1: h.betas[0], beta2: h.betas[1], eps: h.eps, weightDecay: h.weightDecay,
+      };
+    });
+    native().adamwStep({ tensors, step: this.#step + 1, gradScale: clipScale });
+    this.#step++;
+    return { gradNorm: norm, clipScale };
+  }
+
+  /** Frees the moment buffers (not the parameters, which the caller owns). */
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const s of this.#slots) {
+      s.expAvg.dispose();
+      s.expAvgSq.dispose();
+    }
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+}

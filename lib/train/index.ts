@@ -1,0 +1,1 @@
+export { AdamW, gradNorm, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult } from './adamw';
