@@ -4,10 +4,13 @@ import { LorakitRangeError, LorakitTypeError, DisposedError, backend, ops, tenso
 import { native } from '../lib/native/binding';
 import { bf16Bits, bf16Value, f16Bits, f16Value, matmul64, randomArray, relErr } from './helpers/reference';
 
-// Shapes that hit full tiles, edge tiles in every direction, the short-and-wide path, and K across
-// several reduction blocks (KC = 256).
+// Register-tiled shapes (m and n above 64) with full and edge tiles in every direction and K across
+// several reduction blocks (KC = 256); then narrow shapes (n <= 64) and short-wide ones (m <= 64,
+// computed as a transposed narrow product), including row counts that are not multiples of the 4-row
+// and 256-row blocks of the narrow path.
 const SHAPES: [number, number, number][] = [
-  [1, 1, 1], [7, 5, 3], [8, 48, 16], [17, 33, 65], [100, 1, 47], [3, 700, 2], [129, 97, 300], [64, 530, 9], [257, 19, 513],
+  [129, 97, 300], [257, 19, 513], [65, 530, 66], [200, 1, 97],
+  [1, 1, 1], [7, 5, 3], [8, 48, 16], [17, 33, 65], [100, 1, 47], [3, 700, 2], [64, 530, 9], [515, 300, 64], [258, 70, 200],
 ];
 
 const kernels = (): string[] => {

@@ -192,6 +192,134 @@ void store_edge(const float* tile, int nr, int64_t rows, int64_t cols, float* c,
     }
 }
 
+
+// ---- narrow products: n <= kNarrow (the rank-r side of LoRA) ------------------------------------
+// Packing a narrow B into full register tiles wastes most of each tile, and packing the long operand
+// costs as much as the arithmetic. These loops stream the long operand once, converting on the fly,
+// and keep op(B) (k x n, small) resident. Column chunks are 16 wide so the compiler maps them onto one
+// AVX-512 register (two AVX2 ones) in the clones below; every output sums over p in order.
+
+constexpr int64_t kNarrow = 64;
+constexpr int kLanes = 16;
+
+struct Narrow {
+  int64_t m, n, k, npad;
+  const float* z;  // op(B) as float32 [k, npad], zero-padded columns
+};
+
+// C rows [i0, i1) of op(A) * Z for untransposed A: four rows at a time share each Z row.
+template <int R>
+inline __attribute__((always_inline)) void narrow_rows_block(const Narrow& w, const float* const* arow, float* acc) {
+  for (int64_t j0 = 0; j0 < w.npad; j0 += kLanes) {
+    float t[R][kLanes] = {};
+    for (int64_t p = 0; p < w.k; ++p) {
+      const float* z = w.z + p * w.npad + j0;
+      for (int r = 0; r < R; ++r) {
+        const float a = arow[r][p];
+        for (int j = 0; j < kLanes; ++j) t[r][j] += a * z[j];
+      }
+    }
+    for (int r = 0; r < R; ++r)
+      for (int j = 0; j < kLanes; ++j) acc[r * w.npad + j0 + j] = t[r][j];
+  }
+}
+
+inline __attribute__((always_inline)) void narrow_rows_impl(const Narrow& w, const float* const* arow, int rows, float* acc) {
+  if (rows == 4) return narrow_rows_block<4>(w, arow, acc);
+  for (int r = 0; r < rows; ++r) narrow_rows_block<1>(w, arow + r, acc + r * w.npad);
+}
+
+// acc[i, :] += x[i] * z for i < rows: the transposed-A form, C = X^T Z summed over X's rows.
+inline __attribute__((always_inline)) void narrow_axpy_impl(const float* x, int64_t rows, const float* z, int64_t npad, float* acc) {
+  for (int64_t i = 0; i < rows; ++i) {
+    const float a = x[i];
+    float* c = acc + i * npad;
+    for (int64_t j0 = 0; j0 < npad; j0 += kLanes)
+      for (int j = 0; j < kLanes; ++j) c[j0 + j] += a * z[j0 + j];
+  }
+}
+
+__attribute__((target("avx512f"))) void narrow_rows_avx512(const Narrow& w, const float* const* a, int rows, float* acc) { narrow_rows_impl(w, a, rows, acc); }
+__attribute__((target("avx2,fma"))) void narrow_rows_avx2(const Narrow& w, const float* const* a, int rows, float* acc) { narrow_rows_impl(w, a, rows, acc); }
+void narrow_rows_generic(const Narrow& w, const float* const* a, int rows, float* acc) { narrow_rows_impl(w, a, rows, acc); }
+__attribute__((target("avx512f"))) void narrow_axpy_avx512(const float* x, int64_t rows, const float* z, int64_t npad, float* acc) { narrow_axpy_impl(x, rows, z, npad, acc); }
+__attribute__((target("avx2,fma"))) void narrow_axpy_avx2(const float* x, int64_t rows, const float* z, int64_t npad, float* acc) { narrow_axpy_impl(x, rows, z, npad, acc); }
+void narrow_axpy_generic(const float* x, int64_t rows, const float* z, int64_t npad, float* acc) { narrow_axpy_impl(x, rows, z, npad, acc); }
+
+void store_rows(const GemmArgs& g, int64_t i0, int64_t rows, const float* acc, int64_t npad) {
+  for (int64_t i = 0; i < rows; ++i) {
+    float* c = g.c + (i0 + i) * g.ldc;
+    for (int64_t j = 0; j < g.n; ++j) {
+      float v = g.alpha * acc[i * npad + j];
+      if (g.beta != 0.f) v += g.beta * c[j];
+      if (g.bias) v += g.bias[j];
+      c[j] = v;
+    }
+  }
+}
+
+void gemm_narrow(const GemmArgs& g) {
+  const std::string kname = kernel().name;
+  const bool wide = kname == "avx512", mid = kname == "avx2";
+  Narrow w{g.m, g.n, g.k, round_up(g.n, kLanes), nullptr};
+  // Z = op(B) as float32 [k, npad].
+  std::vector<float> z(static_cast<size_t>(g.k * w.npad), 0.f);
+  {
+    std::vector<float> tmp(static_cast<size_t>(std::max(g.k, g.n)));
+    if (g.b.trans) {  // stored [n, k]
+      for (int64_t j = 0; j < g.n; ++j) {
+        load_stored(g.b, j, 0, g.k, tmp.data());
+        for (int64_t p = 0; p < g.k; ++p) z[p * w.npad + j] = tmp[p];
+      }
+    } else {
+      for (int64_t p = 0; p < g.k; ++p) load_stored(g.b, p, 0, g.n, z.data() + p * w.npad);
+    }
+  }
+  w.z = z.data();
+  if (!g.a.trans) {
+    parallel_for((g.m + 3) / 4, [&](int64_t q0, int64_t q1, int) {
+      std::vector<float> rowbuf(static_cast<size_t>(4 * g.k)), acc(static_cast<size_t>(4 * w.npad));
+      for (int64_t q = q0; q < q1; ++q) {
+        const int64_t i0 = q * 4;
+        const int rows = static_cast<int>(std::min<int64_t>(4, g.m - i0));
+        const float* arow[4];
+        for (int r = 0; r < rows; ++r) {
+          // f32 rows are read in place; other dtypes are converted once per row.
+          if (!g.a.nf4 && g.a.dtype == DType::F32) {
+            arow[r] = static_cast<const float*>(g.a.data) + (i0 + r) * g.a.ld;
+          } else {
+            load_stored(g.a, i0 + r, 0, g.k, rowbuf.data() + r * g.k);
+            arow[r] = rowbuf.data() + r * g.k;
+          }
+        }
+        if (wide) narrow_rows_avx512(w, arow, rows, acc.data());
+        else if (mid) narrow_rows_avx2(w, arow, rows, acc.data());
+        else narrow_rows_generic(w, arow, rows, acc.data());
+        store_rows(g, i0, rows, acc.data(), w.npad);
+      }
+    });
+    return;
+  }
+  // A stored [k, m]: each thread owns a range of C's rows and walks the reduction in order, in blocks
+  // of rows small enough that their accumulators stay in L1.
+  constexpr int64_t kBlock = 256;
+  parallel_for((g.m + kBlock - 1) / kBlock, [&](int64_t b0, int64_t b1, int) {
+    std::vector<float> xs(static_cast<size_t>(kBlock)), acc(static_cast<size_t>(kBlock * w.npad));
+    for (int64_t b = b0; b < b1; ++b) {
+      const int64_t i0 = b * kBlock, rows = std::min(kBlock, g.m - i0);
+      std::fill(acc.begin(), acc.end(), 0.f);
+      for (int64_t p = 0; p < g.k; ++p) {
+        load_stored(g.a, p, i0, rows, xs.data());
+        const float* zp = w.z + p * w.npad;
+        if (wide) narrow_axpy_avx512(xs.data(), rows, zp, w.npad, acc.data());
+        else if (mid) narrow_axpy_avx2(xs.data(), rows, zp, w.npad, acc.data());
+        else narrow_axpy_generic(xs.data(), rows, zp, w.npad, acc.data());
+      }
+      store_rows(g, i0, rows, acc.data(), w.npad);
+    }
+  });
+}
+
 }  // namespace
 
 bool cpu_has_avx2() {
@@ -225,9 +353,9 @@ void gemm(const GemmArgs& g) {
   }
   const Kernel& K = kernel();
   const int mr = K.mr, nr = K.nr;
-  if (2 * g.n <= nr && g.m > g.n) {
-    // A product narrower than half a register tile (LoRA's rank-r side) wastes most of each tile, so
-    // compute C^T = op(B)^T op(A)^T, whose rows are cheap, and transpose it into C.
+  if (g.n <= kNarrow) return gemm_narrow(g);
+  if (g.m <= kNarrow) {
+    // A short, wide product (LoRA's rank-r side, dA = g^T x): C^T = op(B)^T op(A)^T is narrow.
     std::vector<float> t(static_cast<size_t>(g.m * g.n));
     GemmArgs s;
     s.m = g.n;
@@ -240,17 +368,15 @@ void gemm(const GemmArgs& g) {
     s.c = t.data();
     s.ldc = g.m;
     s.alpha = g.alpha;
-    gemm(s);
-    parallel_for(g.m, [&](int64_t i0, int64_t i1, int) {
-      for (int64_t i = i0; i < i1; ++i)
-        for (int64_t j = 0; j < g.n; ++j) {
-          float* c = g.c + i * g.ldc + j;
-          float v = t[j * g.m + i];
-          if (g.beta != 0.f) v += g.beta * *c;
-          if (g.bias) v += g.bias[j];
-          *c = v;
-        }
-    });
+    gemm_narrow(s);
+    for (int64_t i = 0; i < g.m; ++i)
+      for (int64_t j = 0; j < g.n; ++j) {
+        float* c = g.c + i * g.ldc + j;
+        float v = t[j * g.m + i];
+        if (g.beta != 0.f) v += g.beta * *c;
+        if (g.bias) v += g.bias[j];
+        *c = v;
+      }
     return;
   }
   const int threads = num_threads();
