@@ -6,5 +6,6 @@ module.exports = {
   transform: { '^.+\\.ts$': ['ts-jest', { tsconfig: 'test/tsconfig.json' }] },
   // Native kernels use every core already; parallel test files would only contend for them.
   maxWorkers: 1,
+  reporters: ['default', '<rootDir>/test/helpers/summary-reporter.js'],
   testTimeout: 120000,
 };

@@ -3,7 +3,7 @@
  * (quant_type "nf4"), with optional double quantization of the per-block absmax (compress_statistics).
  */
 import { native, type AddonNF4 } from '../native/binding';
-import { LorakitRangeError, LorakitTypeError } from '../errors';
+import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
 import { Tensor, describe, numelOf } from '../tensor/tensor';
 import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
@@ -122,8 +122,10 @@ export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
   }
 }
 
-function checkQuantized(op: string, q: unknown): NF4Tensor {
-  if (!(q instanceof NF4Tensor)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: expected an NF4Tensor from nf4.quantize, got ${describe(q)}`);
+function checkQuantized(op: string, arg: string, q: unknown): NF4Tensor {
+  if (!(q instanceof NF4Tensor))
+    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${arg}' must be an NF4Tensor from nf4.quantize, got ${describe(q)}`);
+  if (q.disposed) throw new DisposedError(`${op}: '${arg}' (an NF4Tensor of shape [${q.shape.join(', ')}])`);
   const blocks = Math.ceil(q.numel / q.blockSize);
   checkTensor(op, 'packed', q.packed, { dtypes: ['uint8'], shape: [Math.ceil(q.numel / 2)] });
   if (q.absmax) checkTensor(op, 'absmax', q.absmax, { dtypes: ['float32'], shape: [blocks] });
@@ -136,8 +138,8 @@ function checkQuantized(op: string, q: unknown): NF4Tensor {
 
 /** The float32 absmax of a quantized tensor (decoded when double-quantized; the caller disposes it). */
 export function absmaxOf(q: NF4Tensor): Tensor {
-  const op = 'nf4.absmax';
-  checkQuantized(op, q);
+  const op = 'nf4.absmaxOf';
+  checkQuantized(op, 'q', q);
   if (q.absmax) return q.absmax.clone();
   const blocks = Math.ceil(q.numel / q.blockSize);
   const out = Tensor.empty([blocks], 'float32', 'cpu', op);
@@ -152,10 +154,11 @@ export function absmaxOf(q: NF4Tensor): Tensor {
 }
 
 /**
- * @internal The native view of a quantized weight and a cleanup for the decoded absmax.
+ * @internal The native view of a quantized weight and a cleanup for the decoded absmax. `arg` names the
+ * weight in errors.
  */
-export function nativeNF4(op: string, q: NF4Tensor): { nf4: AddonNF4; release: () => void } {
-  checkQuantized(op, q);
+export function nativeNF4(op: string, q: NF4Tensor, arg = 'weight'): { nf4: AddonNF4; release: () => void } {
+  checkQuantized(op, arg, q);
   const absmax = q.absmax ?? absmaxOf(q);
   return {
     nf4: { packed: q.packed.storage(), absmax: absmax.storage(), blockSize: q.blockSize },
@@ -168,11 +171,12 @@ export function nativeNF4(op: string, q: NF4Tensor): { nf4: AddonNF4; release: (
 /** Reconstructs the tensor (in its original dtype unless `dtype` is given). */
 export function dequantize(q: NF4Tensor, options?: { dtype?: DType }): Tensor {
   const op = 'nf4.dequantize';
+  checkQuantized(op, 'q', q);
   const o = checkOptions<{ dtype: DType }>(op, options);
-  const dtype = o.dtype ?? q?.dtype;
-  if (!FLOATS.includes(dtype as DType))
-    throw new LorakitTypeError('ERR_DTYPE', `${op}: dtype must be float32, bfloat16 or float16, got ${describe(dtype)}`);
-  const { nf4, release } = nativeNF4(op, q);
+  const dtype = o.dtype ?? q.dtype;
+  if (!FLOATS.includes(dtype))
+    throw new LorakitTypeError('ERR_DTYPE', `${op}: 'dtype' must be float32, bfloat16 or float16, got ${describe(dtype)}`);
+  const { nf4, release } = nativeNF4(op, q, 'q');
   try {
     const out = Tensor.empty(q.shape, dtype, 'cpu', op);
     native().nf4Dequantize({ ...nf4, n: q.numel, dst: out.storage(), dtype: DTYPE_CODE[dtype] });
