@@ -208,6 +208,18 @@ describe('lifetimes', () => {
     expect(memory().hostBytes).toBe(before);
   });
 
+  test('garbage collection frees tensors that were never disposed (the safety net)', () => {
+    const script = `const L=require(${JSON.stringify(path.resolve(__dirname, '../dist'))});` +
+      `const base=L.memory().hostBytes;(()=>{for(let i=0;i<50;i++)L.zeros([1<<16])})();` +
+      `const held=L.memory().hostBytes-base;` +
+      `(async()=>{for(let i=0;i<20&&L.memory().hostBytes>base;i++){global.gc();await new Promise(r=>setTimeout(r,10))}` +
+      `console.log(held+' '+(L.memory().hostBytes-base)+' '+L.memory().tensors)})()`;
+    const [held, left, tensors] = execFileSync(process.execPath, ['--expose-gc', '-e', script]).toString().trim().split(' ').map(Number);
+    expect(held).toBe(50 * 4 * 65536);
+    expect(left).toBe(0);
+    expect(tensors).toBe(0);
+  });
+
   test('reshape rejects impossible shapes', () => {
     const t = zeros([2, 6]);
     expect(() => t.reshape([5, 2])).toThrow(LorakitRangeError);

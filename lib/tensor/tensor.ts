@@ -37,8 +37,11 @@ class SharedStorage {
 }
 
 // Safety net: a tensor that was never disposed gives its reference back when collected.
-const registry = new FinalizationRegistry<SharedStorage>((s) => s.release());
 let liveTensors = 0;
+const registry = new FinalizationRegistry<SharedStorage>((s) => {
+  s.release();
+  liveTensors--;
+});
 
 function checkDevice(op: string, device: unknown): Device {
   if (device === undefined || device === 'cpu') return 'cpu';
