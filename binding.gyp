@@ -5,12 +5,18 @@
       "sources": [
         "csrc/napi/addon.cc",
         "csrc/napi/storage.cc",
+        "csrc/napi/nn.cc",
         "csrc/cpu/parallel.cc",
         "csrc/cpu/tensor.cc",
         "csrc/cpu/gemm.cc",
         "csrc/cpu/lora.cc",
         "csrc/cpu/nf4.cc",
-        "csrc/cpu/adamw.cc"
+        "csrc/cpu/adamw.cc",
+        "csrc/cpu/norm.cc",
+        "csrc/cpu/attention.cc",
+        "csrc/cpu/activation.cc",
+        "csrc/cpu/embedding.cc",
+        "csrc/cpu/loss.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

@@ -104,6 +104,52 @@ struct NestedAbsmax {
   int64_t n;  // number of absmax values
 };
 
+// Row-wise normalisation over the last dimension (LayerNorm with bias, or RMSNorm without mean/bias).
+// Forward fills y and saves mean (LayerNorm) and rstd per row; backward reads them and fills dx and
+// adds the weight (and bias) gradients into dw/db, which may be null.
+struct NormArgs {
+  int64_t rows = 0, dim = 0;
+  float eps = 1e-5f;
+  const float* x = nullptr;
+  const float* w = nullptr;
+  const float* b = nullptr;
+  float* y = nullptr;
+  float* mean = nullptr;
+  float* rstd = nullptr;
+  const float* dy = nullptr;
+  float* dx = nullptr;
+  float* dw = nullptr;
+  float* db = nullptr;
+};
+
+// Rotary position embedding, in place, on x [tokens, heads, head_dim] in the rotate-half layout of
+// Hugging Face's Llama. Token i has position pos[i], or i % seq when pos is null. inverse applies the
+// transpose (the backward pass).
+struct RopeArgs {
+  float* x = nullptr;
+  int64_t tokens = 0, heads = 0, head_dim = 0, seq = 1;
+  const int64_t* pos = nullptr;
+  float theta = 10000.f;
+  bool inverse = false;
+};
+
+// Causal scaled-dot-product attention with grouped-query heads. q [batch, seq, hq, d], k/v
+// [batch, seq, hkv, d], out [batch, seq, hq, d]; lse [batch, hq, seq] saves each row's log-sum-exp.
+// Backward fills dq, dk, dv (overwritten).
+struct AttentionArgs {
+  int64_t batch = 0, seq = 0, hq = 0, hkv = 0, d = 0;
+  float scale = 1.f;
+  const float* q = nullptr;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  float* out = nullptr;
+  float* lse = nullptr;
+  const float* dout = nullptr;
+  float* dq = nullptr;
+  float* dk = nullptr;
+  float* dv = nullptr;
+};
+
 #define LORAKIT_DECLARE_OPS(NS)                                                                          \
   namespace NS {                                                                                         \
   void* alloc(size_t bytes);                                                                             \
@@ -123,6 +169,27 @@ struct NestedAbsmax {
   void absmax_dequantize(const NestedAbsmax& q, float* absmax);                                          \
   void adamw_step(const AdamWTensor* tensors, int64_t count, int64_t step, float grad_scale);            \
   double grad_norm(const float* const* grads, const int64_t* numels, int64_t count);                     \
+  void layernorm_forward(const NormArgs& a);                                                             \
+  void layernorm_backward(const NormArgs& a);                                                            \
+  void rmsnorm_forward(const NormArgs& a);                                                               \
+  void rmsnorm_backward(const NormArgs& a);                                                              \
+  void rope(const RopeArgs& a);                                                                          \
+  void attention_forward(const AttentionArgs& a);                                                        \
+  void attention_backward(const AttentionArgs& a);                                                       \
+  void gelu_tanh_forward(const float* x, float* y, int64_t n);                                           \
+  void gelu_tanh_backward(const float* dy, const float* x, float* dx, int64_t n);                        \
+  void swiglu_forward(const float* gate, const float* up, float* y, int64_t n);                          \
+  void swiglu_backward(const float* dy, const float* gate, const float* up, float* dgate, float* dup,    \
+                       int64_t n);                                                                       \
+  void embedding_forward(const int64_t* ids, const float* table, float* out, int64_t n, int64_t dim,     \
+                         int64_t vocab);                                                                 \
+  void embedding_backward(const int64_t* ids, const float* dout, float* dtable, int64_t n, int64_t dim,  \
+                          int64_t vocab);                                                                \
+  void copy2d(const float* src, int64_t src_ld, float* dst, int64_t dst_ld, int64_t rows, int64_t cols,    \
+              bool accumulate);                                                                         \
+  void axpy(float alpha, const float* x, float* y, int64_t n);                                           \
+  double cross_entropy(float* logits, const int64_t* labels, int64_t rows, int64_t vocab,                \
+                       int64_t ignore_index, float grad_scale, bool want_grad, int64_t* count);          \
   }
 
 LORAKIT_DECLARE_OPS(cpu)

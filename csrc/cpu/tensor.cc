@@ -132,6 +132,28 @@ void cast(const void* src, DType from, void* dst, DType to, int64_t n) {
   });
 }
 
+// dst[r, :cols] (+)= src[r, :cols] between row-major buffers with their own row strides: column slices
+// (splitting a fused q|k|v projection, and adding gradients back into it).
+void copy2d(const float* src, int64_t src_ld, float* dst, int64_t dst_ld, int64_t rows, int64_t cols, bool accumulate) {
+  parallel_for(rows, [&](int64_t r0, int64_t r1, int) {
+    for (int64_t r = r0; r < r1; ++r) {
+      const float* s = src + r * src_ld;
+      float* d = dst + r * dst_ld;
+      if (accumulate)
+        for (int64_t c = 0; c < cols; ++c) d[c] += s[c];
+      else
+        std::memcpy(d, s, sizeof(float) * cols);
+    }
+  });
+}
+
+// y += alpha * x
+void axpy(float alpha, const float* x, float* y, int64_t n) {
+  parallel_for(n, [&](int64_t b, int64_t e, int) {
+    for (int64_t i = b; i < e; ++i) y[i] += alpha * x[i];
+  });
+}
+
 void rand_uniform(float* dst, int64_t n, uint64_t seed, uint64_t offset, float lo, float hi) {
   parallel_for(n, [&](int64_t b, int64_t e, int) {
     for (int64_t i = b; i < e; ++i) dst[i] = lo + (hi - lo) * unit_float(philox(seed, offset + i).v[0]);

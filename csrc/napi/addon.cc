@@ -17,29 +17,6 @@ Instance& instance(Napi::Env env) { return *env.GetInstanceData<Instance>(); }
 
 namespace {
 
-// Kernels throw lorakit::Error for conditions only they can see; JavaScript gets an Error with its code.
-template <typename F>
-auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
-  try {
-    return f();
-  } catch (const Napi::Error&) {
-    throw;
-  } catch (const Error& e) {
-    Napi::Error err = Napi::Error::New(env, e.what());
-    err.Set("code", e.code);
-    throw err;
-  } catch (const std::bad_alloc&) {
-    Napi::Error err = Napi::Error::New(env, "out of host memory");
-    err.Set("code", "ERR_OUT_OF_MEMORY");
-    throw err;
-  } catch (const std::exception& e) {
-    Napi::Error err = Napi::Error::New(env, e.what());
-    err.Set("code", "ERR_NATIVE");
-    throw err;
-  }
-}
-
-size_t sz(int64_t n, size_t elem) { return static_cast<size_t>(n) * elem; }
 
 // A matrix operand: {s, dtype, trans, rows, cols} stored row-major [rows, cols], or NF4 with
 // {nf4: {packed, absmax, blockSize}}. Returns the logical shape through lrows/lcols.
@@ -83,12 +60,6 @@ void expect_shape(Napi::Env env, const char* op, const char* key, const OperandH
   if (h.lrows != rows || h.lcols != cols)
     throw_range(env, std::string(op) + ": '" + key + "' is [" + std::to_string(h.lrows) + ", " + std::to_string(h.lcols) +
                          "] (after transpose), expected [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
-}
-
-template <typename T>
-T* ptr(const Napi::Object& o, const char* key, int64_t n, const char* op, bool optional = false) {
-  Storage* s = storage(o, key, sz(n, sizeof(T)), op, optional);
-  return s ? static_cast<T*>(s->data()) : nullptr;
 }
 
 Napi::Value Fill(const Napi::CallbackInfo& info) {
@@ -354,6 +325,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_ops(Napi::Env env, Napi::Object exports) {
+  register_nn(env, exports);
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
   };

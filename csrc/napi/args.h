@@ -5,6 +5,8 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <new>
+#include <stdexcept>
 #include <string>
 
 #include "../ops.h"
@@ -45,5 +47,35 @@ bool flag(const Napi::Object& o, const char* key, const char* op);
 DType dtype(const Napi::Object& o, const char* key, const char* op);
 // The live storage at `key` holding at least `bytes`; null when the key is absent or null and optional.
 Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional = false);
+
+inline size_t sz(int64_t n, size_t elem) { return static_cast<size_t>(n) * elem; }
+
+template <typename T>
+T* ptr(const Napi::Object& o, const char* key, int64_t n, const char* op, bool optional = false) {
+  Storage* s = storage(o, key, sz(n, sizeof(T)), op, optional);
+  return s ? static_cast<T*>(s->data()) : nullptr;
+}
+
+// Kernels throw lorakit::Error for conditions only they can see; JavaScript gets an Error with its code.
+template <typename F>
+auto guarded(Napi::Env env, F&& f) -> decltype(f()) {
+  try {
+    return f();
+  } catch (const Napi::Error&) {
+    throw;
+  } catch (const Error& e) {
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", e.code);
+    throw err;
+  } catch (const std::bad_alloc&) {
+    Napi::Error err = Napi::Error::New(env, "out of host memory");
+    err.Set("code", "ERR_OUT_OF_MEMORY");
+    throw err;
+  } catch (const std::exception& e) {
+    Napi::Error err = Napi::Error::New(env, e.what());
+    err.Set("code", "ERR_NATIVE");
+    throw err;
+  }
+}
 
 }  // namespace lorakit::napi

@@ -63,7 +63,30 @@ export interface AddonBackendInfo {
   gpu: boolean;
 }
 
+type S = AddonStorage;
+type Opt = AddonStorage | null | undefined;
+
 export interface Addon {
+  layerNormForward(a: { x: S; w: S; b?: Opt; y: S; mean: S; rstd: S; rows: number; dim: number; eps: number }): void;
+  layerNormBackward(a: { dy: S; x: S; w: S; mean: S; rstd: S; dx?: Opt; dw?: Opt; db?: Opt; rows: number; dim: number }): void;
+  rmsNormForward(a: { x: S; w: S; y: S; rstd: S; rows: number; dim: number; eps: number }): void;
+  rmsNormBackward(a: { dy: S; x: S; w: S; rstd: S; dx?: Opt; dw?: Opt; rows: number; dim: number }): void;
+  rope(a: { x: S; tokens: number; heads: number; headDim: number; seq: number; pos?: Opt; theta: number; inverse: boolean }): void;
+  attentionForward(a: { q: S; k: S; v: S; out: S; lse: S; batch: number; seq: number; hq: number; hkv: number; d: number; scale: number }): void;
+  attentionBackward(a: {
+    q: S; k: S; v: S; out: S; lse: S; dout: S; dq: S; dk: S; dv: S;
+    batch: number; seq: number; hq: number; hkv: number; d: number; scale: number;
+  }): void;
+  geluForward(a: { x: S; y: S; n: number }): void;
+  geluBackward(a: { dy: S; x: S; dx: S; n: number }): void;
+  swigluForward(a: { gate: S; up: S; y: S; n: number }): void;
+  swigluBackward(a: { dy: S; gate: S; up: S; dgate: S; dup: S; n: number }): void;
+  embeddingForward(a: { ids: S; table: S; out: S; n: number; dim: number; vocab: number }): void;
+  embeddingBackward(a: { ids: S; dout: S; dtable: S; n: number; dim: number; vocab: number }): void;
+  crossEntropy(a: { logits: S; labels: S; rows: number; vocab: number; ignoreIndex: number; gradScale: number; wantGrad: boolean }): { loss: number; count: number };
+  copy2d(a: { src: S; srcLd: number; srcOffset: number; dst: S; dstLd: number; dstOffset: number; rows: number; cols: number; accumulate: boolean }): void;
+  axpy(a: { x: S; y: S; alpha: number; n: number }): void;
+
   Storage: new (bytes: number, device: string) => AddonStorage;
   fill(a: { dst: AddonStorage; dtype: number; n: number; value: number }): void;
   arange(a: { dst: AddonStorage; dtype: number; n: number; start: number; step: number }): void;
@@ -117,9 +140,12 @@ let addon: Addon | undefined;
 export function native(): Addon {
   if (addon) return addon;
   try {
+    // LORAKIT_ADDON names an addon file explicitly (a development build); otherwise node-gyp-build picks
+    // a local build, then the prebuild for this platform.
+    const explicit = process.env.LORAKIT_ADDON;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const load = require('node-gyp-build') as (dir: string) => unknown;
-    addon = wrapErrors(load(PACKAGE_ROOT) as Addon);
+    addon = wrapErrors((explicit ? require(path.resolve(explicit)) : load(PACKAGE_ROOT)) as Addon);
   } catch (e) {
     throw new NoBinaryError(
       `lorakit could not load its native addon for ${process.platform}-${process.arch} (Node ${process.version}): ` +

@@ -1,1 +1,2 @@
 export { matmul, type MatmulOptions } from './matmul';
+export * from './nn';
