@@ -9,7 +9,8 @@ export type ErrorCode =
   | 'ERR_NOT_CONTIGUOUS'
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_NATIVE'
-  | 'ERR_NO_BINARY';
+  | 'ERR_NO_BINARY'
+  | 'ERR_SAFETENSORS' | 'ERR_CONFIG' | 'ERR_IO';
 
 export class LorakitError extends Error {
   readonly code: ErrorCode;

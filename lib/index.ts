@@ -18,3 +18,4 @@ export {
 } from './errors';
 export * as lora from './lora';
 export { AdamW, gradNorm, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult } from './train';
+export * as io from './io';

@@ -194,6 +194,13 @@ export class Tensor {
     return out;
   }
 
+  /** Sets every element to `value`, in place. */
+  fill(value: number): this {
+    if (typeof value !== 'number') throw new LorakitTypeError('ERR_INVALID_ARG', `Tensor.fill: value must be a number, got ${describe(value)}`);
+    native().fill({ dst: this.storage('Tensor.fill', 'this'), dtype: DTYPE_CODE[this.dtype], n: this.numel, value });
+    return this;
+  }
+
   /** A copy with its own storage. */
   clone(): Tensor {
     return this.to(this.dtype);

@@ -1,0 +1,173 @@
+/**
+ * Decoder-only causal language models (GPT-2 and the Llama family) built from lorakit's ops: forward,
+ * loss, and the backward pass into LoRA gradients. Module names are Hugging Face's, so PEFT adapters
+ * address them directly.
+ */
+import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
+import { type ModelConfig } from '../io/config';
+import { Tensor, tensor } from '../tensor/tensor';
+import { checkOptions, checkTensor, shapeStr } from '../ops/check';
+import { matmul } from '../ops/matmul';
+import { crossEntropy } from '../ops/nn';
+import { Linear } from './linear';
+
+export interface ForwardOptions {
+  /**
+   * Labels [batch, seq] int64, aligned with the inputs as transformers takes them (the model shifts
+   * them: position t predicts label t+1). -100 is ignored. By default the inputs themselves.
+   */
+  labels?: Tensor;
+  /** Return the logits [batch, seq, vocab] (the caller disposes them). */
+  returnLogits?: boolean;
+  /** Training mode: LoRA dropout is active. */
+  train?: boolean;
+  /** Seed of this step's dropout masks. */
+  seed?: number;
+}
+
+export interface ForwardResult {
+  /** Mean next-token cross-entropy over the counted positions. */
+  loss: number;
+  /** Positions that counted. */
+  tokens: number;
+  logits?: Tensor;
+}
+
+/** Tensors made during one pass, disposed together. */
+export class Scope {
+  #owned: Tensor[] = [];
+  keep<T extends Tensor>(t: T): T {
+    this.#owned.push(t);
+    return t;
+  }
+  dispose(): void {
+    for (const t of this.#owned) t.dispose();
+    this.#owned = [];
+  }
+}
+
+/** What an architecture's layer stack hands back to the shared head: its final hidden state. */
+export interface Trunk {
+  hidden: Tensor;
+  /** Runs the backward pass of the stack from d(hidden), accumulating adapter gradients. */
+  backward(dHidden: Tensor): void;
+}
+
+export abstract class CausalLM {
+  readonly config: ModelConfig;
+  /** Every linear module by its Hugging Face module path. */
+  readonly linears: ReadonlyMap<string, Linear>;
+  #disposed = false;
+
+  protected constructor(config: ModelConfig, linears: Linear[]) {
+    this.config = config;
+    this.linears = new Map(linears.map((l) => [l.name, l]));
+  }
+
+  /** The [vocab, hidden] weight the logits are computed with (the embedding when tied). */
+  protected abstract headWeight(): Tensor;
+  /** Embedding, layers and final norm; `grad` keeps what the backward pass needs. */
+  protected abstract trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk;
+  protected abstract disposeWeights(): void;
+
+  get disposed(): boolean {
+    return this.#disposed;
+  }
+
+  /** Loss (and optionally logits) without gradients. */
+  forward(inputIds: Tensor, options?: ForwardOptions): ForwardResult {
+    return this.#run('forward', inputIds, options, false);
+  }
+
+  /** Loss, and the adapters' gradients added into each Linear's `grads`. */
+  forwardBackward(inputIds: Tensor, options?: ForwardOptions): ForwardResult {
+    return this.#run('forwardBackward', inputIds, options, true);
+  }
+
+  /** Sets every adapter gradient to zero. */
+  zeroGrad(): void {
+    for (const l of this.linears.values()) l.zeroGrad();
+  }
+
+  #run(name: string, inputIds: Tensor, options: ForwardOptions | undefined, grad: boolean): ForwardResult {
+    const op = `model.${name}`;
+    if (this.#disposed) throw new DisposedError(`${op}: the model`);
+    const o = checkOptions<ForwardOptions>(op, options);
+    checkTensor(op, 'inputIds', inputIds, { dtypes: ['int64'], ndim: 2 });
+    const [batch, seq] = inputIds.shape as [number, number];
+    if (this.config.ropeTheta === null && seq > this.config.maxPositions)
+      throw new LorakitRangeError('ERR_SHAPE', `${op}: sequence length ${seq} exceeds the model's ${this.config.maxPositions} positions`);
+    if (o.labels !== undefined) checkTensor(op, 'labels', o.labels, { dtypes: ['int64'], shape: [batch, seq] });
+    const scope = new Scope();
+    try {
+      const shifted = scope.keep(shiftLabels(o.labels ?? inputIds));
+      const t = this.trunk(inputIds, scope, o.train === true, o.seed ?? 0, grad);
+      const logits = matmul(t.hidden, this.headWeight(), { transposeB: true, outDtype: 'float32' });
+      const flat = logits.reshape([batch * seq, this.config.vocabSize]);
+      let ce;
+      if (grad) {
+        const work = o.returnLogits ? scope.keep(flat.clone()) : flat;
+        ce = crossEntropy(work, shifted, { gradInPlace: true });
+        const dHidden = scope.keep(matmul(work, this.headWeight(), { outDtype: 'float32' }).reshape([batch, seq, this.config.hiddenSize]));
+        t.backward(dHidden);
+      } else {
+        ce = crossEntropy(flat, shifted);
+      }
+      flat.dispose();
+      if (!o.returnLogits) logits.dispose();
+      return { loss: ce.loss, tokens: ce.count, logits: o.returnLogits ? logits : undefined };
+    } finally {
+      scope.dispose();
+    }
+  }
+
+  dispose(): void {
+    if (this.#disposed) return;
+    this.#disposed = true;
+    for (const l of this.linears.values()) l.dispose();
+    this.disposeWeights();
+  }
+  [Symbol.dispose](): void {
+    this.dispose();
+  }
+}
+
+/** Labels for next-token prediction: row t gets label t+1; each sequence's last position is ignored. */
+function shiftLabels(labels: Tensor): Tensor {
+  const [batch, seq] = labels.shape as [number, number];
+  const src = labels.data() as BigInt64Array;
+  const out = new BigInt64Array(batch * seq);
+  for (let b = 0; b < batch; b++)
+    for (let t = 0; t < seq; t++) out[b * seq + t] = t + 1 < seq ? src[b * seq + t + 1]! : -100n;
+  return tensor(out, [batch * seq]);
+}
+
+/** A Map-like view of a checkpoint's tensors by name. */
+export interface WeightSource {
+  has(name: string): boolean;
+  /** Loads a tensor as float32 (the CPU path computes in float32). */
+  get(name: string): Tensor;
+}
+
+/** @internal Loads `name` and checks its shape. */
+export function need(src: WeightSource, name: string, shape: readonly number[]): Tensor {
+  if (!src.has(name)) throw new LorakitTypeError('ERR_INVALID_ARG', `model weights: '${name}' is missing from the checkpoint`);
+  const t = src.get(name);
+  if (t.ndim !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
+    const got = shapeStr(t.shape);
+    t.dispose();
+    throw new LorakitRangeError('ERR_SHAPE', `model weights: '${name}' has shape ${got}, the config implies ${shapeStr(shape)}`);
+  }
+  return t;
+}
+
+/** @internal [rows, cols] -> [cols, rows] (GPT-2 stores its Conv1D weights [in, out]). */
+export function transpose2d(t: Tensor): Tensor {
+  const [r, c] = t.shape as [number, number];
+  const src = t.data();
+  const dst = new (src.constructor as { new (n: number): typeof src })(src.length);
+  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) dst[j * r + i] = src[i * c + j]!;
+  const out = tensor(dst as ArrayBufferView, [c, r], { dtype: t.dtype });
+  t.dispose();
+  return out;
+}

@@ -1,0 +1,167 @@
+/**
+ * GPT-2: learned positions, pre-LayerNorm blocks, fused c_attn, gelu_new MLP, lm_head tied to wte.
+ * Conv1D weights are stored [in, out] in checkpoints and transposed to [out, in] on load, so every
+ * Linear (and every PEFT adapter, which GPT-2 marks fan_in_fan_out) has the same layout.
+ */
+import { type ModelConfig } from '../io/config';
+import { Tensor, tensor } from '../tensor/tensor';
+import { addInPlace, attention, attentionBackward, copyColumns, embedding, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
+import { CausalLM, Scope, type Trunk, type WeightSource, need, transpose2d } from './causal-lm';
+import { Linear, type LinearContext } from './linear';
+
+interface Block {
+  ln1: { w: Tensor; b: Tensor };
+  ln2: { w: Tensor; b: Tensor };
+  attn: Linear;
+  proj: Linear;
+  fc: Linear;
+  mlpProj: Linear;
+}
+
+export class GPT2 extends CausalLM {
+  readonly #wte: Tensor;
+  readonly #wpe: Tensor;
+  readonly #lnf: { w: Tensor; b: Tensor };
+  readonly #blocks: Block[];
+
+  private constructor(config: ModelConfig, wte: Tensor, wpe: Tensor, lnf: { w: Tensor; b: Tensor }, blocks: Block[]) {
+    super(config, blocks.flatMap((b) => [b.attn, b.proj, b.fc, b.mlpProj]));
+    this.#wte = wte;
+    this.#wpe = wpe;
+    this.#lnf = lnf;
+    this.#blocks = blocks;
+  }
+
+  /** Builds the model from a checkpoint's tensors (keys with or without the `transformer.` prefix). */
+  static fromWeights(config: ModelConfig, src: WeightSource): GPT2 {
+    const prefix = src.has('transformer.wte.weight') ? 'transformer.' : '';
+    const D = config.hiddenSize, F = config.intermediateSize;
+    const owned: Tensor[] = [];
+    const load = (name: string, shape: number[]) => {
+      const t = need(src, prefix + name, shape);
+      owned.push(t);
+      return t;
+    };
+    // Conv1D weights come [in, out]; Linear wants [out, in].
+    const conv = (name: string, inF: number, outF: number) => new Linear(`transformer.${name}`, transpose2d(load(`${name}.weight`, [inF, outF])), load(`${name}.bias`, [outF]));
+    try {
+      const blocks: Block[] = [];
+      for (let l = 0; l < config.numLayers; l++) {
+        const p = `h.${l}`;
+        blocks.push({
+          ln1: { w: load(`${p}.ln_1.weight`, [D]), b: load(`${p}.ln_1.bias`, [D]) },
+          ln2: { w: load(`${p}.ln_2.weight`, [D]), b: load(`${p}.ln_2.bias`, [D]) },
+          attn: conv(`${p}.attn.c_attn`, D, 3 * D),
+          proj: conv(`${p}.attn.c_proj`, D, D),
+          fc: conv(`${p}.mlp.c_fc`, D, F),
+          mlpProj: conv(`${p}.mlp.c_proj`, F, D),
+        });
+      }
+      return new GPT2(
+        config,
+        load('wte.weight', [config.vocabSize, D]),
+        load('wpe.weight', [config.maxPositions, D]),
+        { w: load('ln_f.weight', [D]), b: load('ln_f.bias', [D]) },
+        blocks,
+      );
+    } catch (e) {
+      for (const t of owned) t.dispose();
+      throw e;
+    }
+  }
+
+  protected headWeight(): Tensor {
+    return this.#wte;
+  }
+
+  protected trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk {
+    const [batch, seq] = ids.shape as [number, number];
+    const { numHeads: heads, hiddenSize: D, normEps: eps } = this.config;
+    const pos = scope.keep(positionIds(batch, seq));
+    let h = scope.keep(embedding(ids, this.#wte));
+    addInPlace(h, scope.keep(embedding(pos, this.#wpe)));
+    const caches: {
+      x: Tensor; ln1: NormSaved; a: Tensor; attnCtx: LinearContext; q: Tensor; k: Tensor; v: Tensor; out: Tensor; lse: Tensor;
+      projCtx: LinearContext; h2: Tensor; ln2: NormSaved; m: Tensor; fcCtx: LinearContext; f: Tensor; g: Tensor; mlpCtx: LinearContext;
+    }[] = [];
+    this.#blocks.forEach((blk, l) => {
+      const s = seed * 1000003 + l * 8;
+      const n1 = layerNorm(h, blk.ln1.w, blk.ln1.b, eps);
+      const a = scope.keep(n1.y);
+      scope.keep(n1.saved.mean!);
+      scope.keep(n1.saved.rstd);
+      const qkv = blk.attn.forward(a, train, s);
+      scope.keep(qkv.y);
+      if (qkv.ctx.xa) scope.keep(qkv.ctx.xa);
+      const [q, k, v] = [0, 1, 2].map((i) => {
+        const t = scope.keep(Tensor.empty([batch, seq, D], 'float32'));
+        copyColumns(qkv.y, i * D, t, 0, D);
+        return t;
+      }) as [Tensor, Tensor, Tensor];
+      const at = attention(q, k, v, { heads });
+      scope.keep(at.out);
+      scope.keep(at.lse);
+      const o = blk.proj.forward(at.out, train, s + 1);
+      if (o.ctx.xa) scope.keep(o.ctx.xa);
+      const h2 = scope.keep(addInPlace(o.y, h));
+      const n2 = layerNorm(h2, blk.ln2.w, blk.ln2.b, eps);
+      const m = scope.keep(n2.y);
+      scope.keep(n2.saved.mean!);
+      scope.keep(n2.saved.rstd);
+      const fc = blk.fc.forward(m, train, s + 2);
+      const f = scope.keep(fc.y);
+      if (fc.ctx.xa) scope.keep(fc.ctx.xa);
+      const g = scope.keep(gelu(f));
+      const mp = blk.mlpProj.forward(g, train, s + 3);
+      if (mp.ctx.xa) scope.keep(mp.ctx.xa);
+      const h3 = scope.keep(addInPlace(mp.y, h2));
+      if (grad)
+        caches.push({ x: h, ln1: n1.saved, a, attnCtx: qkv.ctx, q, k, v, out: at.out, lse: at.lse, projCtx: o.ctx, h2, ln2: n2.saved, m, fcCtx: fc.ctx, f, g, mlpCtx: mp.ctx });
+      h = h3;
+    });
+    const nf = layerNorm(h, this.#lnf.w, this.#lnf.b, eps);
+    scope.keep(nf.saved.mean!);
+    scope.keep(nf.saved.rstd);
+    const hidden = scope.keep(nf.y);
+    const last = h;
+    return {
+      hidden,
+      backward: (dHidden: Tensor) => {
+        let dh = scope.keep(layerNormBackward(dHidden, last, this.#lnf.w, nf.saved));
+        for (let l = this.#blocks.length - 1; l >= 0; l--) {
+          const blk = this.#blocks[l]!, c = caches[l]!;
+          // MLP: h3 = h2 + proj(gelu(fc(ln2(h2))))
+          const dg = scope.keep(blk.mlpProj.backward(dh, c.mlpCtx, train));
+          const df = scope.keep(geluBackward(dg, c.f));
+          const dm = scope.keep(blk.fc.backward(df, c.fcCtx, train));
+          const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2)), dh);
+          // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
+          const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
+          const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads });
+          const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32'));
+          [g.dq, g.dk, g.dv].forEach((t, i) => {
+            copyColumns(t, 0, dqkv, i * D, D);
+            t.dispose();
+          });
+          const da = scope.keep(blk.attn.backward(dqkv, c.attnCtx, train));
+          dh = addInPlace(scope.keep(layerNormBackward(da, c.x, blk.ln1.w, c.ln1)), dh2);
+        }
+      },
+    };
+  }
+
+  protected disposeWeights(): void {
+    this.#wte.dispose();
+    this.#wpe.dispose();
+    this.#lnf.w.dispose();
+    this.#lnf.b.dispose();
+    for (const b of this.#blocks) for (const t of [b.ln1.w, b.ln1.b, b.ln2.w, b.ln2.b]) t.dispose();
+  }
+}
+
+/** Position ids [batch, seq]: 0..seq-1 in every row. */
+function positionIds(batch: number, seq: number): Tensor {
+  const out = new BigInt64Array(batch * seq);
+  for (let i = 0; i < out.length; i++) out[i] = BigInt(i % seq);
+  return tensor(out, [batch, seq]);
+}
