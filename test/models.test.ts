@@ -1,8 +1,8 @@
 import * as path from 'node:path';
-import { tensor } from '../lib';
+import { NF4Tensor, Tensor, nf4, tensor } from '../lib';
 import { loadModel } from '../lib/models';
 import { loadAdapter } from '../lib/lora/adapter';
-import { normRelErr, readSafetensors, relErr } from './helpers/reference';
+import { matmul64, normRelErr, readSafetensors, relErr } from './helpers/reference';
 
 const FIX = path.join(__dirname, 'fixtures/peft');
 
@@ -48,5 +48,41 @@ describe.each(['tiny-gpt2', 'tiny-llama'])('%s matches transformers + PEFT', (na
     expect(normRelErr(twice, Float64Array.from(first, (v) => 2 * v))).toBeLessThan(1e-6);
     model.zeroGrad();
     expect([...model.linears.values()][0]!.grads!.loraB.toFloat32Array().every((v) => v === 0)).toBe(true);
+  });
+
+  test('merged into the base weights: logits match PEFT merge_and_unload, and unmerge restores the base', () => {
+    using model = loadModel(dir);
+    loadAdapter(model, dir);
+    const err = model.mergeError(ids());
+    expect(err.relative).toBeLessThan(1e-5);
+    expect(err.maxAbs).toBeLessThan(1e-4);
+    const merged = model.forward(ids(), { returnLogits: true });
+    expect(relErr(merged.logits!.toFloat32Array(), ex('merged_logits'))).toBeLessThan(1e-5);
+    model.unmergeAdapters();
+    for (const l of model.linears.values()) l.detach();
+    const base = model.forward(ids(), { returnLogits: true });
+    expect(relErr(base.logits!.toFloat32Array(), ex('base_logits'))).toBeLessThan(1e-5);
+  });
+
+  test('an NF4 merge requantizes dequant(W) + s·B·A to within half an NF4 step per block', () => {
+    using model = loadModel(dir);
+    loadAdapter(model, dir);
+    const lin = [...model.linears.values()][0]!;
+    const w = lin.weight as Tensor;
+    lin.weight = nf4.quantize(w, { blockSize: 64 });
+    w.dispose();
+    const before = nf4.dequantize(lin.weight as NF4Tensor).toFloat32Array();
+    const { loraA, loraB, scale } = lin.adapter!;
+    const ba = matmul64(loraB.toFloat32Array(), lin.outFeatures, loraB.shape[1]!, false, loraA.toFloat32Array(), loraA.shape[0]!, lin.inFeatures, false);
+    const target = Float64Array.from(before, (v, i) => v + scale * ba[i]!);
+    lin.merge();
+    expect(lin.weight).toBeInstanceOf(NF4Tensor);
+    const after = nf4.dequantize(lin.weight as NF4Tensor).toFloat32Array();
+    const halfStep = Math.max(...nf4.NF4_CODE.slice(1).map((v, i) => v - nf4.NF4_CODE[i]!)) / 2; // widest gap, halved
+    for (let b0 = 0; b0 < target.length; b0 += 64) {
+      let amax = 0;
+      for (let i = b0; i < Math.min(b0 + 64, target.length); i++) amax = Math.max(amax, Math.abs(target[i]!));
+      for (let i = b0; i < Math.min(b0 + 64, target.length); i++) expect(Math.abs(after[i]! - target[i]!)).toBeLessThanOrEqual(halfStep * amax * (1 + 1e-5) + 1e-7);
+    }
   });
 });

@@ -84,6 +84,40 @@ export abstract class CausalLM {
     return this.#run('forwardBackward', inputIds, options, true);
   }
 
+  /** Folds every attached adapter into its base weight (PEFT's merge); the adapters stay for unmerge. */
+  mergeAdapters(): void {
+    for (const l of this.linears.values()) if (l.adapter && !l.merged) l.merge();
+  }
+
+  /** Subtracts every merged adapter from its base weight again. */
+  unmergeAdapters(): void {
+    for (const l of this.linears.values()) if (l.merged) l.unmerge();
+  }
+
+  /**
+   * Merges the adapters and reports how far the merged model's logits on `inputIds` are from the
+   * unmerged model's: the largest absolute difference, and the Frobenius norm of the difference over
+   * the norm of the unmerged logits. The model is left merged.
+   */
+  mergeError(inputIds: Tensor): { maxAbs: number; relative: number } {
+    const before = this.forward(inputIds, { returnLogits: true }).logits!;
+    try {
+      this.mergeAdapters();
+      using after = this.forward(inputIds, { returnLogits: true }).logits!;
+      const a = before.toFloat32Array(), b = after.toFloat32Array();
+      let maxAbs = 0, num = 0, den = 0;
+      for (let i = 0; i < a.length; i++) {
+        const d = Math.abs(a[i]! - b[i]!);
+        maxAbs = Math.max(maxAbs, d);
+        num += d * d;
+        den += a[i]! * a[i]!;
+      }
+      return { maxAbs, relative: Math.sqrt(num / (den || 1)) };
+    } finally {
+      before.dispose();
+    }
+  }
+
   /** Sets every adapter gradient to zero. */
   zeroGrad(): void {
     for (const l of this.linears.values()) l.zeroGrad();

@@ -3,9 +3,10 @@
  * optional LoRA adapter. Gradients of the adapter accumulate into tensors the module owns.
  */
 import { Tensor, zeros } from '../tensor/tensor';
-import { NF4Tensor } from '../nf4';
+import { NF4Tensor, dequantize, quantize } from '../nf4';
 import { linearForward, linearBackward } from '../lora/linear';
 import { matmul } from '../ops/matmul';
+import { addInPlace } from '../ops/nn';
 import { LorakitTypeError } from '../errors';
 
 export interface LoraAdapterWeights {
@@ -22,17 +23,16 @@ export interface LinearContext {
   seed: number;
 }
 
-function frozenNF4(name: string): Error {
-  return new LorakitTypeError('ERR_INVALID_ARG', `${name}: an NF4 weight is only used under a LoRA adapter; this module has none`);
-}
-
 export class Linear {
   readonly name: string;
-  readonly weight: Tensor | NF4Tensor;
+  /** Replaced (not mutated) when a merge re-quantizes or re-rounds it. */
+  weight: Tensor | NF4Tensor;
   readonly bias?: Tensor;
   adapter?: LoraAdapterWeights;
   /** Gradients of loraA / loraB, allocated with the adapter. */
   grads?: { loraA: Tensor; loraB: Tensor };
+  /** The adapter's update is folded into the weight (and its branch skipped) until unmerge(). */
+  #merged = false;
 
   constructor(name: string, weight: Tensor | NF4Tensor, bias?: Tensor) {
     this.name = name;
@@ -54,6 +54,44 @@ export class Linear {
     this.grads = { loraA: zeros(adapter.loraA.shape), loraB: zeros(adapter.loraB.shape) };
   }
 
+  get merged(): boolean {
+    return this.#merged;
+  }
+
+  /** W += s·B·A (an NF4 weight is dequantized, updated and quantized again: lossy). */
+  merge(): void {
+    this.#fold(1);
+  }
+
+  /** W -= s·B·A, undoing merge() (exactly only for float32 weights). */
+  unmerge(): void {
+    this.#fold(-1);
+  }
+
+  #fold(sign: 1 | -1): void {
+    if (!this.adapter) throw new LorakitTypeError('ERR_INVALID_ARG', `${this.name}: has no adapter to ${sign > 0 ? 'merge' : 'unmerge'}`);
+    if (this.#merged === (sign > 0)) throw new LorakitTypeError('ERR_INVALID_ARG', `${this.name}: the adapter is ${sign > 0 ? 'already' : 'not'} merged`);
+    using delta = matmul(this.adapter.loraB, this.adapter.loraA, { alpha: sign * this.adapter.scale });
+    if (this.weight instanceof NF4Tensor) {
+      const q = this.weight;
+      using w = dequantize(q, { dtype: 'float32' });
+      addInPlace(w, delta);
+      using w2 = w.to(q.dtype);
+      const next = quantize(w2, { blockSize: q.blockSize, doubleQuant: q.doubleQuant });
+      q.dispose();
+      this.weight = next;
+    } else if (this.weight.dtype === 'float32') {
+      addInPlace(this.weight, delta);
+    } else {
+      using w = this.weight.to('float32');
+      addInPlace(w, delta);
+      const next = w.to(this.weight.dtype);
+      this.weight.dispose();
+      this.weight = next;
+    }
+    this.#merged = sign > 0;
+  }
+
   detach(): void {
     this.adapter?.loraA.dispose();
     this.adapter?.loraB.dispose();
@@ -70,12 +108,11 @@ export class Linear {
 
   /** y = x·Wᵀ + b (+ the adapter's branch). `seed` keys the dropout mask when training. */
   forward(x: Tensor, train: boolean, seed = 0): { y: Tensor; ctx: LinearContext } {
-    if (this.adapter) {
+    if (this.adapter && !this.#merged) {
       const dropout = train ? this.adapter.dropout : 0;
       const { y, xa } = linearForward(x, { weight: this.weight, bias: this.bias, loraA: this.adapter.loraA, loraB: this.adapter.loraB, scale: this.adapter.scale }, { dropout, seed });
       return { y, ctx: { x, xa, seed } };
     }
-    if (this.weight instanceof NF4Tensor) throw frozenNF4(this.name);
     return { y: matmul(x, this.weight, { transposeB: true, bias: this.bias, outDtype: 'float32' }), ctx: { x, seed } };
   }
 
@@ -88,7 +125,6 @@ export class Linear {
       });
       return g.dx!;
     }
-    if (this.weight instanceof NF4Tensor) throw frozenNF4(this.name);
     return matmul(dy, this.weight, { outDtype: 'float32' });
   }
 

@@ -1,4 +1,5 @@
-import { native, type AddonOperand } from '../native/binding';
+import { native, type AddonNF4, type AddonOperand } from '../native/binding';
+import { NF4Tensor, nativeNF4 } from '../nf4';
 import { LorakitRangeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
 import { Tensor } from '../tensor/tensor';
@@ -24,13 +25,23 @@ export function operand(t: Tensor, rows: number, cols: number, trans = false): A
  * op(a) · op(b) with float32 accumulation. `a` may have leading batch dimensions ([..., m, k], not
  * with transposeA); `b` is 2-D. Inputs may be float32, bfloat16 or float16, mixed.
  */
-export function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Tensor {
+export function matmul(a: Tensor, b: Tensor | NF4Tensor, options?: MatmulOptions): Tensor {
   const op = 'ops.matmul';
   const o = checkOptions<MatmulOptions>(op, options);
+  checkTensor(op, 'a', a, { dtypes: FLOATS, minDim: 2 });
+  const quantized = b instanceof NF4Tensor ? nativeNF4(op, b) : undefined;
+  try {
+    return matmulChecked(op, a, b, o, quantized?.nf4);
+  } finally {
+    quantized?.release();
+  }
+}
+
+function matmulChecked(op: string, a: Tensor, b: Tensor | NF4Tensor, o: Partial<MatmulOptions>, nf4?: AddonNF4): Tensor {
   const transA = o.transposeA === true;
   const transB = o.transposeB === true;
-  checkTensor(op, 'a', a, { dtypes: FLOATS, minDim: 2 });
-  checkTensor(op, 'b', b, { dtypes: FLOATS, ndim: 2 });
+  if (!nf4) checkTensor(op, 'b', b, { dtypes: FLOATS, ndim: 2 });
+  else if (b.shape.length !== 2) throw new LorakitRangeError('ERR_SHAPE', `${op}: 'b' must be 2-D, got shape ${shapeStr(b.shape)}`);
   if (transA && a.ndim !== 2) throw new LorakitRangeError('ERR_SHAPE', `${op}: transposeA needs a 2-D 'a', got shape ${shapeStr(a.shape)}`);
   const lead = a.shape.slice(0, -2);
   const ar = a.shape[a.ndim - 2]!, ac = a.shape[a.ndim - 1]!;
@@ -52,7 +63,7 @@ export function matmul(a: Tensor, b: Tensor, options?: MatmulOptions): Tensor {
   const c = Tensor.empty(outShape, 'float32', 'cpu', op);
   native().gemm({
     a: operand(a, transA ? ar : m, transA ? ac : k, transA),
-    b: operand(b, br, bc, transB),
+    b: nf4 ? { rows: br, cols: bc, trans: transB, nf4 } : operand(b as Tensor, br, bc, transB),
     c: c.storage(),
     m,
     n,
