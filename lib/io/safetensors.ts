@@ -216,7 +216,8 @@ function parseHeader(op: string, file: string, fd: number, size: number): Safete
     spans.push(span);
   }
   checkSpans(op, file, spans, size - dataOffset);
-  tensors.sort((a, b) => a[1].byteOffset - b[1].byteOffset);
+  // An empty tensor sorts before a non-empty one at the same offset, as writers lay them out.
+  tensors.sort((a, b) => a[1].byteOffset - b[1].byteOffset || a[1].byteLength - b[1].byteLength);
   return { tensors: new Map(tensors), metadata: Object.freeze(metadata), dataOffset };
 }
 
@@ -458,7 +459,7 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
   for (const name of names) {
     if (name === '' || name === '__metadata__')
       throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: '${name}' cannot name a tensor (empty, or the header's metadata key)`);
-    checkTensor(op, `tensors['${name}']`, tensors[name]);
+    checkTensor(op, name, tensors[name]);
   }
   const tensorOf = (name: string): Tensor => tensors[name]!;
   const order = [...names].sort((a, b) => DTYPE_BYTES[tensorOf(b).dtype] - DTYPE_BYTES[tensorOf(a).dtype] || byName(a, b));
@@ -499,7 +500,12 @@ export function writeSafetensors(file: string, tensors: Record<string, Tensor>, 
     fd = null;
     fs.renameSync(tmp, file);
   } catch (e) {
-    if (fd !== null) fs.closeSync(fd);
+    if (fd !== null)
+      try {
+        fs.closeSync(fd);
+      } catch {
+        // The error that stopped the write is the one to report.
+      }
     fs.rmSync(tmp, { force: true });
     throw ioError(op, 'write', file, e);
   }
