@@ -10,6 +10,7 @@ export type ErrorCode =
   | 'ERR_OUT_OF_MEMORY'
   | 'ERR_NATIVE'
   | 'ERR_NO_BINARY'
+  | 'ERR_TOKENIZER'
   | 'ERR_SAFETENSORS' | 'ERR_CONFIG' | 'ERR_IO';
 
 export class LorakitError extends Error {

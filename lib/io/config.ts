@@ -99,6 +99,24 @@ export function readJsonFile(op: string, file: string, code: ErrorCode): unknown
   }
 }
 
+/** @internal Writes JSON to a temporary name, syncs it and renames it over `file`: never a half file. */
+export function writeJsonFile(op: string, file: string, value: unknown): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    const fd = fs.openSync(tmp, 'w');
+    try {
+      fs.writeSync(fd, `${JSON.stringify(value, null, 2)}\n`);
+      fs.fsyncSync(fd);
+    } finally {
+      fs.closeSync(fd);
+    }
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw ioError(op, 'write', file, e);
+  }
+}
+
 /** Typed reads of one JSON object's fields; every error names the file and the field's full path. */
 class Fields {
   constructor(

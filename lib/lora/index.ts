@@ -8,3 +8,4 @@ export {
   type LoraBackwardOptions,
   type LoraBackwardResult,
 } from './linear';
+export { addAdapter, loadAdapter, saveAdapter, readLoraConfig, targetModules, moduleScale, LORA_DEFAULTS, type LoraConfig, type LoraOptions } from './adapter';

@@ -10,6 +10,7 @@ import { checkOptions, checkTensor, shapeStr } from '../ops/check';
 import { matmul } from '../ops/matmul';
 import { crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
+import { type LoraConfig } from '../lora/adapter';
 
 export interface ForwardOptions {
   /**
@@ -57,6 +58,8 @@ export abstract class CausalLM {
   readonly config: ModelConfig;
   /** Every linear module by its Hugging Face module path. */
   readonly linears: ReadonlyMap<string, Linear>;
+  /** The config of the attached adapter (set by addAdapter / loadAdapter). */
+  adapterConfig?: LoraConfig;
   #disposed = false;
 
   protected constructor(config: ModelConfig, linears: Linear[]) {
