@@ -3,10 +3,10 @@
  * loss, and the backward pass into LoRA gradients. Module names are Hugging Face's, so PEFT adapters
  * address them directly.
  */
-import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
+import { DisposedError, LorakitRangeError } from '../errors';
 import { type ModelConfig } from '../io/config';
 import { Tensor, tensor } from '../tensor/tensor';
-import { checkOptions, checkTensor, shapeStr } from '../ops/check';
+import { checkOptions, checkTensor } from '../ops/check';
 import { matmul } from '../ops/matmul';
 import { crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
@@ -177,34 +177,4 @@ function shiftLabels(labels: Tensor): Tensor {
   for (let b = 0; b < batch; b++)
     for (let t = 0; t < seq; t++) out[b * seq + t] = t + 1 < seq ? src[b * seq + t + 1]! : -100n;
   return tensor(out, [batch * seq]);
-}
-
-/** A Map-like view of a checkpoint's tensors by name. */
-export interface WeightSource {
-  has(name: string): boolean;
-  /** Loads a tensor as float32 (the CPU path computes in float32). */
-  get(name: string): Tensor;
-}
-
-/** @internal Loads `name` and checks its shape. */
-export function need(src: WeightSource, name: string, shape: readonly number[]): Tensor {
-  if (!src.has(name)) throw new LorakitTypeError('ERR_INVALID_ARG', `model weights: '${name}' is missing from the checkpoint`);
-  const t = src.get(name);
-  if (t.ndim !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-    const got = shapeStr(t.shape);
-    t.dispose();
-    throw new LorakitRangeError('ERR_SHAPE', `model weights: '${name}' has shape ${got}, the config implies ${shapeStr(shape)}`);
-  }
-  return t;
-}
-
-/** @internal [rows, cols] -> [cols, rows] (GPT-2 stores its Conv1D weights [in, out]). */
-export function transpose2d(t: Tensor): Tensor {
-  const [r, c] = t.shape as [number, number];
-  const src = t.data();
-  const dst = new (src.constructor as { new (n: number): typeof src })(src.length);
-  for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) dst[j * r + i] = src[i * c + j]!;
-  const out = tensor(dst as ArrayBufferView, [c, r], { dtype: t.dtype });
-  t.dispose();
-  return out;
 }

@@ -6,7 +6,8 @@
 import { type ModelConfig } from '../io/config';
 import { Tensor, tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, copyColumns, embedding, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
-import { CausalLM, Scope, type Trunk, type WeightSource, need, transpose2d } from './causal-lm';
+import { CausalLM, Scope, type Trunk } from './causal-lm';
+import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
 interface Block {
@@ -33,17 +34,21 @@ export class GPT2 extends CausalLM {
   }
 
   /** Builds the model from a checkpoint's tensors (keys with or without the `transformer.` prefix). */
-  static fromWeights(config: ModelConfig, src: WeightSource): GPT2 {
+  static fromWeights(config: ModelConfig, src: CheckpointWeights): GPT2 {
     const prefix = src.has('transformer.wte.weight') ? 'transformer.' : '';
     const D = config.hiddenSize, F = config.intermediateSize;
-    const owned: Tensor[] = [];
+    const owned: { dispose(): void }[] = [];
     const load = (name: string, shape: number[]) => {
-      const t = need(src, prefix + name, shape);
+      const t = src.get(prefix + name, shape);
       owned.push(t);
       return t;
     };
-    // Conv1D weights come [in, out]; Linear wants [out, in].
-    const conv = (name: string, inF: number, outF: number) => new Linear(`transformer.${name}`, transpose2d(load(`${name}.weight`, [inF, outF])), load(`${name}.bias`, [outF]));
+    // Module names always carry `transformer.`, as PEFT addresses GPT2LMHeadModel's modules.
+    const conv = (name: string, inF: number, outF: number) => {
+      const w = src.linear(prefix + name, outF, inF, true);
+      owned.push(w);
+      return new Linear(`transformer.${name}`, w, load(`${name}.bias`, [outF]));
+    };
     try {
       const blocks: Block[] = [];
       for (let l = 0; l < config.numLayers; l++) {

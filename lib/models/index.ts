@@ -2,6 +2,8 @@ import { LorakitTypeError } from '../errors';
 import { readModelConfig } from '../io/config';
 import { openCheckpoint } from '../io/safetensors';
 import { CausalLM } from './causal-lm';
+import { CheckpointWeights, type LoadModelOptions } from './weights';
+import { checkOptions } from '../ops/check';
 import { GPT2 } from './gpt2';
 import { Llama } from './llama';
 
@@ -9,15 +11,16 @@ export { CausalLM, type ForwardOptions, type ForwardResult } from './causal-lm';
 export { GPT2 } from './gpt2';
 export { Llama } from './llama';
 export { Linear } from './linear';
+export { type LoadModelOptions } from './weights';
 
 /**
  * Loads a Hugging Face model folder (config.json + model.safetensors or a sharded index) for the CPU
- * backend, in float32.
+ * backend: computation in float32, linear weights float32, bfloat16 or NF4 (see LoadModelOptions).
  */
-export function loadModel(dir: string): CausalLM {
+export function loadModel(dir: string, options: LoadModelOptions = {}): CausalLM {
   const config = readModelConfig(dir);
   using ckpt = openCheckpoint(dir);
-  const src = { has: (n: string) => ckpt.has(n), get: (n: string) => ckpt.load(n, { dtype: 'float32' }) };
+  const src = new CheckpointWeights(ckpt, checkOptions<LoadModelOptions>('loadModel', options));
   switch (config.modelType) {
     case 'gpt2':
       return GPT2.fromWeights(config, src);

@@ -6,7 +6,8 @@ import { type ModelConfig } from '../io/config';
 import { LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, embedding, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
-import { CausalLM, Scope, type Trunk, type WeightSource, need } from './causal-lm';
+import { CausalLM, Scope, type Trunk } from './causal-lm';
+import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
 interface Layer {
@@ -35,19 +36,22 @@ export class Llama extends CausalLM {
     this.#layers = layers;
   }
 
-  static fromWeights(config: ModelConfig, src: WeightSource): Llama {
+  static fromWeights(config: ModelConfig, src: CheckpointWeights): Llama {
     if (config.slidingWindow !== null && config.slidingWindow < config.maxPositions)
       throw new LorakitTypeError('ERR_INVALID_ARG', `model: sliding-window attention (${config.slidingWindow}) is not supported yet`);
     const D = config.hiddenSize, F = config.intermediateSize, hd = config.headDim;
     const qW = config.numHeads * hd, kvW = config.numKvHeads * hd;
-    const owned: Tensor[] = [];
+    const owned: { dispose(): void }[] = [];
     const load = (name: string, shape: number[]) => {
-      const t = need(src, name, shape);
+      const t = src.get(name, shape);
       owned.push(t);
       return t;
     };
-    const linear = (name: string, inF: number, outF: number, bias: boolean) =>
-      new Linear(name, load(`${name}.weight`, [outF, inF]), bias ? load(`${name}.bias`, [outF]) : undefined);
+    const linear = (name: string, inF: number, outF: number, bias: boolean) => {
+      const w = src.linear(name, outF, inF, false);
+      owned.push(w);
+      return new Linear(name, w, bias ? load(`${name}.bias`, [outF]) : undefined);
+    };
     try {
       const layers: Layer[] = [];
       for (let l = 0; l < config.numLayers; l++) {
