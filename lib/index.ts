@@ -19,3 +19,4 @@ export {
 export * as lora from './lora';
 export { AdamW, gradNorm, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult } from './train';
 export * as io from './io';
+export { loadTokenizer, ByteTokenizer, type Tokenizer } from './tokenizer';

@@ -10,6 +10,8 @@ import { checkOptions, checkTensor } from '../ops/check';
 import { matmul } from '../ops/matmul';
 import { crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
+import { NF4Tensor, dequantize } from '../nf4';
+import { transpose2d } from './weights';
 import { type LoraConfig } from '../lora/adapter';
 
 export interface ForwardOptions {
@@ -72,6 +74,39 @@ export abstract class CausalLM {
   /** Embedding, layers and final norm; `grad` keeps what the backward pass needs. */
   protected abstract trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk;
   protected abstract disposeWeights(): void;
+  /**
+   * Every weight under its checkpoint name, as the checkpoint stores it (GPT-2's Conv1D [in, out]).
+   * Linear weights come from `linear(module, weight)`, which the caller supplies (it may convert).
+   */
+  protected abstract namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][];
+
+  /**
+   * The model's weights under Hugging Face names, for writing a checkpoint: float linears in `dtype`
+   * (NF4 ones dequantized), everything else float32 or `dtype`. The caller disposes the tensors.
+   */
+  exportWeights(dtype: 'float32' | 'bfloat16' = 'float32'): Record<string, Tensor> {
+    const out: Record<string, Tensor> = {};
+    const made: Tensor[] = [];
+    try {
+      const linear = (l: Linear, storedTransposed: boolean): Tensor => {
+        const w = l.weight instanceof NF4Tensor ? dequantize(l.weight, { dtype: 'float32' }) : l.weight.to('float32');
+        made.push(w);
+        const t = storedTransposed ? transpose2d(w.clone()) : w.clone();
+        made.push(t);
+        return t;
+      };
+      for (const [name, t] of this.namedWeights(linear)) {
+        if (name in out) continue; // a tied head shares the embedding
+        out[name] = t.to(dtype);
+      }
+      return out;
+    } catch (e) {
+      for (const t of Object.values(out)) t.dispose();
+      throw e;
+    } finally {
+      for (const t of made) t.dispose();
+    }
+  }
 
   get disposed(): boolean {
     return this.#disposed;

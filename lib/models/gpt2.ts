@@ -155,6 +155,21 @@ export class GPT2 extends CausalLM {
     };
   }
 
+  protected namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][] {
+    const out: [string, Tensor][] = [
+      ['transformer.wte.weight', this.#wte],
+      ['transformer.wpe.weight', this.#wpe],
+      ['transformer.ln_f.weight', this.#lnf.w],
+      ['transformer.ln_f.bias', this.#lnf.b],
+    ];
+    this.#blocks.forEach((b, l) => {
+      const p = `transformer.h.${l}`;
+      out.push([`${p}.ln_1.weight`, b.ln1.w], [`${p}.ln_1.bias`, b.ln1.b], [`${p}.ln_2.weight`, b.ln2.w], [`${p}.ln_2.bias`, b.ln2.b]);
+      for (const lin of [b.attn, b.proj, b.fc, b.mlpProj]) out.push([`${lin.name}.weight`, linear(lin, true)], [`${lin.name}.bias`, lin.bias!]);
+    });
+    return out;
+  }
+
   protected disposeWeights(): void {
     this.#wte.dispose();
     this.#wpe.dispose();

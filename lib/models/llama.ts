@@ -158,6 +158,20 @@ export class Llama extends CausalLM {
     };
   }
 
+  protected namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][] {
+    const out: [string, Tensor][] = [['model.embed_tokens.weight', this.#embed], ['model.norm.weight', this.#norm]];
+    if (this.#head !== this.#embed) out.push(['lm_head.weight', this.#head]);
+    this.#layers.forEach((L, l) => {
+      const p = `model.layers.${l}`;
+      out.push([`${p}.input_layernorm.weight`, L.inNorm], [`${p}.post_attention_layernorm.weight`, L.postNorm]);
+      for (const lin of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) {
+        out.push([`${lin.name}.weight`, linear(lin, false)]);
+        if (lin.bias) out.push([`${lin.name}.bias`, lin.bias]);
+      }
+    });
+    return out;
+  }
+
   protected disposeWeights(): void {
     this.#embed.dispose();
     if (this.#head !== this.#embed) this.#head.dispose();

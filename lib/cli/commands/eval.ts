@@ -1,0 +1,34 @@
+import type { Argv } from 'yargs';
+import * as path from 'node:path';
+import { readJsonl, tokenize } from '../../data/jsonl';
+import { loadAdapter } from '../../lora/adapter';
+import { loadModel } from '../../models';
+import { loadTokenizer } from '../../tokenizer';
+import { evaluate } from '../../train/evaluate';
+import { print, runCommand } from '../run';
+
+export function evalCommand(y: Argv): Argv {
+  return y.command(
+    'eval',
+    'Loss and perplexity of a model (and adapter) on a JSONL file, one sequence per line',
+    (a) =>
+      a
+        .option('model', { type: 'string', demandOption: true, describe: 'model folder' })
+        .option('adapter', { type: 'string', describe: 'PEFT adapter folder' })
+        .option('data', { type: 'string', demandOption: true, describe: 'JSONL: {"text"}, {"prompt","completion"} or {"input_ids"} per line' })
+        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object: loss, tokens, perplexity, examples' }),
+    (argv) =>
+      runCommand('eval', () => {
+        const records = readJsonl(argv.data);
+        const needsTokenizer = records.some((r) => r.kind !== 'ids');
+        const tokenizer = needsTokenizer ? loadTokenizer(argv.model) : null;
+        const examples = tokenize(records, tokenizer, argv.data);
+        using model = loadModel(argv.model);
+        if (argv.adapter) loadAdapter(model, argv.adapter);
+        const r = evaluate(model, examples);
+        if (argv.json) return print(JSON.stringify(r));
+        const what = argv.adapter ? `${path.basename(argv.model)} + ${path.basename(argv.adapter)}` : path.basename(argv.model);
+        print(`${what} on ${path.basename(argv.data)}: loss ${r.loss.toFixed(6)}, perplexity ${r.perplexity.toFixed(4)} over ${r.tokens} tokens in ${r.examples} examples`);
+      }),
+  );
+}

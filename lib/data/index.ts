@@ -1,0 +1,1 @@
+export { readJsonl, tokenize, type Example, type DataRecord } from './jsonl';

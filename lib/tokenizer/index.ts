@@ -1,0 +1,3 @@
+export { loadTokenizer } from './hub';
+export { ByteTokenizer } from './byte';
+export { type Tokenizer } from './tokenizer';
