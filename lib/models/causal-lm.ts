@@ -5,10 +5,10 @@
  */
 import { DisposedError, LorakitRangeError } from '../errors';
 import { type ModelConfig } from '../io/config';
-import { Tensor, tensor } from '../tensor/tensor';
+import { Tensor, tensor, zeros } from '../tensor/tensor';
 import { checkOptions, checkTensor } from '../ops/check';
 import { matmul } from '../ops/matmul';
-import { crossEntropy } from '../ops/nn';
+import { addInPlace, crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
 import { NF4Tensor, dequantize } from '../nf4';
 import { transpose2d } from './weights';
@@ -60,6 +60,7 @@ export abstract class CausalLM {
   readonly config: ModelConfig;
   /** Every linear module by its Hugging Face module path. */
   readonly linears: ReadonlyMap<string, Linear>;
+  readonly #grads = new Map<Tensor, Tensor>();
   /** The config of the attached adapter (set by addAdapter / loadAdapter). */
   adapterConfig?: LoraConfig;
   #disposed = false;
@@ -74,37 +75,63 @@ export abstract class CausalLM {
   /** Embedding, layers and final norm; `grad` keeps what the backward pass needs. */
   protected abstract trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk;
   protected abstract disposeWeights(): void;
-  /**
-   * Every weight under its checkpoint name, as the checkpoint stores it (GPT-2's Conv1D [in, out]).
-   * Linear weights come from `linear(module, weight)`, which the caller supplies (it may convert).
-   */
-  protected abstract namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][];
+  /** The weights outside the Linear modules (embeddings, norms, an untied head), by checkpoint name. */
+  protected abstract ownWeights(): [string, Tensor][];
+
+  /** The gradient tensor of a weight outside the Linears, when full fine-tuning is on. */
+  protected gradOf(t: Tensor): Tensor | undefined {
+    return this.#grads.get(t);
+  }
+
+  /** Full fine-tuning: every weight gets a gradient from the next backward pass on. */
+  requireFullGrad(): void {
+    for (const l of this.linears.values()) l.requireBaseGrad();
+    for (const [, t] of this.ownWeights()) if (!this.#grads.has(t)) this.#grads.set(t, zeros(t.shape));
+  }
 
   /**
-   * The model's weights under Hugging Face names, for writing a checkpoint: float linears in `dtype`
-   * (NF4 ones dequantized), everything else float32 or `dtype`. The caller disposes the tensors.
+   * The trainable tensors with their gradients, under checkpoint (or PEFT) names: the adapters'
+   * lora_A/lora_B, and every weight when requireFullGrad() was called.
+   */
+  parameters(): { name: string; param: Tensor; grad: Tensor }[] {
+    const out: { name: string; param: Tensor; grad: Tensor }[] = [];
+    for (const [name, t] of this.ownWeights()) {
+      const g = this.#grads.get(t);
+      if (g) out.push({ name, param: t, grad: g });
+    }
+    for (const [name, l] of this.linears) {
+      if (l.baseGrads) {
+        out.push({ name: `${name}.weight`, param: l.weight as Tensor, grad: l.baseGrads.weight });
+        if (l.bias && l.baseGrads.bias) out.push({ name: `${name}.bias`, param: l.bias, grad: l.baseGrads.bias });
+      }
+      if (l.adapter && l.grads) {
+        out.push({ name: `${name}.lora_A.weight`, param: l.adapter.loraA, grad: l.grads.loraA });
+        out.push({ name: `${name}.lora_B.weight`, param: l.adapter.loraB, grad: l.grads.loraB });
+      }
+    }
+    return out;
+  }
+
+  /**
+   * The model's weights under Hugging Face names, for writing a checkpoint: linears in `dtype` (NF4
+   * ones dequantized, GPT-2's Conv1D back in [in, out]), everything else float32 or `dtype`. The
+   * caller disposes the tensors.
    */
   exportWeights(dtype: 'float32' | 'bfloat16' = 'float32'): Record<string, Tensor> {
     const out: Record<string, Tensor> = {};
-    const made: Tensor[] = [];
     try {
-      const linear = (l: Linear, storedTransposed: boolean): Tensor => {
+      for (const [name, t] of this.ownWeights()) out[name] = t.to(dtype);
+      for (const [name, l] of this.linears) {
         const w = l.weight instanceof NF4Tensor ? dequantize(l.weight, { dtype: 'float32' }) : l.weight.to('float32');
-        made.push(w);
-        const t = storedTransposed ? transpose2d(w.clone()) : w.clone();
-        made.push(t);
-        return t;
-      };
-      for (const [name, t] of this.namedWeights(linear)) {
-        if (name in out) continue; // a tied head shares the embedding
-        out[name] = t.to(dtype);
+        const stored = l.storedTransposed ? transpose2d(w) : w;
+        out[`${name}.weight`] = stored.to(dtype);
+        stored.dispose();
+        if (l.bias) out[`${name}.bias`] = l.bias.to(dtype);
       }
       return out;
     } catch (e) {
       for (const t of Object.values(out)) t.dispose();
       throw e;
-    } finally {
-      for (const t of made) t.dispose();
     }
   }
 
@@ -156,9 +183,10 @@ export abstract class CausalLM {
     }
   }
 
-  /** Sets every adapter gradient to zero. */
+  /** Sets every gradient to zero. */
   zeroGrad(): void {
     for (const l of this.linears.values()) l.zeroGrad();
+    for (const g of this.#grads.values()) g.fill(0);
   }
 
   #run(name: string, inputIds: Tensor, options: ForwardOptions | undefined, grad: boolean): ForwardResult {
@@ -181,6 +209,13 @@ export abstract class CausalLM {
         const work = o.returnLogits ? scope.keep(flat.clone()) : flat;
         ce = crossEntropy(work, shifted, { gradInPlace: true });
         const dHidden = scope.keep(matmul(work, this.headWeight(), { outDtype: 'float32' }).reshape([batch, seq, this.config.hiddenSize]));
+        const headGrad = this.gradOf(this.headWeight());
+        if (headGrad) {
+          // d(head) = dlogitsᵀ · hidden; a tied head adds to the embedding's gradient.
+          using h2 = t.hidden.reshape([batch * seq, this.config.hiddenSize]);
+          using dHead = matmul(work, h2, { transposeA: true, outDtype: 'float32' });
+          addInPlace(headGrad, dHead);
+        }
         t.backward(dHidden);
       } else {
         ce = crossEntropy(flat, shifted);
@@ -197,6 +232,7 @@ export abstract class CausalLM {
     if (this.#disposed) return;
     this.#disposed = true;
     for (const l of this.linears.values()) l.dispose();
+    for (const g of this.#grads.values()) g.dispose();
     this.disposeWeights();
   }
   [Symbol.dispose](): void {

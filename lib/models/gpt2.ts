@@ -5,7 +5,7 @@
  */
 import { type ModelConfig } from '../io/config';
 import { Tensor, tensor } from '../tensor/tensor';
-import { addInPlace, attention, attentionBackward, copyColumns, embedding, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
+import { addInPlace, attention, attentionBackward, copyColumns, embedding, embeddingBackward, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type Trunk } from './causal-lm';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
@@ -47,7 +47,7 @@ export class GPT2 extends CausalLM {
     const conv = (name: string, inF: number, outF: number) => {
       const w = src.linear(prefix + name, outF, inF, true);
       owned.push(w);
-      return new Linear(`transformer.${name}`, w, load(`${name}.bias`, [outF]));
+      return new Linear(`transformer.${name}`, w, load(`${name}.bias`, [outF]), true);
     };
     try {
       const blocks: Block[] = [];
@@ -132,14 +132,15 @@ export class GPT2 extends CausalLM {
     return {
       hidden,
       backward: (dHidden: Tensor) => {
-        let dh = scope.keep(layerNormBackward(dHidden, last, this.#lnf.w, nf.saved));
+        const lnGrads = (n: { w: Tensor; b: Tensor }) => ({ weight: this.gradOf(n.w), bias: this.gradOf(n.b) });
+        let dh = scope.keep(layerNormBackward(dHidden, last, this.#lnf.w, nf.saved, lnGrads(this.#lnf)));
         for (let l = this.#blocks.length - 1; l >= 0; l--) {
           const blk = this.#blocks[l]!, c = caches[l]!;
           // MLP: h3 = h2 + proj(gelu(fc(ln2(h2))))
           const dg = scope.keep(blk.mlpProj.backward(dh, c.mlpCtx, train));
           const df = scope.keep(geluBackward(dg, c.f));
           const dm = scope.keep(blk.fc.backward(df, c.fcCtx, train));
-          const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2)), dh);
+          const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2, lnGrads(blk.ln2))), dh);
           // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
           const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
           const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads });
@@ -149,13 +150,16 @@ export class GPT2 extends CausalLM {
             t.dispose();
           });
           const da = scope.keep(blk.attn.backward(dqkv, c.attnCtx, train));
-          dh = addInPlace(scope.keep(layerNormBackward(da, c.x, blk.ln1.w, c.ln1)), dh2);
+          dh = addInPlace(scope.keep(layerNormBackward(da, c.x, blk.ln1.w, c.ln1, lnGrads(blk.ln1))), dh2);
         }
+        const dwte = this.gradOf(this.#wte), dwpe = this.gradOf(this.#wpe);
+        if (dwte) embeddingBackward(ids, dh, dwte);
+        if (dwpe) embeddingBackward(pos, dh, dwpe);
       },
     };
   }
 
-  protected namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][] {
+  protected ownWeights(): [string, Tensor][] {
     const out: [string, Tensor][] = [
       ['transformer.wte.weight', this.#wte],
       ['transformer.wpe.weight', this.#wpe],
@@ -165,7 +169,6 @@ export class GPT2 extends CausalLM {
     this.#blocks.forEach((b, l) => {
       const p = `transformer.h.${l}`;
       out.push([`${p}.ln_1.weight`, b.ln1.w], [`${p}.ln_1.bias`, b.ln1.b], [`${p}.ln_2.weight`, b.ln2.w], [`${p}.ln_2.bias`, b.ln2.b]);
-      for (const lin of [b.attn, b.proj, b.fc, b.mlpProj]) out.push([`${lin.name}.weight`, linear(lin, true)], [`${lin.name}.bias`, lin.bias!]);
     });
     return out;
   }

@@ -1,8 +1,9 @@
 /**
- * A linear module of a model: a frozen base weight [out, in] (float or NF4), an optional bias, and an
- * optional LoRA adapter. Gradients of the adapter accumulate into tensors the module owns.
+ * A linear module of a model: a base weight [out, in] (float or NF4), an optional bias, and an
+ * optional LoRA adapter. Gradients (the adapter's, and the base weight's in full fine-tuning)
+ * accumulate into tensors the module owns.
  */
-import { Tensor, zeros } from '../tensor/tensor';
+import { Tensor, full, zeros } from '../tensor/tensor';
 import { NF4Tensor, dequantize, quantize } from '../nf4';
 import { linearForward, linearBackward } from '../lora/linear';
 import { matmul } from '../ops/matmul';
@@ -25,19 +26,32 @@ export interface LinearContext {
 
 export class Linear {
   readonly name: string;
+  /** The checkpoint stores the weight [in, out] (GPT-2's Conv1D); it is held [out, in]. */
+  readonly storedTransposed: boolean;
   /** Replaced (not mutated) when a merge re-quantizes or re-rounds it. */
   weight: Tensor | NF4Tensor;
   readonly bias?: Tensor;
   adapter?: LoraAdapterWeights;
   /** Gradients of loraA / loraB, allocated with the adapter. */
   grads?: { loraA: Tensor; loraB: Tensor };
+  /** Gradients of the base weight and bias, allocated by requireBaseGrad() (full fine-tuning). */
+  baseGrads?: { weight: Tensor; bias?: Tensor };
   /** The adapter's update is folded into the weight (and its branch skipped) until unmerge(). */
   #merged = false;
 
-  constructor(name: string, weight: Tensor | NF4Tensor, bias?: Tensor) {
+  constructor(name: string, weight: Tensor | NF4Tensor, bias?: Tensor, storedTransposed = false) {
     this.name = name;
     this.weight = weight;
     this.bias = bias;
+    this.storedTransposed = storedTransposed;
+  }
+
+  /** Makes the base weight (and bias) trainable: their gradients accumulate from now on. */
+  requireBaseGrad(): void {
+    if (this.baseGrads) return;
+    if (this.weight instanceof NF4Tensor || this.weight.dtype !== 'float32')
+      throw new LorakitTypeError('ERR_INVALID_ARG', `${this.name}: full fine-tuning needs a float32 weight, this one is ${this.weight instanceof NF4Tensor ? 'NF4' : this.weight.dtype}`);
+    this.baseGrads = { weight: zeros(this.weight.shape), bias: this.bias ? zeros(this.bias.shape) : undefined };
   }
 
   get inFeatures(): number {
@@ -102,8 +116,7 @@ export class Linear {
   }
 
   zeroGrad(): void {
-    this.grads?.loraA.fill(0);
-    this.grads?.loraB.fill(0);
+    for (const g of [this.grads?.loraA, this.grads?.loraB, this.baseGrads?.weight, this.baseGrads?.bias]) g?.fill(0);
   }
 
   /** y = x·Wᵀ + b (+ the adapter's branch). `seed` keys the dropout mask when training. */
@@ -116,20 +129,36 @@ export class Linear {
     return { y: matmul(x, this.weight, { transposeB: true, bias: this.bias, outDtype: 'float32' }), ctx: { x, seed } };
   }
 
-  /** dx from dy; adds the adapter's gradients into `grads`. */
+  /** dx from dy; adds the adapter's gradients into `grads` and the base's into `baseGrads`. */
   backward(dy: Tensor, ctx: LinearContext, train: boolean): Tensor {
+    const base = this.baseGrads;
     if (this.adapter && ctx.xa) {
       const dropout = train ? this.adapter.dropout : 0;
       const g = linearBackward(dy, ctx.x, ctx.xa, { weight: this.weight, bias: this.bias, loraA: this.adapter.loraA, loraB: this.adapter.loraB, scale: this.adapter.scale }, {
-        dropout, seed: ctx.seed, biasGrad: false, accumulateInto: { loraA: this.grads!.loraA, loraB: this.grads!.loraB },
+        dropout, seed: ctx.seed, biasGrad: base?.bias !== undefined, weightGrad: base !== undefined,
+        accumulateInto: { loraA: this.grads!.loraA, loraB: this.grads!.loraB, weight: base?.weight, bias: base?.bias },
       });
       return g.dx!;
+    }
+    if (base) {
+      const rows = dy.numel / this.outFeatures;
+      using dy2 = dy.reshape([rows, this.outFeatures]);
+      using x2 = ctx.x.reshape([rows, this.inFeatures]);
+      using dw = matmul(dy2, x2, { transposeA: true, outDtype: 'float32' });
+      addInPlace(base.weight, dw);
+      if (base.bias) {
+        using ones = full([1, rows], 1);
+        using db = matmul(ones, dy2, { outDtype: 'float32' });
+        addInPlace(base.bias, db);
+      }
     }
     return matmul(dy, this.weight, { outDtype: 'float32' });
   }
 
   dispose(): void {
     this.detach();
+    this.baseGrads?.weight.dispose();
+    this.baseGrads?.bias?.dispose();
     this.weight.dispose();
     this.bias?.dispose();
   }

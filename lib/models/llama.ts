@@ -5,7 +5,7 @@
 import { type ModelConfig } from '../io/config';
 import { LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
-import { addInPlace, attention, attentionBackward, embedding, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
+import { addInPlace, attention, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type Trunk } from './causal-lm';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
@@ -134,7 +134,8 @@ export class Llama extends CausalLM {
     return {
       hidden,
       backward: (dHidden: Tensor) => {
-        let dh = scope.keep(rmsNormBackward(dHidden, last, this.#norm, nf.saved));
+        const g = (w: Tensor) => ({ weight: this.gradOf(w) });
+        let dh = scope.keep(rmsNormBackward(dHidden, last, this.#norm, nf.saved, g(this.#norm)));
         for (let l = this.#layers.length - 1; l >= 0; l--) {
           const L = this.#layers[l]!, c = caches[l]!;
           const dact = scope.keep(L.down.backward(dh, c.dc, train));
@@ -142,32 +143,30 @@ export class Llama extends CausalLM {
           scope.keep(sw.dGate);
           scope.keep(sw.dUp);
           const dm = addInPlace(scope.keep(L.gate.backward(sw.dGate, c.gc, train)), scope.keep(L.up.backward(sw.dUp, c.uc, train)));
-          const dh2 = addInPlace(scope.keep(rmsNormBackward(dm, c.h2, L.postNorm, c.n2)), dh);
+          const dh2 = addInPlace(scope.keep(rmsNormBackward(dm, c.h2, L.postNorm, c.n2, g(L.postNorm))), dh);
           const dout = scope.keep(L.o.backward(dh2, c.oc, train));
-          const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads });
-          for (const t of [g.dq, g.dk, g.dv]) scope.keep(t);
+          const ag = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads });
+          for (const t of [ag.dq, ag.dk, ag.dv]) scope.keep(t);
           // q and k were rotated after their projections: rotate their gradients back.
-          ropeInPlace(g.dq, { heads, theta, inverse: true });
-          ropeInPlace(g.dk, { heads: kvHeads, theta, inverse: true });
-          const da = scope.keep(L.q.backward(g.dq, c.qc, train));
-          addInPlace(da, scope.keep(L.k.backward(g.dk, c.kc, train)));
-          addInPlace(da, scope.keep(L.v.backward(g.dv, c.vc, train)));
-          dh = addInPlace(scope.keep(rmsNormBackward(da, c.x, L.inNorm, c.n1)), dh2);
+          ropeInPlace(ag.dq, { heads, theta, inverse: true });
+          ropeInPlace(ag.dk, { heads: kvHeads, theta, inverse: true });
+          const da = scope.keep(L.q.backward(ag.dq, c.qc, train));
+          addInPlace(da, scope.keep(L.k.backward(ag.dk, c.kc, train)));
+          addInPlace(da, scope.keep(L.v.backward(ag.dv, c.vc, train)));
+          dh = addInPlace(scope.keep(rmsNormBackward(da, c.x, L.inNorm, c.n1, g(L.inNorm))), dh2);
         }
+        const demb = this.gradOf(this.#embed);
+        if (demb) embeddingBackward(ids, dh, demb);
       },
     };
   }
 
-  protected namedWeights(linear: (l: Linear, storedTransposed: boolean) => Tensor): [string, Tensor][] {
+  protected ownWeights(): [string, Tensor][] {
     const out: [string, Tensor][] = [['model.embed_tokens.weight', this.#embed], ['model.norm.weight', this.#norm]];
     if (this.#head !== this.#embed) out.push(['lm_head.weight', this.#head]);
     this.#layers.forEach((L, l) => {
       const p = `model.layers.${l}`;
       out.push([`${p}.input_layernorm.weight`, L.inNorm], [`${p}.post_attention_layernorm.weight`, L.postNorm]);
-      for (const lin of [L.q, L.k, L.v, L.o, L.gate, L.up, L.down]) {
-        out.push([`${lin.name}.weight`, linear(lin, false)]);
-        if (lin.bias) out.push([`${lin.name}.bias`, lin.bias]);
-      }
     });
     return out;
   }

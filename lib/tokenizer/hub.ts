@@ -46,6 +46,29 @@ function missingTokenizer(dir: string): LorakitError {
   return new LorakitError('ERR_IO', `${OP}: '${dir}' has no tokenizer.json${hint}. For a model trained without a tokenizer, use new ByteTokenizer()`);
 }
 
+/**
+ * Refuses pre-tokenizer settings that @huggingface/tokenizers reads differently from Hugging Face's Rust
+ * tokenizers, where the ids would come out different from those the model was trained on.
+ */
+function checkPreTokenizer(file: string, pre: unknown, model: Json, where: string): void {
+  if (!isObject(pre)) return;
+  if (pre.type === 'Sequence' && Array.isArray(pre.pretokenizers)) {
+    pre.pretokenizers.forEach((p: unknown, i) => checkPreTokenizer(file, p, model, `${where}.pretokenizers[${i}]`));
+    return;
+  }
+  if (pre.type === 'Split' && pre.behavior !== 'Isolated' && pre.behavior !== 'Removed')
+    throw fail(file, `${where} is a Split with behavior ${show(pre.behavior)}; the tokenizer library splits as 'Isolated' or 'Removed' only, and its tokens would differ from Hugging Face's`);
+  // Splitting at each ▁ (split: true, the default) only matters when a token could span one: Llama's and
+  // Mistral's vocabularies cannot, and they turn the split off anyway.
+  if (pre.type === 'Metaspace' && pre.split !== false) {
+    const mark = typeof pre.replacement === 'string' ? pre.replacement : '\u2581';
+    const pieces: unknown[] = Array.isArray(model.vocab) ? model.vocab.map((v: unknown) => (Array.isArray(v) ? v[0] : v)) : Object.keys(model.vocab as Json);
+    const spanning = pieces.find((p) => typeof p === 'string' && p.indexOf(mark, 1) > 0);
+    if (spanning !== undefined)
+      throw fail(file, `${where} is a Metaspace that splits words at ${show(mark)}, which the tokenizer library does not do; with tokens such as ${show(spanning)} in the vocabulary, its tokens would differ from Hugging Face's`);
+  }
+}
+
 /** Checks what the library would otherwise trip over with a bare TypeError, or misread in silence. */
 function checkTokenizerJson(file: string, json: unknown): Json {
   if (!isObject(json)) throw fail(file, `expected a JSON object, got ${show(json)}`);
@@ -56,6 +79,7 @@ function checkTokenizerJson(file: string, json: unknown): Json {
   if (model.type === 'Unigram' ? !Array.isArray(model.vocab) : !isObject(model.vocab))
     throw typeFail(file, 'model.vocab', model.type === 'Unigram' ? 'an array of [piece, score] pairs' : 'an object of token ids', model.vocab);
   if (model.type === 'BPE' && !Array.isArray(model.merges)) throw typeFail(file, 'model.merges', 'an array', model.merges);
+  checkPreTokenizer(file, json.pre_tokenizer, model, 'pre_tokenizer');
   const added = json.added_tokens ?? [];
   if (!Array.isArray(added)) throw typeFail(file, 'added_tokens', 'an array', added);
   added.forEach((t: unknown, i) => {
@@ -138,7 +162,7 @@ class HubTokenizer implements Tokenizer {
     const [bos, eos, pad] = [text('bos_token'), text('eos_token'), text('pad_token')];
     const extra = config.additional_special_tokens ?? [];
     if (!Array.isArray(extra)) throw typeFail(configFile, 'additional_special_tokens', 'an array', extra);
-    const extraTexts = extra.map((t: unknown, i) => tokenText(configFile, `additional_special_tokens[${i}]`, t));
+    const extraTexts = extra.map((t: unknown, i) => tokenText(configFile, `additional_special_tokens[${i}]`, t)).filter((t) => t !== null);
     const clean = optionalBool(configFile, config, 'clean_up_tokenization_spaces');
     try {
       this.hf = new HfTokenizer(json, {
@@ -182,10 +206,9 @@ class HubTokenizer implements Tokenizer {
 
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[] {
     const op = 'Tokenizer.encode';
-    checkText(op, text);
     const add = boolOption(op, options, 'addSpecialTokens', true);
     const ends = add ? this.addedEnds : null;
-    const ids = this.hf.encode(text, { add_special_tokens: add && this.addedEnds === null }).ids;
+    const ids = this.hf.encode(checkText(op, text), { add_special_tokens: add && this.addedEnds === null }).ids;
     if (ends?.bos) ids.unshift(this.bosTokenId!);
     if (ends?.eos) ids.push(this.eosTokenId!);
     // The library gives undefined, not an error, for a token missing from the vocabulary (an unk_token or a
