@@ -2,7 +2,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { io, tensor } from '../lib';
+import { io, loadTokenizer, tensor } from '../lib';
+import { ENDOFTEXT, byteLevelJson } from './helpers/tokenizers';
 import { loadModel } from '../lib/models';
 import { readSafetensors, relErr } from './helpers/reference';
 
@@ -106,5 +107,39 @@ describe('lorakit errors and help', () => {
     const r4 = run('eval', '--model', path.join(FIX, 'tiny-gpt2'), '--data', big);
     expect(r4.code).toBe(1);
     expect(r4.err).toMatch(/token id 600, outside the model's vocabulary of 512/);
+  });
+});
+
+describe('lorakit eval on text', () => {
+  // tiny-gpt2 (vocab 512) with a byte-level BPE tokenizer whose ids all fit in it.
+  function modelWithTokenizer(): string {
+    const dir = tmp();
+    for (const f of ['config.json', 'model.safetensors']) fs.copyFileSync(path.join(FIX, 'tiny-gpt2', f), path.join(dir, f));
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(byteLevelJson()));
+    fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify({ eos_token: '<|endoftext|>' }));
+    return dir;
+  }
+
+  test('text lines are tokenized; prompt/completion takes loss on the completion (and eos) only', () => {
+    const dir = modelWithTokenizer();
+    const tok = loadTokenizer(dir);
+    const data = path.join(tmp(), 'd.jsonl');
+    fs.writeFileSync(data, [JSON.stringify({ text: 'hello world' }), JSON.stringify({ prompt: 'the world', completion: ' hello 1234' })].join('\n'));
+    const r = JSON.parse(run('eval', '--model', dir, '--data', data, '--json').out);
+    // The same numbers by hand: token sums of per-line losses with the prompt masked.
+    using model = loadModel(dir);
+    const lineLoss = (ids: number[], labels: number[]) => {
+      const res = model.forward(tensor(BigInt64Array.from(ids, BigInt), [1, ids.length]), { labels: tensor(BigInt64Array.from(labels, BigInt), [1, labels.length]) });
+      return { sum: res.loss * res.tokens, n: res.tokens };
+    };
+    const t = tok.encode('hello world');
+    const p = tok.encode('the world'), c = tok.encode(' hello 1234', { addSpecialTokens: false });
+    const eos = tok.eosTokenId!;
+    expect(eos).toBe(ENDOFTEXT);
+    const a = lineLoss(t, t);
+    const b = lineLoss([...p, ...c, eos], [...p.map(() => -100), ...c, eos]);
+    expect(r.tokens).toBe(a.n + b.n);
+    expect(b.n).toBe(c.length + 1);
+    expect(Math.abs(r.loss - (a.sum + b.sum) / (a.n + b.n))).toBeLessThan(1e-6);
   });
 });
