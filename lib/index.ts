@@ -17,6 +17,8 @@ export {
   type ErrorCode,
 } from './errors';
 export * as lora from './lora';
-export { AdamW, gradNorm, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult } from './train';
+export { AdamW, gradNorm, evaluate, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult, type EvalResult } from './train';
 export * as io from './io';
 export { loadTokenizer, ByteTokenizer, type Tokenizer } from './tokenizer';
+export { loadModel, CausalLM, GPT2, Llama, type LoadModelOptions, type ForwardOptions, type ForwardResult } from './models';
+export { readJsonl, tokenize, type Example, type DataRecord } from './data';
