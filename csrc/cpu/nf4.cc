@@ -46,7 +46,10 @@ const float kNF4[16] = {-1.0f,
 
 namespace {
 
-// The decision thresholds of bitsandbytes' dQuantizeNF4, in ascending order.
+// The decision thresholds of bitsandbytes' dQuantizeNF4, in ascending order, as the same float literals:
+// each decimal is rounded once to float32, as the CUDA compiler rounds them. (They are the float64
+// midpoints of neighbouring NF4 values; for the 1st, 9th, 13th and 15th that midpoint is an exact
+// float32 tie, so rounding through double, e.g. numpy.float32 of the Python value, lands one step off.)
 const float kNF4Mid[15] = {-0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,
                            -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,
                            -0.045525018125772476f, 0.03979014977812767f,  0.1202552504837513f,
@@ -122,10 +125,10 @@ uint8_t quantize8(const float* code, float x) {
   return static_cast<uint8_t>(x < mid ? lower_pivot : pivot);
 }
 
-// A block of the same length as the others takes -FLT_MAX as the start of its maximum; a short last block
-// takes 0. bitsandbytes seeds the maximum with -FLT_MAX and folds |x| in with fmaxf, which skips NaN,
-// and it pads a short block with zeros that join the maximum. The two differ only for a full block of
-// NaN, whose absmax is then -FLT_MAX (and which dequantizes to +FLT_MAX), not 0.
+// The maximum of |x| starts at -FLT_MAX for a full block and at 0 for a short last block: bitsandbytes
+// seeds it with -FLT_MAX and folds |x| in with fmaxf, which skips NaN, and pads a short block with zeros
+// that take part. The seed shows only in a full block of NaN, whose absmax stays -FLT_MAX (and which
+// then dequantizes to +FLT_MAX).
 float block_absmax(const float* v, int64_t len, bool padded) {
   float m = padded ? 0.f : -FLT_MAX;
   for (int64_t i = 0; i < len; ++i) m = std::max(m, std::fabs(v[i]));  // NaN compares false: skipped
