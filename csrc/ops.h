@@ -135,10 +135,12 @@ struct RopeArgs {
 
 // Causal scaled-dot-product attention with grouped-query heads. q [batch, seq, hq, d], k/v
 // [batch, seq, hkv, d], out [batch, seq, hq, d]; lse [batch, hq, seq] saves each row's log-sum-exp.
-// Backward fills dq, dk, dv (overwritten).
+// With `starts` ([batch, seq], the index in its row where each token's document begins) a token
+// attends only within its own document (packed sequences). Backward fills dq, dk, dv (overwritten).
 struct AttentionArgs {
   int64_t batch = 0, seq = 0, hq = 0, hkv = 0, d = 0;
   float scale = 1.f;
+  const int64_t* starts = nullptr;
   const float* q = nullptr;
   const float* k = nullptr;
   const float* v = nullptr;

@@ -86,3 +86,38 @@ describe.each(['tiny-gpt2', 'tiny-llama'])('%s matches transformers + PEFT', (na
     }
   });
 });
+
+describe.each(['tiny-gpt2', 'tiny-llama'])('%s: packed rows keep documents apart', (name) => {
+  test('a row holding two documents gives each document its own logits, loss and gradients', () => {
+    using model = loadModel(path.join(FIX, name));
+    loadAdapter(model, path.join(FIX, name));
+    const a = Array.from({ length: 7 }, (_, i) => (i * 31 + 3) % 512), b = Array.from({ length: 9 }, (_, i) => (i * 17 + 100) % 512);
+    const row = (xs: number[]) => tensor(BigInt64Array.from(xs, BigInt), [1, xs.length]);
+    const alone = (xs: number[]) => {
+      model.zeroGrad();
+      const r = model.forwardBackward(row(xs), { returnLogits: true });
+      const grads = model.parameters().map((p) => p.grad.toFloat32Array());
+      return { logits: r.logits!.toFloat32Array(), loss: r.loss, tokens: r.tokens, grads };
+    };
+    const ra = alone(a), rb = alone(b);
+    model.zeroGrad();
+    const packed = model.forwardBackward(row([...a, ...b]), {
+      returnLogits: true,
+      labels: row([...a, -100, ...b.slice(1)]),
+      positions: row([...a.keys(), ...b.keys()]),
+      docStarts: row([...a.map(() => 0), ...b.map(() => 7)]),
+    });
+    const V = 512;
+    const pl = packed.logits!.toFloat32Array();
+    expect(relErr(pl.subarray(0, 7 * V), Float64Array.from(ra.logits))).toBeLessThan(1e-5);
+    expect(relErr(pl.subarray(7 * V), Float64Array.from(rb.logits))).toBeLessThan(1e-5);
+    expect(packed.tokens).toBe(ra.tokens + rb.tokens);
+    expect(Math.abs(packed.loss - (ra.loss * ra.tokens + rb.loss * rb.tokens) / packed.tokens)).toBeLessThan(1e-5);
+    // The mean over both documents weights each one's gradient by its share of the tokens.
+    const wa = ra.tokens / packed.tokens, wb = rb.tokens / packed.tokens;
+    model.parameters().forEach((p, i) => {
+      const want = Float64Array.from(ra.grads[i]!, (v, j) => wa * v + wb * rb.grads[i]![j]!);
+      expect(normRelErr(p.grad.toFloat32Array(), want)).toBeLessThan(1e-4);
+    });
+  });
+});

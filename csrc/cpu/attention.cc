@@ -4,8 +4,9 @@
 //   y[i] = x[i] cos a - x[i + d/2] sin a,   y[i + d/2] = x[i + d/2] cos a + x[i] sin a
 // The backward pass applies the transpose (sin negated).
 //
-// Attention, per batch b and query head h (kv head h / (hq / hkv)), causal:
-//   s_tj = scale * q_t . k_j (j <= t),  p_tj = exp(s_tj - lse_t),  out_t = sum_j p_tj v_j
+// Attention, per batch b and query head h (kv head h / (hq / hkv)), causal within a document
+// (j from the start of t's document, 0 without packing):
+//   s_tj = scale * q_t . k_j (start_t <= j <= t),  p_tj = exp(s_tj - lse_t),  out_t = sum_j p_tj v_j
 // Backward, with D_t = dout_t . out_t:
 //   ds_tj = p_tj (dout_t . v_j - D_t);  dq_t = scale sum_j ds_tj k_j;  dk_j += scale ds_tj q_t;  dv_j += p_tj dout_t
 // The score row is materialised (seq floats per thread): the CPU path targets short sequences; the
@@ -65,20 +66,21 @@ void attention_forward(const AttentionArgs& a) {
       const int64_t b = u / a.hq, h = u % a.hq, kh = h / group;
       for (int64_t t = 0; t < T; ++t) {
         const float* q = a.q + ((b * T + t) * a.hq + h) * D;
+        const int64_t j0 = a.starts ? a.starts[b * T + t] : 0;
         float mx = -INFINITY;
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = j0; j <= t; ++j) {
           p[j] = a.scale * dot(q, a.k + ((b * T + j) * a.hkv + kh) * D, D);
           mx = std::max(mx, p[j]);
         }
         double sum = 0.0;
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = j0; j <= t; ++j) {
           p[j] = std::exp(p[j] - mx);
           sum += p[j];
         }
         const float inv = static_cast<float>(1.0 / sum);
         float* o = a.out + ((b * T + t) * a.hq + h) * D;
         for (int64_t i = 0; i < D; ++i) o[i] = 0.f;
-        for (int64_t j = 0; j <= t; ++j) {
+        for (int64_t j = j0; j <= t; ++j) {
           const float w = p[j] * inv;
           const float* v = a.v + ((b * T + j) * a.hkv + kh) * D;
           for (int64_t i = 0; i < D; ++i) o[i] += w * v[i];
@@ -109,7 +111,8 @@ void attention_backward(const AttentionArgs& a) {
           const float Dt = dot(dout, a.out + row * D, D);
           float* dq = a.dq + row * D;
           for (int64_t i = 0; i < D; ++i) dq[i] = 0.f;
-          for (int64_t j = 0; j <= t; ++j) {
+          const int64_t j0 = a.starts ? a.starts[b * T + t] : 0;
+          for (int64_t j = j0; j <= t; ++j) {
             const float* k = a.k + ((b * T + j) * a.hkv + kh) * D;
             const float* v = a.v + ((b * T + j) * a.hkv + kh) * D;
             const float pj = std::exp(a.scale * dot(q, k, D) - lse);

@@ -5,6 +5,9 @@
 #include <cstring>
 #include <cstdlib>
 #include <new>
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
 
 #include "../ops.h"
 #include "dtype.h"
@@ -37,11 +40,18 @@ const char* dtype_name(DType d) {
 
 namespace cpu {
 
-// 64-byte alignment: whole cache lines and aligned 512-bit loads at the start of every tensor.
+// 64-byte alignment: whole cache lines and aligned 512-bit loads at the start of every tensor. Large
+// buffers are 2 MiB aligned and advised as huge pages: a fresh tensor's first write then takes one
+// page fault per 2 MiB instead of one per 4 KiB, which otherwise dominates memory-bound ops.
 void* alloc(size_t bytes) {
-  size_t rounded = (bytes + 63) / 64 * 64;
-  void* p = std::aligned_alloc(64, rounded == 0 ? 64 : rounded);
+  constexpr size_t kHuge = size_t{2} << 20;
+  const size_t align = bytes >= kHuge ? kHuge : 64;
+  size_t rounded = (bytes + align - 1) / align * align;
+  void* p = std::aligned_alloc(align, rounded == 0 ? 64 : rounded);
   if (!p) throw Error("ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+#ifdef MADV_HUGEPAGE
+  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
+#endif
   return p;
 }
 

@@ -83,6 +83,12 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   a.v = ptr<float>(o, "v", nkv, op);
   a.out = ptr<float>(o, "out", nq, op);
   a.lse = ptr<float>(o, "lse", a.batch * a.hq * a.seq, op);
+  a.starts = ptr<int64_t>(o, "starts", a.batch * a.seq, op, true);
+  if (a.starts)
+    for (int64_t i = 0; i < a.batch * a.seq; ++i)
+      if (a.starts[i] < 0 || a.starts[i] > i % a.seq)
+        throw_range(o.Env(), std::string(op) + ": starts[" + std::to_string(i) + "] = " + std::to_string(a.starts[i]) +
+                                 " must lie in [0, its position in the row]");
   if (Backward) {
     a.dout = ptr<float>(o, "dout", nq, op);
     a.dq = ptr<float>(o, "dq", nq, op);

@@ -26,6 +26,23 @@ export interface ForwardOptions {
   train?: boolean;
   /** Seed of this step's dropout masks. */
   seed?: number;
+  /** Position ids [batch, seq] int64 (packed rows restart them per document); 0..seq-1 by default. */
+  positions?: Tensor;
+  /**
+   * Packed rows: int64 [batch, seq], the index in its row where each token's document starts;
+   * attention then stays inside each document.
+   */
+  docStarts?: Tensor;
+}
+
+/** @internal What an architecture's trunk receives for one pass. */
+export interface PassInputs {
+  ids: Tensor;
+  positions: Tensor;
+  docStarts?: Tensor;
+  train: boolean;
+  seed: number;
+  grad: boolean;
 }
 
 export interface ForwardResult {
@@ -73,7 +90,7 @@ export abstract class CausalLM {
   /** The [vocab, hidden] weight the logits are computed with (the embedding when tied). */
   protected abstract headWeight(): Tensor;
   /** Embedding, layers and final norm; `grad` keeps what the backward pass needs. */
-  protected abstract trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk;
+  protected abstract trunk(inputs: PassInputs, scope: Scope): Trunk;
   protected abstract disposeWeights(): void;
   /** The weights outside the Linear modules (embeddings, norms, an untied head), by checkpoint name. */
   protected abstract ownWeights(): [string, Tensor][];
@@ -198,10 +215,18 @@ export abstract class CausalLM {
     if (this.config.ropeTheta === null && seq > this.config.maxPositions)
       throw new LorakitRangeError('ERR_SHAPE', `${op}: sequence length ${seq} exceeds the model's ${this.config.maxPositions} positions`);
     if (o.labels !== undefined) checkTensor(op, 'labels', o.labels, { dtypes: ['int64'], shape: [batch, seq] });
+    if (o.positions !== undefined) checkTensor(op, 'positions', o.positions, { dtypes: ['int64'], shape: [batch, seq] });
+    if (o.docStarts !== undefined) checkTensor(op, 'docStarts', o.docStarts, { dtypes: ['int64'], shape: [batch, seq] });
     const scope = new Scope();
     try {
       const shifted = scope.keep(shiftLabels(o.labels ?? inputIds));
-      const t = this.trunk(inputIds, scope, o.train === true, o.seed ?? 0, grad);
+      const positions = o.positions ?? scope.keep(positionIds(batch, seq));
+      if (this.config.ropeTheta === null) {
+        const maxPos = (positions.data() as BigInt64Array).reduce((m, v) => (v > m ? v : m), 0n);
+        if (maxPos >= BigInt(this.config.maxPositions))
+          throw new LorakitRangeError('ERR_SHAPE', `${op}: position ${maxPos} exceeds the model's ${this.config.maxPositions} positions`);
+      }
+      const t = this.trunk({ ids: inputIds, positions, docStarts: o.docStarts, train: o.train === true, seed: o.seed ?? 0, grad }, scope);
       const logits = matmul(t.hidden, this.headWeight(), { transposeB: true, outDtype: 'float32' });
       const flat = logits.reshape([batch * seq, this.config.vocabSize]);
       let ce;
@@ -238,6 +263,13 @@ export abstract class CausalLM {
   [Symbol.dispose](): void {
     this.dispose();
   }
+}
+
+/** Position ids [batch, seq]: 0..seq-1 in every row. */
+function positionIds(batch: number, seq: number): Tensor {
+  const out = new BigInt64Array(batch * seq);
+  for (let i = 0; i < out.length; i++) out[i] = BigInt(i % seq);
+  return tensor(out, [batch, seq]);
 }
 
 /** Labels for next-token prediction: row t gets label t+1; each sequence's last position is ignored. */

@@ -4,9 +4,9 @@
  * Linear (and every PEFT adapter, which GPT-2 marks fan_in_fan_out) has the same layout.
  */
 import { type ModelConfig } from '../io/config';
-import { Tensor, tensor } from '../tensor/tensor';
+import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, copyColumns, embedding, embeddingBackward, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
-import { CausalLM, Scope, type Trunk } from './causal-lm';
+import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
@@ -79,10 +79,9 @@ export class GPT2 extends CausalLM {
     return this.#wte;
   }
 
-  protected trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk {
+  protected trunk({ ids, positions: pos, docStarts, train, seed, grad }: PassInputs, scope: Scope): Trunk {
     const [batch, seq] = ids.shape as [number, number];
     const { numHeads: heads, hiddenSize: D, normEps: eps } = this.config;
-    const pos = scope.keep(positionIds(batch, seq));
     let h = scope.keep(embedding(ids, this.#wte));
     addInPlace(h, scope.keep(embedding(pos, this.#wpe)));
     const caches: {
@@ -103,7 +102,7 @@ export class GPT2 extends CausalLM {
         copyColumns(qkv.y, i * D, t, 0, D);
         return t;
       }) as [Tensor, Tensor, Tensor];
-      const at = attention(q, k, v, { heads });
+      const at = attention(q, k, v, { heads, docStarts });
       scope.keep(at.out);
       scope.keep(at.lse);
       const o = blk.proj.forward(at.out, train, s + 1);
@@ -143,7 +142,7 @@ export class GPT2 extends CausalLM {
           const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2, lnGrads(blk.ln2))), dh);
           // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
           const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
-          const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads });
+          const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, docStarts });
           const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32'));
           [g.dq, g.dk, g.dv].forEach((t, i) => {
             copyColumns(t, 0, dqkv, i * D, D);
@@ -180,11 +179,4 @@ export class GPT2 extends CausalLM {
     this.#lnf.b.dispose();
     for (const b of this.#blocks) for (const t of [b.ln1.w, b.ln1.b, b.ln2.w, b.ln2.b]) t.dispose();
   }
-}
-
-/** Position ids [batch, seq]: 0..seq-1 in every row. */
-function positionIds(batch: number, seq: number): Tensor {
-  const out = new BigInt64Array(batch * seq);
-  for (let i = 0; i < out.length; i++) out[i] = BigInt(i % seq);
-  return tensor(out, [batch, seq]);
 }

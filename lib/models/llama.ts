@@ -6,7 +6,7 @@ import { type ModelConfig } from '../io/config';
 import { LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
-import { CausalLM, Scope, type Trunk } from './causal-lm';
+import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
@@ -81,7 +81,7 @@ export class Llama extends CausalLM {
     return this.#head;
   }
 
-  protected trunk(ids: Tensor, scope: Scope, train: boolean, seed: number, grad: boolean): Trunk {
+  protected trunk({ ids, positions, docStarts, train, seed, grad }: PassInputs, scope: Scope): Trunk {
     const { numHeads: heads, numKvHeads: kvHeads, normEps: eps } = this.config;
     const theta = this.config.ropeTheta ?? 10000;
     const keepCtx = (c: LinearContext) => c.xa && scope.keep(c.xa);
@@ -100,9 +100,9 @@ export class Llama extends CausalLM {
         scope.keep(r.y);
         keepCtx(r.ctx);
       }
-      ropeInPlace(q.y, { heads, theta });
-      ropeInPlace(k.y, { heads: kvHeads, theta });
-      const at = attention(q.y, k.y, v.y, { heads, kvHeads });
+      ropeInPlace(q.y, { heads, theta, positions });
+      ropeInPlace(k.y, { heads: kvHeads, theta, positions });
+      const at = attention(q.y, k.y, v.y, { heads, kvHeads, docStarts });
       scope.keep(at.out);
       scope.keep(at.lse);
       const o = L.o.forward(at.out, train, s + 3);
@@ -145,11 +145,11 @@ export class Llama extends CausalLM {
           const dm = addInPlace(scope.keep(L.gate.backward(sw.dGate, c.gc, train)), scope.keep(L.up.backward(sw.dUp, c.uc, train)));
           const dh2 = addInPlace(scope.keep(rmsNormBackward(dm, c.h2, L.postNorm, c.n2, g(L.postNorm))), dh);
           const dout = scope.keep(L.o.backward(dh2, c.oc, train));
-          const ag = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads });
+          const ag = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads, docStarts });
           for (const t of [ag.dq, ag.dk, ag.dv]) scope.keep(t);
           // q and k were rotated after their projections: rotate their gradients back.
-          ropeInPlace(ag.dq, { heads, theta, inverse: true });
-          ropeInPlace(ag.dk, { heads: kvHeads, theta, inverse: true });
+          ropeInPlace(ag.dq, { heads, theta, positions, inverse: true });
+          ropeInPlace(ag.dk, { heads: kvHeads, theta, positions, inverse: true });
           const da = scope.keep(L.q.backward(ag.dq, c.qc, train));
           addInPlace(da, scope.keep(L.k.backward(ag.dk, c.kc, train)));
           addInPlace(da, scope.keep(L.v.backward(ag.dv, c.vc, train)));

@@ -72,9 +72,9 @@ export interface Addon {
   rmsNormForward(a: { x: S; w: S; y: S; rstd: S; rows: number; dim: number; eps: number }): void;
   rmsNormBackward(a: { dy: S; x: S; w: S; rstd: S; dx?: Opt; dw?: Opt; rows: number; dim: number }): void;
   rope(a: { x: S; tokens: number; heads: number; headDim: number; seq: number; pos?: Opt; theta: number; inverse: boolean }): void;
-  attentionForward(a: { q: S; k: S; v: S; out: S; lse: S; batch: number; seq: number; hq: number; hkv: number; d: number; scale: number }): void;
+  attentionForward(a: { q: S; k: S; v: S; out: S; lse: S; starts?: Opt; batch: number; seq: number; hq: number; hkv: number; d: number; scale: number }): void;
   attentionBackward(a: {
-    q: S; k: S; v: S; out: S; lse: S; dout: S; dq: S; dk: S; dv: S;
+    q: S; k: S; v: S; out: S; lse: S; dout: S; dq: S; dk: S; dv: S; starts?: Opt;
     batch: number; seq: number; hq: number; hkv: number; d: number; scale: number;
   }): void;
   geluForward(a: { x: S; y: S; n: number }): void;

@@ -108,6 +108,11 @@ export interface AttentionOptions {
   kvHeads?: number;
   /** Score scale; 1/sqrt(headDim) by default. */
   scale?: number;
+  /**
+   * Packed sequences: int64 [batch, seq], the index in its row where each token's document starts;
+   * a token then attends only to earlier tokens of its own document.
+   */
+  docStarts?: Tensor;
 }
 
 interface AttnDims {
@@ -117,6 +122,7 @@ interface AttnDims {
   hkv: number;
   d: number;
   scale: number;
+  starts?: Tensor;
 }
 
 function attnDims(op: string, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): AttnDims {
@@ -131,7 +137,8 @@ function attnDims(op: string, q: Tensor, k: Tensor, v: Tensor, options: Attentio
   checkTensor(op, 'k', k, { dtypes: F32, shape: [batch, seq, hkv * d] });
   checkTensor(op, 'v', v, { dtypes: F32, shape: [batch, seq, hkv * d] });
   const scale = o.scale === undefined ? 1 / Math.sqrt(d) : checkNumber(op, 'scale', o.scale);
-  return { batch, seq, hq, hkv, d, scale };
+  if (o.docStarts !== undefined) checkTensor(op, 'docStarts', o.docStarts, { dtypes: ['int64'], shape: [batch, seq] });
+  return { batch, seq, hq, hkv, d, scale, starts: o.docStarts };
 }
 
 /** Causal attention with grouped-query heads; q [B, T, H·D], k/v [B, T, Hkv·D]. */
@@ -139,7 +146,7 @@ export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOpt
   const op = 'attention';
   const d = attnDims(op, q, k, v, options);
   const out = like(q, op), lse = Tensor.empty([d.batch, d.hq, d.seq], 'float32', 'cpu', op);
-  native().attentionForward({ q: q.storage(), k: k.storage(), v: v.storage(), out: out.storage(), lse: lse.storage(), ...d });
+  native().attentionForward({ q: q.storage(), k: k.storage(), v: v.storage(), out: out.storage(), lse: lse.storage(), ...d, starts: d.starts?.storage() });
   return { out, lse };
 }
 
@@ -152,7 +159,7 @@ export function attentionBackward(dout: Tensor, q: Tensor, k: Tensor, v: Tensor,
   const dq = like(q, op), dk = like(k, op), dv = like(v, op);
   native().attentionBackward({
     q: q.storage(), k: k.storage(), v: v.storage(), out: out.storage(), lse: lse.storage(), dout: dout.storage(),
-    dq: dq.storage(), dk: dk.storage(), dv: dv.storage(), ...d,
+    dq: dq.storage(), dk: dk.storage(), dv: dv.storage(), ...d, starts: d.starts?.storage(),
   });
   return { dq, dk, dv };
 }
