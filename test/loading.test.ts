@@ -63,7 +63,7 @@ describe('loading options', () => {
       out[`${key}.absmax`] = q.absmaxCodes!;
       out[`${key}.nested_absmax`] = q.absmaxScales!;
       out[`${key}.quant_map`] = code;
-      out[`${key}.nested_quant_map`] = tensor(new Float32Array(256), [256]);
+      out[`${key}.nested_quant_map`] = tensor(nf4.absmaxCodeBook(), [256]);
       const state = { quant_type: 'nf4', blocksize: 64, dtype: 'float32', shape: t.shape, nested_blocksize: 256, nested_dtype: 'float32', nested_offset: q.absmaxOffset };
       out[`${key}.quant_state.bitsandbytes__nf4`] = tensor(new Uint8Array(Buffer.from(JSON.stringify(state))), undefined, { dtype: 'uint8' });
     }
@@ -73,6 +73,14 @@ describe('loading options', () => {
     using ours = loadModel(LLAMA, { quantize: true });
     expect([...pre.linears.values()].every((l) => l.weight instanceof NF4Tensor)).toBe(true);
     expect(Array.from(logitsOf(pre))).toEqual(Array.from(logitsOf(ours)));
+    // A different nested map (torch 1.x built one) would make the codes mean other values: refused.
+    const other = nf4.absmaxCodeBook();
+    other[200] = other[200]! * 1.0001;
+    const saved = out['model.layers.1.mlp.up_proj.weight.nested_quant_map']!;
+    out['model.layers.1.mlp.up_proj.weight.nested_quant_map'] = tensor(other, [256]);
+    io.writeSafetensors(path.join(dir, 'model.safetensors'), out);
+    expect(() => loadModel(dir)).toThrow(/up_proj\.weight' \(bitsandbytes NF4\): its nested_quant_map differs from bitsandbytes' signed dynamic map at entry 200/);
+    out['model.layers.1.mlp.up_proj.weight.nested_quant_map'] = saved;
     // A quant state for another shape is refused with the module's name.
     const bad = JSON.stringify({ quant_type: 'nf4', blocksize: 64, dtype: 'float32', shape: [3, 3] });
     out['model.layers.0.self_attn.q_proj.weight.quant_state.bitsandbytes__nf4'] = tensor(new Uint8Array(Buffer.from(bad)), undefined, { dtype: 'uint8' });

@@ -457,6 +457,10 @@ describe('nf4: constants against the bitsandbytes source', () => {
     }
   });
 
+  test('nf4.absmaxCodeBook() is the dynamic map, bit for bit', () => {
+    expect(Array.from(nf4.absmaxCodeBook())).toEqual(Array.from(MAP));
+  });
+
   test('the dynamic map: 256 sorted float32 values, 0 and 1 in it, 127 negatives mirrored by positives', () => {
     expect(MAP.length).toBe(256);
     for (let i = 1; i < 256; i++) expect(MAP[i]!).toBeGreaterThan(MAP[i - 1]!);

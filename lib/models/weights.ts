@@ -7,7 +7,7 @@
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { type TensorSource } from '../io/safetensors';
 import { isObject, show } from '../io/config';
-import { NF4Tensor, NF4_CODE, quantize } from '../nf4';
+import { NF4Tensor, NF4_CODE, absmaxCodeBook, quantize } from '../nf4';
 import { Tensor, tensor } from '../tensor/tensor';
 import { shapeStr } from '../ops/check';
 
@@ -118,6 +118,12 @@ export class CheckpointWeights {
       if ('nested_absmax' in state || this.#src.has(`${name}.nested_absmax`)) {
         if (state.nested_blocksize !== 256) throw fail(`nested_blocksize ${show(state.nested_blocksize)} is not 256`);
         if (typeof state.nested_offset !== 'number') throw fail(`nested_offset ${show(state.nested_offset)} is not a number`);
+        // The absmax codes mean what this map says; torch 1.x built a slightly different map, whose
+        // codes lorakit's decoder would misread.
+        const nestedMap = load(`${name}.nested_quant_map`, 'float32', 256).toFloat32Array();
+        const ours = absmaxCodeBook();
+        const differs = nestedMap.findIndex((v, i) => v !== ours[i]);
+        if (differs >= 0) throw fail(`its nested_quant_map differs from bitsandbytes' signed dynamic map at entry ${differs} (${nestedMap[differs]} vs ${ours[differs]}); re-quantize from the float checkpoint`);
         const absmaxCodes = load(`${name}.absmax`, 'uint8', blocks);
         const absmaxScales = load(`${name}.nested_absmax`, 'float32', Math.ceil(blocks / 256));
         for (const t of owned) t.dispose();

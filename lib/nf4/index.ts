@@ -5,7 +5,7 @@
 import { native, type AddonNF4 } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
-import { Tensor, describe, numelOf } from '../tensor/tensor';
+import { Tensor, describe, numelOf, tensor } from '../tensor/tensor';
 import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
 
 /** The 16 NF4 values, index = 4-bit code (bitsandbytes' table). */
@@ -184,4 +184,27 @@ export function dequantize(q: NF4Tensor, options?: { dtype?: DType }): Tensor {
   } finally {
     release();
   }
+}
+
+let codeBook: Float32Array | undefined;
+
+/**
+ * The 256 values of bitsandbytes' signed dynamic 8-bit map that double quantization codes the absmax
+ * with, read back from the native decoder (code i, scale 1, offset 0).
+ */
+export function absmaxCodeBook(): Float32Array {
+  if (codeBook) return codeBook.slice();
+  const blocks = 256;
+  using q = new NF4Tensor({
+    packed: Tensor.empty([(blocks * 32) / 2], 'uint8', 'cpu', 'nf4.absmaxCodeBook'),
+    absmaxCodes: tensor(Uint8Array.from({ length: blocks }, (_, i) => i), [blocks], { dtype: 'uint8' }),
+    absmaxScales: tensor(new Float32Array([1]), [1]),
+    absmaxOffset: 0,
+    blockSize: 32,
+    shape: [blocks * 32],
+    dtype: 'float32',
+  });
+  using decoded = absmaxOf(q);
+  codeBook = decoded.toFloat32Array();
+  return codeBook.slice();
 }

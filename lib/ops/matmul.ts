@@ -29,7 +29,7 @@ export function matmul(a: Tensor, b: Tensor | NF4Tensor, options?: MatmulOptions
   const op = 'ops.matmul';
   const o = checkOptions<MatmulOptions>(op, options);
   checkTensor(op, 'a', a, { dtypes: FLOATS, minDim: 2 });
-  const quantized = b instanceof NF4Tensor ? nativeNF4(op, b) : undefined;
+  const quantized = b instanceof NF4Tensor ? nativeNF4(op, b, 'b') : undefined;
   try {
     return matmulChecked(op, a, b, o, quantized?.nf4);
   } finally {
