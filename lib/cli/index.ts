@@ -5,10 +5,11 @@ import { hideBin } from 'yargs/helpers';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
+import { trainCommand } from './commands/train';
 
 export function main(argv: string[] = hideBin(process.argv)): void {
   let y = yargs(argv).scriptName('lorakit').usage('$0 <command> [options]');
-  for (const add of [inspectCommand, evalCommand, mergeCommand]) y = add(y);
+  for (const add of [trainCommand, inspectCommand, evalCommand, mergeCommand]) y = add(y);
   y.demandCommand(1, 'Name a command; `lorakit --help` lists them.')
     .strict()
     .help()
@@ -20,7 +21,7 @@ export function main(argv: string[] = hideBin(process.argv)): void {
       process.stderr.write(`lorakit: ${msg}\nRun \`lorakit --help\` for usage.\n`);
       process.exit(2);
     })
-    .parseSync();
+    .parse();
 }
 
 if (require.main === module) main();

@@ -21,14 +21,16 @@ export interface ParamGroup extends Partial<AdamWHyper> {
 }
 
 export interface StepOptions {
-  /** Clip the global gradient norm to this value before the update (torch's clip_grad_norm_). */
+  /** Multiply the gradients by this first (1/accumulation steps, for example); default 1. */
+  gradScale?: number;
+  /** Clip the global gradient norm (of the scaled gradients) to this value before the update (torch's clip_grad_norm_). */
   maxGradNorm?: number;
   /** Override every group's learning rate for this step (a scheduler's value). */
   lr?: number;
 }
 
 export interface StepResult {
-  /** Global L2 norm of the gradients before clipping (computed only when clipping). */
+  /** Global L2 norm of the (scaled) gradients before clipping (computed only when clipping). */
   gradNorm?: number;
   /** The factor the gradients were multiplied by (1 when not clipped). */
   clipScale: number;
@@ -122,11 +124,12 @@ export class AdamW {
         throw new LorakitRangeError('ERR_SHAPE', `${op}: grads[${i}] has shape ${shapeStr(g.shape)}, its parameter ${shapeStr(s.param.shape)}`);
     });
     const lrOverride = o.lr === undefined ? undefined : checkNumber(op, 'lr', o.lr, { min: 0 });
+    const scale = o.gradScale === undefined ? 1 : checkNumber(op, 'gradScale', o.gradScale, { min: 0 });
     let clipScale = 1;
     let norm: number | undefined;
     if (o.maxGradNorm !== undefined) {
       const max = checkNumber(op, 'maxGradNorm', o.maxGradNorm, { min: 0 });
-      norm = gradNorm(grads);
+      norm = gradNorm(grads) * scale;
       if (!Number.isFinite(norm)) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the gradient norm is ${norm}; no parameter was updated`);
       // torch.nn.utils.clip_grad_norm_: coefficient max/(norm + 1e-6), never above 1.
       clipScale = Math.min(1, max / (norm + 1e-6));
@@ -138,9 +141,34 @@ export class AdamW {
         numel: s.param.numel, lr: lrOverride ?? h.lr, beta1: h.betas[0], beta2: h.betas[1], eps: h.eps, weightDecay: h.weightDecay,
       };
     });
-    native().adamwStep({ tensors, step: this.#step + 1, gradScale: clipScale });
+    native().adamwStep({ tensors, step: this.#step + 1, gradScale: scale * clipScale });
     this.#step++;
     return { gradNorm: norm, clipScale };
+  }
+
+  /**
+   * Restores the step count and the moments saved from an optimizer over the same parameters (the
+   * tensors are copied, so the caller keeps ownership of `moments`).
+   */
+  loadState(step: number, moments: { expAvg: Tensor; expAvgSq: Tensor }[]): void {
+    const op = 'AdamW.loadState';
+    if (this.#disposed) throw new DisposedError('AdamW');
+    checkNumber(op, 'step', step, { integer: true, min: 0 });
+    if (!Array.isArray(moments) || moments.length !== this.#slots.length)
+      throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: expected moments for ${this.#slots.length} parameters, got ${Array.isArray(moments) ? moments.length : describe(moments)}`);
+    moments.forEach((m, i) => {
+      const s = this.#slots[i]!;
+      for (const [k, t] of [['expAvg', m.expAvg], ['expAvgSq', m.expAvgSq]] as const) {
+        checkTensor(op, `moments[${i}].${k}`, t, { dtypes: ['float32'] });
+        if (t.numel !== s.param.numel) throw new LorakitRangeError('ERR_SHAPE', `${op}: moments[${i}].${k} has ${t.numel} elements, its parameter ${s.param.numel}`);
+      }
+    });
+    moments.forEach((m, i) => {
+      const s = this.#slots[i]!;
+      s.expAvg.storage().upload(m.expAvg.toFloat32Array());
+      s.expAvgSq.storage().upload(m.expAvgSq.toFloat32Array());
+    });
+    this.#step = step;
   }
 
   /** Frees the moment buffers (not the parameters, which the caller owns). */
