@@ -65,12 +65,12 @@ function plainFormat(tokenizer: Tokenizer): ChatFormat {
  * A Jinja chat template rendered as transformers' apply_chat_template does: with the messages, the special
  * tokens' text, and the rendered text tokenized without added special tokens (the template writes its own).
  */
-function templateFormat(tokenizer: Tokenizer, source: string): ChatFormat {
+function templateFormat(tokenizer: Tokenizer, source: string, where: string): ChatFormat {
   let template: Template;
   try {
     template = new Template(source);
   } catch (e) {
-    throw new LorakitError('ERR_TOKENIZER', `the tokenizer's chat template cannot be parsed: ${messageOf(e)}`);
+    throw new LorakitError('ERR_TOKENIZER', `${where}: the tokenizer's chat template cannot be parsed: ${messageOf(e)}`);
   }
   // The Tokenizer interface keeps special tokens as ids; decoding one gives back its text.
   const special: Record<string, string> = {};
@@ -85,10 +85,11 @@ function templateFormat(tokenizer: Tokenizer, source: string): ChatFormat {
 
 const formats = new WeakMap<Tokenizer, ChatFormat>();
 
-function formatOf(tokenizer: Tokenizer): ChatFormat {
+/** The tokenizer's format, made once; `where` names the example that needed it, should the template be broken. */
+function formatOf(tokenizer: Tokenizer, where: string): ChatFormat {
   let f = formats.get(tokenizer);
   if (f === undefined) {
-    f = tokenizer.chatTemplate === null ? plainFormat(tokenizer) : templateFormat(tokenizer, tokenizer.chatTemplate);
+    f = tokenizer.chatTemplate === null ? plainFormat(tokenizer) : templateFormat(tokenizer, tokenizer.chatTemplate, where);
     formats.set(tokenizer, f);
   }
   return f;
@@ -164,7 +165,7 @@ class Boundaries {
  * and up to its end: the difference is exactly the text the model must write, for any template.
  */
 export function tokenizeChat(messages: readonly ChatMessage[], tokenizer: Tokenizer, where: string): Example {
-  const format = formatOf(tokenizer);
+  const format = formatOf(tokenizer, where);
   const fail = (msg: string): LorakitError => new LorakitError('ERR_INVALID_ARG', `${where}: ${msg}`);
   let text: string;
   try {

@@ -9,10 +9,7 @@ import { parseJsonl, tokenizeRecord, type Example } from './jsonl';
 // A run of two or more line breaks, with nothing but spaces and tabs between them, ends a document.
 const DOCUMENT_BREAK = /\r?\n(?:[ \t]*\r?\n)+/;
 
-/**
- * The documents of a text file: separated by blank lines, each without the line breaks around it (a document
- * still ends with the line break before the blank line only in the file, not in its text).
- */
+/** The documents of a text file, without the line breaks around them; whitespace-only ones are dropped. */
 function readDocuments(file: string): string[] {
   let text: string;
   try {
@@ -34,7 +31,8 @@ function readDocuments(file: string): string[] {
 export function loadExamples(file: string, tokenizer: Tokenizer | null): Example[] {
   const ext = path.extname(file).toLowerCase();
   if (ext === '.jsonl') return parseJsonl(file).map(({ line, record }) => tokenizeRecord(record, tokenizer, `${file}:${line}`));
-  if (ext !== '.txt') throw new LorakitError('ERR_INVALID_ARG', `${file}: unknown data format '${ext}'; expected a .jsonl or a .txt file`);
+  if (ext !== '.txt')
+    throw new LorakitError('ERR_INVALID_ARG', `${file}: unknown data format ${ext === '' ? '(no extension)' : `'${ext}'`}; expected a .jsonl or a .txt file`);
   const docs = readDocuments(file);
   if (docs.length === 0) throw new LorakitError('ERR_INVALID_ARG', `${file}: the file holds no examples`);
   if (tokenizer === null) throw new LorakitError('ERR_INVALID_ARG', `${file} is text, and no tokenizer was given`);

@@ -144,7 +144,7 @@ export function resolveOptions(o: TrainOptions): Resolved {
   if ((o.device ?? 'cpu') !== 'cpu')
     throw new LorakitTypeError('ERR_DEVICE', `train: device '${o.device}' is not available: this build of lorakit has only the cpu backend`);
   const r = positiveInt('r', o.r ?? 16);
-  if (o.steps !== undefined && o.epochs !== undefined) throw fail(`give 'steps' or 'epochs', not both`);
+  if (o.steps != null && o.epochs != null) throw fail(`give 'steps' or 'epochs', not both`);
   const target = o.target ?? 'all-linear';
   if (typeof target === 'string' && !(target in TARGETS) && !/^[\w.,|\\()*+?-]+$/.test(target)) throw fail(`'target' ${describe(target)} is not all-linear, attention, mlp or module names`);
   const full = method === 'full';
@@ -158,12 +158,12 @@ export function resolveOptions(o: TrainOptions): Resolved {
     rslora: o.rslora === true,
     dropout: finite('dropout', o.dropout ?? 0.05, 0, 0.99),
     lr: finite('lr', o.lr ?? (full ? 2e-5 : 2e-4), 0, 1),
-    steps: o.steps === undefined ? null : positiveInt('steps', o.steps),
-    epochs: o.epochs === undefined ? null : finite('epochs', o.epochs, 1e-9),
+    steps: o.steps == null ? null : positiveInt('steps', o.steps),
+    epochs: o.epochs == null ? null : finite('epochs', o.epochs, 1e-9),
     batchSize: positiveInt('batchSize', o.batchSize ?? 8),
     gradAccum: positiveInt('gradAccum', o.gradAccum ?? 1),
     seqLen: positiveInt('seqLen', o.seqLen ?? 256, 2),
-    warmup: o.warmup === undefined ? null : positiveInt('warmup', o.warmup, 0),
+    warmup: o.warmup == null ? null : positiveInt('warmup', o.warmup, 0),
     schedule: (() => {
       const s = o.schedule ?? 'cosine';
       if (!['cosine', 'linear', 'constant'].includes(s)) throw fail(`'schedule' must be cosine, linear or constant, got ${describe(s)}`);
@@ -175,8 +175,8 @@ export function resolveOptions(o: TrainOptions): Resolved {
     evalSplit: finite('evalSplit', o.evalSplit ?? 0.05, 0, 0.5),
     evalData: o.evalData ?? null,
     retainData: o.retainData ?? null,
-    evalEvery: o.evalEvery === undefined ? null : positiveInt('evalEvery', o.evalEvery),
-    saveEvery: o.saveEvery === undefined ? null : positiveInt('saveEvery', o.saveEvery),
+    evalEvery: o.evalEvery == null ? null : positiveInt('evalEvery', o.evalEvery),
+    saveEvery: o.saveEvery == null ? null : positiveInt('saveEvery', o.saveEvery),
     out: o.out ?? 'lorakit-out',
     seed: positiveInt('seed', o.seed ?? 42, 0),
     device: 'cpu',
