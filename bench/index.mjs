@@ -8,7 +8,7 @@
 // optimizer. Record new figures, with the date and the machine, in bench/RESULTS.md.
 import * as os from 'node:os';
 
-const SUITES = ['gemm', 'lora', 'nf4', 'adamw'];
+const SUITES = ['gemm', 'lora', 'nf4', 'adamw', 'train'];
 const wanted = process.argv.slice(2).filter((a) => SUITES.includes(a));
 const selected = wanted.length ? wanted : SUITES;
 

@@ -46,7 +46,7 @@ void run_gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& 
   gemm(g);
 }
 
-// dropout(x) as float32: x * keep / (1 - p).
+// dropout(x) as float32: x * keep / (1 - p). Each Philox call covers four consecutive elements.
 std::vector<float> dropped(const Operand& x, int64_t m, int64_t in, float p, uint64_t seed) {
   std::vector<float> out(static_cast<size_t>(m * in));
   const float keep_scale = 1.f / (1.f - p);

@@ -30,7 +30,8 @@ inline PhiloxOut philox(uint64_t seed, uint64_t counter) {
 // 24 random bits as a float in [0, 1): exact in float32, so never rounds up to 1.
 inline float unit_float(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
 
-// Dropout keeps element i when its uniform draw is at least p.
-inline bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(philox(seed, i).v[0]) >= p; }
+// Dropout keeps element i when its uniform draw is at least p. One Philox call gives four draws, so
+// element i uses word i % 4 of counter i / 4.
+inline bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(philox(seed, i >> 2).v[i & 3]) >= p; }
 
 }  // namespace lorakit::cpu
