@@ -46,16 +46,17 @@ void run_gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& 
   gemm(g);
 }
 
-// dropout(x) as float32: x * keep / (1 - p). Each Philox call covers four consecutive elements.
+// dropout(x) as float32: x * keep / (1 - p).
 std::vector<float> dropped(const Operand& x, int64_t m, int64_t in, float p, uint64_t seed) {
   std::vector<float> out(static_cast<size_t>(m * in));
   const float keep_scale = 1.f / (1.f - p);
+  const uint32_t threshold = dropout_threshold(p);
   parallel_for(m, [&](int64_t r0, int64_t r1, int) {
     for (int64_t i = r0; i < r1; ++i) {
       float* row = out.data() + i * in;
       load_f32(elem_ptr(x.data, x.dtype, i * x.ld), x.dtype, in, row);
       for (int64_t j = 0; j < in; ++j)
-        row[j] = dropout_keep(seed, static_cast<uint64_t>(i * in + j), p) ? row[j] * keep_scale : 0.f;
+        row[j] = dropout_keep(seed, static_cast<uint64_t>(i * in + j), threshold) ? row[j] * keep_scale : 0.f;
     }
   });
   return out;
@@ -91,9 +92,10 @@ void lora_backward(const LoraBackwardArgs& L) {
       std::vector<float> t(static_cast<size_t>(L.m * L.in));
       run_gemm(L.m, L.in, L.r, f32(g.data(), L.r, false), f32(L.a, L.in, false), t.data(), L.scale, 0.f);
       const float keep_scale = 1.f / (1.f - L.dropout);
+      const uint32_t threshold = dropout_threshold(L.dropout);
       parallel_for(L.m * L.in, [&](int64_t b, int64_t e, int) {
         for (int64_t i = b; i < e; ++i)
-          if (dropout_keep(L.seed, static_cast<uint64_t>(i), L.dropout)) L.dx[i] += t[i] * keep_scale;
+          if (dropout_keep(L.seed, static_cast<uint64_t>(i), threshold)) L.dx[i] += t[i] * keep_scale;
       });
     }
   }

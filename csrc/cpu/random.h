@@ -30,8 +30,12 @@ inline PhiloxOut philox(uint64_t seed, uint64_t counter) {
 // 24 random bits as a float in [0, 1): exact in float32, so never rounds up to 1.
 inline float unit_float(uint32_t x) { return static_cast<float>(x >> 8) * (1.0f / 16777216.0f); }
 
-// Dropout keeps element i when its uniform draw is at least p. One Philox call gives four draws, so
-// element i uses word i % 4 of counter i / 4.
-inline bool dropout_keep(uint64_t seed, uint64_t i, float p) { return unit_float(philox(seed, i >> 2).v[i & 3]) >= p; }
+// Dropout keeps element i when its 16-bit uniform draw is at least p (p resolved to 1/65536). One
+// Philox call gives eight draws: element i uses half-word i % 8 of counter i / 8.
+inline uint32_t dropout_threshold(float p) { return static_cast<uint32_t>(p * 65536.0f + 0.5f); }
+inline bool dropout_keep(uint64_t seed, uint64_t i, uint32_t threshold) {
+  const uint32_t word = philox(seed, i >> 3).v[(i >> 1) & 3];
+  return ((i & 1) ? (word >> 16) : (word & 0xffffu)) >= threshold;
+}
 
 }  // namespace lorakit::cpu
