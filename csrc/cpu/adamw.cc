@@ -8,9 +8,11 @@
 // The bias corrections are computed in double, as Python computes them in torch.
 #include <algorithm>
 #include <cmath>
+#include <string>
 #include <vector>
 
 #include "../ops.h"
+#include "gemm.h"
 #include "parallel.h"
 
 namespace lorakit::cpu {
@@ -32,10 +34,39 @@ std::vector<Chunk> chunks(int64_t count, Numel numel) {
   return out;
 }
 
+// One chunk's update. Plain loops over restrict pointers so the compiler vectorises them for the ISA of
+// each caller below (the same IEEE operations in the same order, so every variant gives the same bits).
+inline __attribute__((always_inline)) void update(float* __restrict param, const float* __restrict grad, float* __restrict m_,
+                                                  float* __restrict v_, int64_t n, float grad_scale, float step_size, float bc2_sqrt,
+                                                  float decay, float w1, float w2, float b2, float eps) {
+  for (int64_t i = 0; i < n; ++i) {
+    float g = grad[i] * grad_scale;
+    float p = param[i] * decay;
+    float m = m_[i] + w1 * (g - m_[i]);
+    float v = b2 * v_[i] + w2 * g * g;
+    float denom = std::sqrt(v) / bc2_sqrt + eps;
+    param[i] = p - step_size * (m / denom);
+    m_[i] = m;
+    v_[i] = v;
+  }
+}
+
+#define LORAKIT_ADAMW_VARIANT(NAME, TARGET)                                                                         \
+  TARGET void NAME(float* param, const float* grad, float* m, float* v, int64_t n, float gs, float ss, float bc2, \
+                   float decay, float w1, float w2, float b2, float eps) {                                        \
+    update(param, grad, m, v, n, gs, ss, bc2, decay, w1, w2, b2, eps);                                            \
+  }
+LORAKIT_ADAMW_VARIANT(update_avx512, __attribute__((target("avx512f"))))
+LORAKIT_ADAMW_VARIANT(update_avx2, __attribute__((target("avx2"))))
+LORAKIT_ADAMW_VARIANT(update_generic, )
+#undef LORAKIT_ADAMW_VARIANT
+
 }  // namespace
 
 void adamw_step(const AdamWTensor* tensors, int64_t count, int64_t step, float grad_scale) {
   auto work = chunks(count, [&](int64_t t) { return tensors[t].numel; });
+  const std::string kernel = gemm_kernel();
+  auto* fn = kernel == "avx512" ? update_avx512 : kernel == "avx2" ? update_avx2 : update_generic;
   parallel_for(static_cast<int64_t>(work.size()), [&](int64_t c0, int64_t c1, int) {
     for (int64_t c = c0; c < c1; ++c) {
       const AdamWTensor& T = tensors[work[c].tensor];
@@ -47,16 +78,8 @@ void adamw_step(const AdamWTensor* tensors, int64_t count, int64_t step, float g
       const float decay = static_cast<float>(1.0 - T.lr * T.weight_decay);
       const float w1 = static_cast<float>(1.0 - T.beta1), w2 = static_cast<float>(1.0 - T.beta2);
       const float b2 = static_cast<float>(T.beta2), eps = static_cast<float>(T.eps);
-      for (int64_t i = work[c].begin; i < work[c].end; ++i) {
-        float g = T.grad[i] * grad_scale;
-        float p = T.param[i] * decay;
-        float m = T.exp_avg[i] + w1 * (g - T.exp_avg[i]);
-        float v = b2 * T.exp_avg_sq[i] + w2 * g * g;
-        float denom = std::sqrt(v) / bc2_sqrt + eps;
-        T.param[i] = p - step_size * (m / denom);
-        T.exp_avg[i] = m;
-        T.exp_avg_sq[i] = v;
-      }
+      const int64_t b = work[c].begin, n = work[c].end - b;
+      fn(T.param + b, T.grad + b, T.exp_avg + b, T.exp_avg_sq + b, n, grad_scale, step_size, bc2_sqrt, decay, w1, w2, b2, eps);
     }
   });
 }
