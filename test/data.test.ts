@@ -7,6 +7,7 @@ import { loadModel } from '../lib/models';
 import { tensor } from '../lib/tensor/tensor';
 import { ByteTokenizer, loadTokenizer, type Tokenizer } from '../lib/tokenizer';
 import { BEGIN, ENDOFTEXT, TOOL, byteLevelJson } from './helpers/tokenizers';
+import { expectError } from './helpers/errors';
 
 let tmp: string;
 beforeAll(() => {
@@ -32,19 +33,6 @@ function hubTokenizer(config: Record<string, unknown>): Tokenizer {
   fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(byteLevelJson()));
   fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(config));
   return loadTokenizer(dir);
-}
-
-function expectError(fn: () => unknown, type: new (...args: never[]) => Error, code: string, ...parts: (string | RegExp)[]): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(type);
-  const e = caught as Error & { code: string };
-  expect(e.code).toBe(code);
-  for (const p of parts) expect(e.message).toContain(p);
 }
 
 /** ByteTokenizer ids: the UTF-8 bytes. */

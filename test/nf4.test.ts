@@ -18,6 +18,7 @@ import {
   type DType,
 } from '../lib';
 import { native } from '../lib/native/binding';
+import { rng } from './helpers/reference';
 import { DTYPE_CODE } from '../lib/tensor/dtype';
 
 // ---- float32 helpers ------------------------------------------------------------------------------
@@ -100,18 +101,6 @@ function expectRounded(
     const ok = nan ? Number.isNaN(widen(out[i]!)) : out[i] === round(f32[i]!);
     if (!ok) throw new Error(`${what}: element ${i} is 0x${out[i]!.toString(16)} for float32 0x${f32[i]!.toString(16)}`);
   }
-}
-
-/** A seeded generator (mulberry32) so every run sees the same data. */
-function rng(seed: number): () => number {
-  let s = seed >>> 0;
-  return () => {
-    s = (s + 0x6d2b79f5) >>> 0;
-    let t = s;
-    t = Math.imul(t ^ (t >>> 15), t | 1);
-    t ^= t + Math.imul(t ^ (t >>> 7), t | 61);
-    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
-  };
 }
 
 function expectSameBits(actual: ArrayLike<number>, expected: ArrayLike<number>, what: string): void {

@@ -3,6 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ByteTokenizer, LorakitError, LorakitRangeError, LorakitTypeError, loadTokenizer, type Tokenizer } from '../lib';
 import { BEGIN, ENDOFTEXT, TOOL, byteLevelJson } from './helpers/tokenizers';
+import { expectError } from './helpers/errors';
 
 let tmp: string;
 beforeAll(() => {
@@ -18,19 +19,6 @@ function modelDir(files: Record<string, unknown>): string {
   for (const [name, content] of Object.entries(files))
     fs.writeFileSync(path.join(dir, name), typeof content === 'string' ? content : JSON.stringify(content));
   return dir;
-}
-
-function expectError(fn: () => unknown, type: new (...args: never[]) => Error, code: string, ...parts: (string | RegExp)[]): void {
-  let caught: unknown;
-  try {
-    fn();
-  } catch (e) {
-    caught = e;
-  }
-  expect(caught).toBeInstanceOf(type);
-  const e = caught as Error & { code: string };
-  expect(e.code).toBe(code);
-  for (const p of parts) expect(e.message).toMatch(p);
 }
 
 const ROUND_TRIP_TEXTS = [
