@@ -124,6 +124,19 @@ describe('checkpoints', () => {
   });
 });
 
+describe('choosing what to adapt', () => {
+  test.each([
+    ['attention', ['k_proj', 'o_proj', 'q_proj', 'v_proj']],
+    ['mlp', ['down_proj', 'gate_proj', 'up_proj']],
+    ['q_proj,v_proj', ['q_proj', 'v_proj']],
+    ['.*layers\\.1\\.self_attn\\.q_proj', ['q_proj']],
+  ])('--target %s', async (target, modules) => {
+    const r = await train(base({ target, steps: 1 })).done;
+    const keys = [...io.readSafetensorsHeader(path.join(r.lastDir, 'adapter_model.safetensors')).tensors.keys()];
+    expect([...new Set(keys.map((k) => k.split('.').slice(-3)[0]))].sort()).toEqual(modules);
+  });
+});
+
 describe('the run stays responsive and reports bad input', () => {
   test('the event loop keeps turning while training', async () => {
     let last = Date.now(), worst = 0;

@@ -269,7 +269,9 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     if (o.method === 'full') model.requireFullGrad();
     else if (resumeState) loadAdapter(model, options.resume!);
     else {
-      const target = typeof o.target === 'string' && o.target in TARGETS ? TARGETS[o.target]! : typeof o.target === 'string' && o.target.includes(',') ? o.target.split(',') : o.target;
+      // A preset, a comma-separated list of module names, or (with regex characters) PEFT's regex form.
+      const t = o.target;
+      const target = typeof t !== 'string' ? t : t in TARGETS ? TARGETS[t]! : /^[\w.,]+$/.test(t) ? t.split(',').filter(Boolean) : t;
       addAdapter(model, { r: o.r, loraAlpha: o.alpha, loraDropout: o.dropout, targetModules: target, useRslora: o.rslora, seed: o.seed });
     }
     if (o.method !== 'full') for (const l of model.linears.values()) if (l.adapter) l.adapter.dropout = o.dropout;
