@@ -155,7 +155,8 @@ struct AttentionArgs {
 #define LORAKIT_DECLARE_OPS(NS)                                                                          \
   namespace NS {                                                                                         \
   void* alloc(size_t bytes);                                                                             \
-  void release(void* ptr);                                                                               \
+  void release(void* ptr, size_t bytes);                                                                 \
+  size_t cached_bytes();                                                                                 \
   void fill(void* dst, DType dt, int64_t n, double value);                                               \
   void arange(void* dst, DType dt, int64_t n, double start, double step);                                \
   void cast(const void* src, DType from, void* dst, DType to, int64_t n);                                \

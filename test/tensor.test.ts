@@ -183,6 +183,19 @@ describe('lifetimes', () => {
     t.dispose(); // idempotent
   });
 
+  test('freed large blocks are kept for reuse by the next tensor of the same size', () => {
+    const n = 300_001; // 1.2 MB: a cached size class
+    const first = zeros([n]);
+    const before = memory().hostCachedBytes;
+    first.dispose();
+    const cached = memory().hostCachedBytes;
+    expect(cached - before).toBeGreaterThanOrEqual(n * 4);
+    const again = ones([n]);
+    expect(memory().hostCachedBytes).toBe(before);
+    expect(again.toFloat32Array().every((v) => v === 1)).toBe(true);
+    again.dispose();
+  });
+
   test('Symbol.dispose releases the tensor at the end of a scope', () => {
     const before = memory().hostBytes;
     let escaped: Tensor | undefined;

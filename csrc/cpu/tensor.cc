@@ -4,8 +4,11 @@
 #include <cmath>
 #include <cstring>
 #include <cstdlib>
+#include <mutex>
 #include <new>
-#if defined(__linux__)
+#include <unordered_map>
+#include <vector>
+#if defined(__unix__) || defined(__APPLE__)
 #include <sys/mman.h>
 #endif
 
@@ -40,22 +43,117 @@ const char* dtype_name(DType d) {
 
 namespace cpu {
 
-// 64-byte alignment: whole cache lines and aligned 512-bit loads at the start of every tensor. Large
-// buffers are 2 MiB aligned and advised as huge pages: a fresh tensor's first write then takes one
-// page fault per 2 MiB instead of one per 4 KiB, which otherwise dominates memory-bound ops.
-void* alloc(size_t bytes) {
-  constexpr size_t kHuge = size_t{2} << 20;
-  const size_t align = bytes >= kHuge ? kHuge : 64;
-  size_t rounded = (bytes + align - 1) / align * align;
-  void* p = std::aligned_alloc(align, rounded == 0 ? 64 : rounded);
-  if (!p) throw Error("ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+namespace {
+
+// Host memory for tensors. Small buffers come from malloc (64-byte aligned). Large ones are mapped
+// pages kept in a cache by size after they are freed: a training step allocates the same sizes every
+// step, and reusing mapped blocks avoids both the page faults of fresh memory and the heap
+// fragmentation that made resident memory grow step after step when Node's own small allocations
+// landed between freed tensors. Blocks of 2 MiB and more are advised as huge pages.
+constexpr size_t kLarge = size_t{64} << 10;
+constexpr size_t kHuge = size_t{2} << 20;
+
+size_t cache_limit() {
+  static const size_t limit = [] {
+    const char* env = std::getenv("LORAKIT_HOST_CACHE_MB");
+    long mb = env ? std::atol(env) : 1024;
+    return static_cast<size_t>(mb < 0 ? 0 : mb) << 20;
+  }();
+  return limit;
+}
+
+size_t block_size(size_t bytes) { return (bytes + kLarge - 1) / kLarge * kLarge; }
+
+struct HostCache {
+  std::mutex mu;
+  std::unordered_map<size_t, std::vector<void*>> free_blocks;
+  size_t cached = 0;
+};
+
+HostCache& cache() {
+  static HostCache* c = new HostCache();  // never destroyed: blocks may be freed during process exit
+  return *c;
+}
+
+void* map_block(size_t size) {
+#if defined(__unix__) || defined(__APPLE__)
+  void* p = mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+  if (p == MAP_FAILED) return nullptr;
 #ifdef MADV_HUGEPAGE
-  if (align == kHuge) madvise(p, rounded, MADV_HUGEPAGE);  // advice only: failure changes nothing
+  if (size >= kHuge) madvise(p, size, MADV_HUGEPAGE);  // advice only: failure changes nothing
 #endif
+  return p;
+#else
+  return std::aligned_alloc(64, size);
+#endif
+}
+
+void unmap_block(void* p, size_t size) {
+#if defined(__unix__) || defined(__APPLE__)
+  munmap(p, size);
+#else
+  (void)size;
+  std::free(p);
+#endif
+}
+
+}  // namespace
+
+void* alloc(size_t bytes) {
+  if (bytes < kLarge) {
+    void* p = std::aligned_alloc(64, bytes == 0 ? 64 : (bytes + 63) / 64 * 64);
+    if (!p) throw Error("ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
+    return p;
+  }
+  const size_t size = block_size(bytes);
+  HostCache& c = cache();
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    auto it = c.free_blocks.find(size);
+    if (it != c.free_blocks.end() && !it->second.empty()) {
+      void* p = it->second.back();
+      it->second.pop_back();
+      c.cached -= size;
+      return p;
+    }
+  }
+  void* p = map_block(size);
+  if (!p) {
+    // Give the cache back and try once more before reporting.
+    {
+      std::lock_guard<std::mutex> lk(c.mu);
+      for (auto& [sz, blocks] : c.free_blocks)
+        for (void* b : blocks) unmap_block(b, sz);
+      c.free_blocks.clear();
+      c.cached = 0;
+    }
+    p = map_block(size);
+  }
+  if (!p) throw Error("ERR_OUT_OF_MEMORY", "cannot allocate " + std::to_string(bytes) + " bytes of host memory");
   return p;
 }
 
-void release(void* ptr) { std::free(ptr); }
+void release(void* ptr, size_t bytes) {
+  if (!ptr) return;
+  if (bytes < kLarge) return std::free(ptr);
+  const size_t size = block_size(bytes);
+  HostCache& c = cache();
+  {
+    std::lock_guard<std::mutex> lk(c.mu);
+    if (c.cached + size <= cache_limit()) {
+      c.free_blocks[size].push_back(ptr);
+      c.cached += size;
+      return;
+    }
+  }
+  unmap_block(ptr, size);
+}
+
+size_t cached_bytes() {
+  HostCache& c = cache();
+  std::lock_guard<std::mutex> lk(c.mu);
+  return c.cached;
+}
 
 namespace {
 

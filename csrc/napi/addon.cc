@@ -319,6 +319,7 @@ Napi::Value SetGemmKernel(const Napi::CallbackInfo& info) {
 Napi::Value Memory(const Napi::CallbackInfo& info) {
   Napi::Object r = Napi::Object::New(info.Env());
   r.Set("hostBytes", static_cast<double>(instance(info.Env()).host_bytes));
+  r.Set("hostCachedBytes", static_cast<double>(cpu::cached_bytes()));
   return r;
 }
 

@@ -38,12 +38,12 @@ Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(inf
 Storage::~Storage() {
   // Garbage collection is only a safety net; dispose() normally released the bytes already. The
   // external-memory counter cannot be adjusted from a finalizer, which is one more reason to dispose.
-  if (live_) cpu::release(data_);
+  if (live_) cpu::release(data_, bytes_);
 }
 
 void Storage::release(Napi::Env env) {
   if (!live_) return;
-  cpu::release(data_);
+  cpu::release(data_, bytes_);
   data_ = nullptr;
   live_ = false;
   instance(env).host_bytes -= static_cast<int64_t>(bytes_);

@@ -233,7 +233,8 @@ export abstract class CausalLM {
       if (grad) {
         const work = o.returnLogits ? scope.keep(flat.clone()) : flat;
         ce = crossEntropy(work, shifted, { gradInPlace: true });
-        const dHidden = scope.keep(matmul(work, this.headWeight(), { outDtype: 'float32' }).reshape([batch, seq, this.config.hiddenSize]));
+        const dFlat = scope.keep(matmul(work, this.headWeight(), { outDtype: 'float32' }));
+        const dHidden = scope.keep(dFlat.reshape([batch, seq, this.config.hiddenSize]));
         const headGrad = this.gradOf(this.headWeight());
         if (headGrad) {
           // d(head) = dlogitsᵀ · hidden; a tied head adds to the embedding's gradient.

@@ -129,7 +129,7 @@ export interface Addon {
   gradNorm(a: { grads: { s: AddonStorage; numel: number }[] }): number;
   backendInfo(): AddonBackendInfo;
   setGemmKernel(name: string): boolean;
-  memory(): { hostBytes: number };
+  memory(): { hostBytes: number; hostCachedBytes: number };
 }
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');

@@ -377,9 +377,13 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
   return t;
 }
 
-/** Live tensors and native bytes, for leak hunting. */
-export function memory(): { tensors: number; hostBytes: number } {
-  return { tensors: liveTensors, hostBytes: native().memory().hostBytes };
+/**
+ * Live tensors and their native bytes, for leak hunting; and the freed large host blocks kept for
+ * reuse (at most LORAKIT_HOST_CACHE_MB, default 1024).
+ */
+export function memory(): { tensors: number; hostBytes: number; hostCachedBytes: number } {
+  const m = native().memory();
+  return { tensors: liveTensors, hostBytes: m.hostBytes, hostCachedBytes: m.hostCachedBytes };
 }
 
 export { checkDevice };
