@@ -36,20 +36,34 @@ class Pool {
       task_ = &task;
       parts_ = parts;
       next_.store(0);
-      pending_ = parts;
+      pending_.store(parts);
       error_ = nullptr;
-      ++generation_;
+      generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
     // The caller takes slices too, so a busy pool never stalls a region.
     for (int p; (p = next_.fetch_add(1)) < parts;) finish(p);
-    std::unique_lock<std::mutex> lk(mu_);
-    done_cv_.wait(lk, [this] { return pending_ == 0; });
+    for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; ++i) pause();
+    if (pending_.load(std::memory_order_acquire) != 0) {
+      std::unique_lock<std::mutex> lk(mu_);
+      done_cv_.wait(lk, [this] { return pending_.load() == 0; });
+    }
     task_ = nullptr;
     if (error_) std::rethrow_exception(error_);
   }
 
  private:
+  // Regions come back to back (a GEMM opens several), and waking a sleeping thread costs tens of
+  // microseconds on a virtual machine, so threads poll briefly before they block.
+  static constexpr int kSpin = 20000;
+  static void pause() {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#else
+    std::this_thread::yield();
+#endif
+  }
+
   void execute(int part) {
     in_region = true;
     try {
@@ -62,18 +76,26 @@ class Pool {
   }
   void finish(int part) {
     execute(part);
-    std::lock_guard<std::mutex> lk(mu_);
-    if (--pending_ == 0) done_cv_.notify_one();
+    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+      std::lock_guard<std::mutex> lk(mu_);
+      done_cv_.notify_one();
+    }
   }
   void loop(int) {
     uint64_t seen = 0;
     for (;;) {
-      {
-        std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || generation_ != seen; });
-        if (stop_) return;
-        seen = generation_;
+      uint64_t g = generation_.load(std::memory_order_acquire);
+      for (int i = 0; g == seen && i < kSpin; ++i) {
+        pause();
+        g = generation_.load(std::memory_order_acquire);
       }
+      if (g == seen) {
+        std::unique_lock<std::mutex> lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || generation_.load() != seen; });
+        if (stop_) return;
+        g = generation_.load();
+      }
+      seen = g;
       for (int p; (p = next_.fetch_add(1)) < parts_;) finish(p);
     }
   }
@@ -85,8 +107,8 @@ class Pool {
   const std::function<void(int)>* task_ = nullptr;
   int parts_ = 0;
   std::atomic<int> next_{0};
-  int pending_ = 0;
-  uint64_t generation_ = 0;
+  std::atomic<int> pending_{0};
+  std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
   std::exception_ptr error_;
 };
