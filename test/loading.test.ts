@@ -103,3 +103,19 @@ describe('loading options', () => {
     expect(() => loadModel(dir)).toThrow(/truncated/);
   });
 });
+
+test('GPT-2 checkpoints load with or without the transformer. prefix', () => {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-noprefix-'));
+  fs.copyFileSync(path.join(GPT2, 'config.json'), path.join(dir, 'config.json'));
+  const src = io.openSafetensors(path.join(GPT2, 'model.safetensors'));
+  const out: Record<string, Tensor> = {};
+  for (const key of src.keys()) out[key.replace(/^transformer\./, '')] = src.load(key);
+  src.close();
+  expect(Object.keys(out).some((k) => k.startsWith('transformer.'))).toBe(false);
+  io.writeSafetensors(path.join(dir, 'model.safetensors'), out);
+  using a = loadModel(GPT2);
+  using b = loadModel(dir);
+  expect(Array.from(logitsOf(b))).toEqual(Array.from(logitsOf(a)));
+  // Module names stay PEFT's (with the prefix), so the fixture's adapter still applies.
+  expect([...b.linears.keys()][0]).toMatch(/^transformer\.h\.0\./);
+});
