@@ -71,6 +71,21 @@ class Rng {
   }
 }
 
+/**
+ * A permutation of 0..n-1 by a Fisher-Yates shuffle keyed by (seed, stream): the same on every
+ * machine. The trainer's held-out split and every epoch's order use it with their own stream.
+ */
+export function seededPermutation(n: number, seed: number, stream: number): Int32Array {
+  const order = new Int32Array(n);
+  for (let i = 0; i < n; i++) order[i] = i;
+  const rng = new Rng(seed, stream);
+  for (let i = n - 1; i > 0; i--) {
+    const j = rng.below(i + 1);
+    [order[i], order[j]] = [order[j]!, order[i]!];
+  }
+  return order;
+}
+
 /** One epoch's example order, and where each example starts in the epoch's token stream. */
 interface EpochLayout {
   epoch: number;
@@ -168,13 +183,7 @@ export class Batcher {
   #layoutOf(epoch: number): EpochLayout {
     if (this.#layout?.epoch === epoch) return this.#layout;
     const n = this.#examples.length;
-    const order = new Int32Array(n);
-    for (let i = 0; i < n; i++) order[i] = i;
-    const rng = new Rng(this.seed, epoch);
-    for (let i = n - 1; i > 0; i--) {
-      const j = rng.below(i + 1);
-      [order[i], order[j]] = [order[j]!, order[i]!];
-    }
+    const order = seededPermutation(n, this.seed, epoch);
     const starts = new Float64Array(n + 1);
     for (let p = 0; p < n; p++) starts[p + 1] = starts[p]! + this.#examples[order[p]!]!.inputIds.length;
     this.#layout = { epoch, order, starts };

@@ -7,7 +7,7 @@ import { EventEmitter } from 'node:events';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { Batcher, loadExamples, type Example } from '../data';
+import { Batcher, loadExamples, seededPermutation, type Example } from '../data';
 import { addAdapter, loadAdapter } from '../lora/adapter';
 import { loadModel } from '../models';
 import { type CausalLM } from '../models/causal-lm';
@@ -195,14 +195,8 @@ function tokenizerFor(dir: string, log: (s: string) => void): Tokenizer {
 function holdOut(examples: Example[], share: number, seed: number): { train: Example[]; heldOut: Example[] } {
   if (share === 0 || examples.length < 2) return { train: examples, heldOut: [] };
   const n = Math.max(1, Math.round(examples.length * share));
-  let s = (seed ^ 0x9e3779b9) >>> 0;
-  const order = examples.map((_, i) => i);
-  for (let i = order.length - 1; i > 0; i--) {
-    s = (Math.imul(s, 1664525) + 1013904223) >>> 0;
-    const j = s % (i + 1);
-    [order[i], order[j]] = [order[j]!, order[i]!];
-  }
-  const held = new Set(order.slice(0, n));
+  // Stream -1: never an epoch number, so the split is independent of every epoch's order.
+  const held = new Set(seededPermutation(examples.length, seed, -1).subarray(0, n));
   return { train: examples.filter((_, i) => !held.has(i)), heldOut: examples.filter((_, i) => held.has(i)) };
 }
 
