@@ -1,6 +1,7 @@
 import type { Argv } from 'yargs';
 import * as path from 'node:path';
-import { readJsonl, tokenize } from '../../data/jsonl';
+import { readJsonl } from '../../data/jsonl';
+import { loadExamples } from '../../data/load';
 import { loadAdapter } from '../../lora/adapter';
 import { loadModel } from '../../models';
 import { loadTokenizer } from '../../tokenizer';
@@ -15,14 +16,13 @@ export function evalCommand(y: Argv): Argv {
       a
         .option('model', { type: 'string', demandOption: true, describe: 'model folder' })
         .option('adapter', { type: 'string', describe: 'PEFT adapter folder' })
-        .option('data', { type: 'string', demandOption: true, describe: 'JSONL: {"text"}, {"prompt","completion"} or {"input_ids"} per line' })
+        .option('data', { type: 'string', demandOption: true, describe: 'JSONL ({"text"}, {"prompt","completion"}, {"messages"} or {"input_ids"} per line) or .txt' })
         .option('json', { type: 'boolean', default: false, describe: 'print one JSON object: loss, tokens, perplexity, examples' }),
     (argv) =>
       runCommand('eval', () => {
-        const records = readJsonl(argv.data);
-        const needsTokenizer = records.some((r) => r.kind !== 'ids');
-        const tokenizer = needsTokenizer ? loadTokenizer(argv.model) : null;
-        const examples = tokenize(records, tokenizer, argv.data);
+        // input_ids lines need no tokenizer; anything else loads the model's (which names what is missing).
+        const idsOnly = path.extname(argv.data) === '.jsonl' && readJsonl(argv.data).every((r) => r.kind === 'ids');
+        const examples = loadExamples(argv.data, idsOnly ? null : loadTokenizer(argv.model));
         using model = loadModel(argv.model);
         if (argv.adapter) loadAdapter(model, argv.adapter);
         const r = evaluate(model, examples);
