@@ -16,7 +16,9 @@
         "csrc/cpu/attention.cc",
         "csrc/cpu/activation.cc",
         "csrc/cpu/embedding.cc",
-        "csrc/cpu/loss.cc"
+        "csrc/cpu/loss.cc",
+        "csrc/cpu/linalg.cc",
+        "csrc/napi/linalg.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],
       "defines": ["NAPI_VERSION=8", "NAPI_CPP_EXCEPTIONS", "NODE_ADDON_API_DISABLE_DEPRECATED"],

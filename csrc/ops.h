@@ -193,6 +193,8 @@ struct AttentionArgs {
   void axpy(float alpha, const float* x, float* y, int64_t n);                                           \
   double cross_entropy(float* logits, const int64_t* labels, int64_t rows, int64_t vocab,                \
                        int64_t ignore_index, float grad_scale, bool want_grad, int64_t* count);          \
+  void sym_eigen(double* a, int64_t n, double* w, bool vectors);                                         \
+  void svd_left(const float* w, int64_t m, int64_t n, double* u, double* s, int64_t k);                  \
   }
 
 LORAKIT_DECLARE_OPS(cpu)

@@ -327,6 +327,7 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 
 void register_ops(Napi::Env env, Napi::Object exports) {
   register_nn(env, exports);
+  register_linalg(env, exports);
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
   };

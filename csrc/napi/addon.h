@@ -16,5 +16,6 @@ Instance& instance(Napi::Env env);
 
 void register_ops(Napi::Env env, Napi::Object exports);
 void register_nn(Napi::Env env, Napi::Object exports);
+void register_linalg(Napi::Env env, Napi::Object exports);
 
 }  // namespace lorakit::napi

@@ -130,6 +130,8 @@ export interface Addon {
   backendInfo(): AddonBackendInfo;
   setGemmKernel(name: string): boolean;
   memory(): { hostBytes: number; hostCachedBytes: number };
+  /** Top-k left singular vectors u [m, k] (float64, row-major) and values s [k] of float32 w [m, n]. */
+  svdLeft(a: { w: S; m: number; n: number; k: number; u: S; s: S }): void;
 }
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
