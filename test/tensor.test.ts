@@ -266,3 +266,21 @@ describe('bad input', () => {
     expect(call).toThrow(msg);
   });
 });
+
+test('the addon loads and computes in worker threads beside the main thread', async () => {
+  const { Worker } = await import('node:worker_threads');
+  const dist = JSON.stringify(path.resolve(__dirname, '../dist'));
+  const code = `const L=require(${dist});const {parentPort}=require('worker_threads');` +
+    `const c=L.ops.matmul(L.tensor([[1,2],[3,4]]),L.tensor([[5],[6]]));parentPort.postMessage(c.toArray());`;
+  const results = await Promise.all(
+    [0, 1].map(
+      () =>
+        new Promise<unknown>((resolve, reject) => {
+          const w = new Worker(code, { eval: true });
+          w.on('message', resolve).on('error', reject);
+        }),
+    ),
+  );
+  expect(results).toEqual([[[17], [39]], [[17], [39]]]);
+  expect(tensor([[1, 2]]).toArray()).toEqual([[1, 2]]);
+});
