@@ -160,7 +160,8 @@ export interface ModelAnalysis {
   spectra: Record<string, Spectrum>;
 }
 
-function layerKey(module: string): string {
+/** The layer index in a module path ('other' for modules outside the layer stack). */
+export function layerKey(module: string): string {
   const m = /\.(?:layers|h)\.(\d+)\./.exec(module);
   return m ? m[1]! : 'other';
 }

@@ -1,0 +1,65 @@
+import type { Argv } from 'yargs';
+import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
+import { readSpec } from '../../sweep/spec';
+import { runSweep, type SweepReport } from '../../sweep/runner';
+import { type Summary } from '../../sweep/stats';
+import { print } from '../run';
+
+function pm(s: Summary, digits: number, signed = false): string {
+  const f = (x: number) => `${signed && x >= 0 ? '+' : ''}${x.toFixed(digits)}`;
+  return Number.isNaN(s.ci95) ? `${f(s.mean)} (no CI)` : `${f(s.mean)} ± ${s.ci95.toFixed(digits)}`;
+}
+
+function table(rows: string[][]): string[] {
+  const widths = rows[0]!.map((_, i) => Math.max(...rows.map((r) => r[i]!.length)));
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i]!)).join('  ').trimEnd());
+}
+
+/** The report as people read it: one row per configuration, then every comparison with its verdict. */
+export function formatReport(r: SweepReport): string[] {
+  const label = new Map(r.configs.map((c) => [c.id, c.label || c.id]));
+  const lines = table([
+    ['config', 'values', 'seeds', `${r.metric} loss (95% CI)`, 'retain rise', 'wall s', 'tokens/s', 'peak MB'],
+    ...r.configs.map((c) => [
+      c.id, c.label || '(base)', String(c.seeds.length), pm(c.loss, 4), c.forgetting ? pm(c.forgetting, 4, true) : '-',
+      pm(c.wallSec, 1), pm(c.tokensPerSec, 0), (c.peakRssBytes / 2 ** 20).toFixed(0),
+    ]),
+  ]);
+  if (r.configs[0]?.seeds.length === 1) lines.push('', 'one seed per configuration: noise cannot be told from effect; give more seeds to compare.');
+  if (r.comparisons.length) {
+    lines.push('', `comparisons of the final ${r.metric} loss (Welch's t-test, Holm-corrected over ${r.comparisons.length} pair${r.comparisons.length > 1 ? 's' : ''}, 5% level):`);
+    for (const c of r.comparisons) {
+      const p = c.p === null ? '' : ` (p ${c.p.toPrecision(2)}, adjusted ${c.pAdjusted!.toPrecision(2)})`;
+      lines.push(`  ${label.get(c.a)} vs ${label.get(c.b)}: ${c.diff >= 0 ? '+' : ''}${c.diff.toFixed(4)}${p}: ${c.note}`);
+    }
+  }
+  if (r.caveat) lines.push('', `note: ${r.caveat}`);
+  lines.push('', `${r.ran} runs trained, ${r.skipped} already done; report in ${r.out}/sweep.json`);
+  return lines;
+}
+
+export function sweepCommand(y: Argv): Argv {
+  return y.command(
+    'sweep <spec>',
+    'Train every configuration of a sweep spec over several seeds, resuming where a previous invocation stopped, and say which differences are real',
+    (a) =>
+      a
+        .positional('spec', { type: 'string', demandOption: true, describe: 'a JSON sweep spec (paths in it are relative to its folder)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
+    async (argv) => {
+      try {
+        const spec = readSpec(argv.spec as string);
+        const report = await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
+        if (argv.json) print(JSON.stringify(report, null, 2));
+        else for (const line of formatReport(report)) print(line);
+      } catch (e) {
+        if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
+          process.stderr.write(`lorakit sweep: ${e.message}\n`);
+          process.exitCode = 1;
+          return;
+        }
+        throw e;
+      }
+    },
+  );
+}
