@@ -7,10 +7,12 @@ import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
 import { trainCommand } from './commands/train';
 import { analyzeCommand } from './commands/analyze';
+import { planCommand } from './commands/plan';
+import { sweepCommand } from './commands/sweep';
 
 export function main(argv: string[] = hideBin(process.argv)): void {
   let y = yargs(argv).scriptName('lorakit').usage('$0 <command> [options]');
-  for (const add of [trainCommand, inspectCommand, evalCommand, mergeCommand, analyzeCommand]) y = add(y);
+  for (const add of [trainCommand, inspectCommand, evalCommand, mergeCommand, analyzeCommand, sweepCommand, planCommand]) y = add(y);
   y.demandCommand(1, 'Name a command; `lorakit --help` lists them.')
     .strict()
     .help()
