@@ -5,6 +5,7 @@ import * as path from 'node:path';
 import { LorakitError } from '../../errors';
 import { layerKey } from '../../analysis';
 import { analyzeRun, type AnalyzeReport } from '../../analysis/report';
+import { writeReport } from '../../report';
 import { print, runCommand } from '../run';
 
 /*
@@ -82,7 +83,8 @@ export function analyzeCommand(y: Argv): Argv {
         .option('k', { type: 'number', default: 10, describe: 'top singular vectors examined per matrix' })
         .option('epsilon', { type: 'number', default: 0.5, describe: 'intruder threshold on |cosine|' })
         .option('rank', { type: 'number', default: 16, describe: 'rank whose energy share a checkpoint update spectrum reports' })
-        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object (shape in lib/cli/commands/analyze.ts)' }),
+        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object (shape in lib/cli/commands/analyze.ts)' })
+        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
     (argv) =>
       runCommand('analyze', () => {
         // Checked here rather than by yargs so that these are one-line errors with exit code 1.
@@ -91,6 +93,12 @@ export function analyzeCommand(y: Argv): Argv {
         if (argv.adapter !== undefined) requireFolder('adapter', argv.adapter);
         if (argv.tuned !== undefined) requireFolder('tuned', argv.tuned);
         const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank });
+        if (argv.report !== undefined) {
+          const where = `report written to ${writeReport(argv.report, { title: `lorakit analyze: ${path.basename(report.tuned.dir)} against ${path.basename(report.base)}`, analysis: report })}`;
+          // With --json, stdout stays one JSON object: where the report went is said on stderr.
+          if (argv.json) process.stderr.write(`${where}\n`);
+          else print(where);
+        }
         if (argv.json) return print(JSON.stringify(report));
         for (const line of summary(report)) print(line);
       }),

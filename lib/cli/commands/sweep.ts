@@ -3,6 +3,7 @@ import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors'
 import { readSpec } from '../../sweep/spec';
 import { runSweep, type SweepReport } from '../../sweep/runner';
 import { type Summary } from '../../sweep/stats';
+import { sweepRuns, writeReport } from '../../report';
 import { print } from '../run';
 
 function pm(s: Summary, digits: number, signed = false): string {
@@ -45,13 +46,20 @@ export function sweepCommand(y: Argv): Argv {
     (a) =>
       a
         .positional('spec', { type: 'string', demandOption: true, describe: 'a JSON sweep spec (paths in it are relative to its folder)' })
-        .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' }),
+        .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' })
+        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
     async (argv) => {
       try {
         const spec = readSpec(argv.spec as string);
         const report = await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
         if (argv.json) print(JSON.stringify(report, null, 2));
         else for (const line of formatReport(report)) print(line);
+        if (argv.report !== undefined) {
+          const where = `report written to ${writeReport(argv.report, { title: `lorakit sweep: ${report.out}`, sweep: report, runs: sweepRuns(report) })}`;
+          // With --json, stdout stays one JSON object: where the report went is said on stderr.
+          if (argv.json) process.stderr.write(`${where}\n`);
+          else print(where);
+        }
       } catch (e) {
         if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
           process.stderr.write(`lorakit sweep: ${e.message}\n`);
