@@ -1,0 +1,34 @@
+import type { Argv } from 'yargs';
+import * as path from 'node:path';
+import { formatLab, runLab } from '../../lab';
+import { print } from '../run';
+import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
+
+export function labCommand(y: Argv): Argv {
+  return y.command(
+    'lab',
+    'Every LoRA/QLoRA/full arm on two tasks of the shipped model\'s world, over 3 seeds: task score, forgetting, intruders, merge error, cost',
+    (a) =>
+      a
+        .option('quick', { type: 'boolean', default: false, describe: 'few steps and subsets of the eval text: minutes on a CPU' })
+        .option('out', { type: 'string', default: 'lorakit-lab', describe: 'output folder: runs/, data/ and lab.json (an interrupted lab resumes in it)' })
+        .option('json', { type: 'boolean', default: false, describe: 'print lab.json instead of the tables' }),
+    async (argv) => {
+      try {
+        const report = await runLab({ out: argv.out, quick: argv.quick, log: (line) => process.stderr.write(`${line}\n`) });
+        if (argv.json) print(JSON.stringify(report, null, 2));
+        else {
+          for (const line of formatLab(report)) print(line);
+          print(`results in ${path.join(argv.out, 'lab.json')}`);
+        }
+      } catch (e) {
+        if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
+          process.stderr.write(`lorakit lab: ${e.message}\n`);
+          process.exitCode = 1;
+          return;
+        }
+        throw e;
+      }
+    },
+  );
+}
