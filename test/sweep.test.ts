@@ -111,7 +111,7 @@ describe('sweep specs', () => {
     [{ ...good, axes: { r: [8, 'x'] } }, /'axes\.r\[1\]': must be an integer >= 1/],
     [{ ...good, axes: { lr: [] } }, /'axes\.lr': must be a non-empty list/],
     [{ ...good, axes: { method: ['dora'] } }, /'axes\.method\[0\]'/],
-    [{ ...good, axes: { init: ['pissa'] } }, /'axes\.init'/],
+    [{ ...good, axes: { init: ['lora-ga'] } }, /'axes\.init\[0\]': must be true, false, gaussian or pissa/],
     [{ ...good, seeds: [1, -2] }, /'seeds\[1\]'/],
     [{ ...good, seeds: [1, 1] }, /'seeds': lists a seed twice/],
     [{ ...good, mode: 'random' }, /'samples': must be an integer >= 1 in random mode/],

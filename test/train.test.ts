@@ -170,3 +170,19 @@ describe('the run stays responsive and reports bad input', () => {
     await expect(train({ model: '', data: '', resume: tmp() }).done).rejects.toThrow(/is not a lorakit checkpoint/);
   });
 });
+
+describe('initialisation option', () => {
+  test("--init pissa leaves the model's function unchanged at the start (like B = 0); --init false does not", async () => {
+    const start = async (init: TrainOptions['init']) => {
+      const res = await train(base({ init, steps: 1, lr: 1e-9, r: 4, alpha: 8, evalSplit: 0.1 })).done;
+      return { first: evalLosses(res)[0]!, res };
+    };
+    const zero = await start(true), pissa = await start('pissa'), random = await start(false);
+    expect(Math.abs(pissa.first - zero.first)).toBeLessThan(1e-4);
+    expect(Math.abs(random.first - zero.first)).toBeGreaterThan(1e-3);
+    const r = pissa.res;
+    const cfg = JSON.parse(fs.readFileSync(path.join(r.lastDir, 'adapter_config.json'), 'utf8'));
+    expect(cfg.init_lora_weights).toBe('pissa');
+    await expect(train(base({ init: 'lora-ga' as never })).done).rejects.toThrow(/'init' must be true, false, gaussian or pissa/);
+  });
+});

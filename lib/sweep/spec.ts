@@ -18,6 +18,7 @@ export interface Axes {
   target?: NonNullable<TrainOptions['target']>[];
   alpha?: number[];
   dropout?: number[];
+  init?: NonNullable<TrainOptions['init']>[];
   /** Training examples to keep: the first N of the data file, written as a copy into the sweep folder. */
   dataSize?: number[];
 }
@@ -45,11 +46,11 @@ export interface Configuration {
   values: Partial<Record<AxisName, AxisValue>>;
 }
 
-const AXES: readonly AxisName[] = ['r', 'lr', 'method', 'rslora', 'target', 'alpha', 'dropout', 'dataSize'];
+const AXES: readonly AxisName[] = ['r', 'lr', 'method', 'rslora', 'target', 'alpha', 'dropout', 'init', 'dataSize'];
 const TOP = ['base', 'axes', 'mode', 'samples', 'seeds', 'out', 'parallel'];
 // Every TrainOptions key a base job may set; out, seed and resume belong to the sweep.
 const BASE_KEYS = [
-  'model', 'data', 'method', 'r', 'alpha', 'target', 'rslora', 'dropout', 'lr', 'steps', 'epochs', 'batchSize', 'gradAccum', 'seqLen', 'warmup',
+  'model', 'data', 'method', 'r', 'alpha', 'target', 'rslora', 'init', 'dropout', 'lr', 'steps', 'epochs', 'batchSize', 'gradAccum', 'seqLen', 'warmup',
   'schedule', 'weightDecay', 'maxGradNorm', 'pack', 'evalSplit', 'evalData', 'retainData', 'evalEvery', 'saveEvery', 'device', 'progress',
 ];
 const PATH_KEYS = ['model', 'data', 'evalData', 'retainData'] as const;
@@ -68,6 +69,7 @@ const AXIS_CHECKS: Record<AxisName, [(v: unknown) => boolean, string]> = {
   target: [(v) => (typeof v === 'string' && v !== '') || (Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === 'string' && m !== '')), 'a preset or module name(s)'],
   alpha: [(v) => typeof v === 'number' && Number.isFinite(v) && v >= 0, 'a number >= 0'],
   dropout: [(v) => typeof v === 'number' && v >= 0 && v <= 0.99, 'a number in [0, 0.99]'],
+  init: [(v) => v === true || v === false || v === 'gaussian' || v === 'pissa', 'true, false, gaussian or pissa'],
   dataSize: [(v) => isInt(v, 1), 'an integer >= 1'],
 };
 
@@ -97,7 +99,6 @@ export function parseSpec(raw: unknown, dir = '.'): SweepSpec {
   if (!isObject(axesRaw)) throw fail(`'axes'`, `must be an object of value lists, got ${show(axesRaw)}`);
   const axes: Axes = {};
   for (const [k, list] of Object.entries(axesRaw)) {
-    if (k === 'init') throw fail(`'axes.init'`, 'the trainer has no init option to vary yet');
     if (!(AXES as readonly string[]).includes(k)) throw fail(`'axes.${k}'`, `is not an axis (${AXES.join(', ')})`);
     const name = k as AxisName;
     if (!Array.isArray(list) || list.length === 0) throw fail(`'axes.${k}'`, `must be a non-empty list, got ${show(list)}`);

@@ -34,6 +34,8 @@ export interface TrainOptions {
   /** 'all-linear' (default), 'attention', 'mlp', or module names. */
   target?: string | string[];
   rslora?: boolean;
+  /** PEFT's init_lora_weights: true (A Kaiming-uniform, B zero; default), 'gaussian', 'pissa', or false. */
+  init?: boolean | 'gaussian' | 'pissa';
   /** LoRA dropout (default 0.05). */
   dropout?: number;
   /** Peak learning rate (default 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning). */
@@ -156,6 +158,11 @@ export function resolveOptions(o: TrainOptions): Resolved {
     alpha: finite('alpha', o.alpha ?? 2 * r, 0),
     target,
     rslora: o.rslora === true,
+    init: (() => {
+      const v = o.init ?? true;
+      if (v !== true && v !== false && v !== 'gaussian' && v !== 'pissa') throw fail(`'init' must be true, false, gaussian or pissa, got ${describe(v)}`);
+      return v;
+    })(),
     dropout: finite('dropout', o.dropout ?? 0.05, 0, 0.99),
     lr: finite('lr', o.lr ?? (full ? 2e-5 : 2e-4), 0, 1),
     steps: o.steps == null ? null : positiveInt('steps', o.steps),
@@ -266,7 +273,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
       // A preset, a comma-separated list of module names, or (with regex characters) PEFT's regex form.
       const t = o.target;
       const target = typeof t !== 'string' ? t : t in TARGETS ? TARGETS[t]! : /^[\w.,]+$/.test(t) ? t.split(',').filter(Boolean) : t;
-      addAdapter(model, { r: o.r, loraAlpha: o.alpha, loraDropout: o.dropout, targetModules: target, useRslora: o.rslora, seed: o.seed });
+      addAdapter(model, { r: o.r, loraAlpha: o.alpha, loraDropout: o.dropout, targetModules: target, useRslora: o.rslora, initLoraWeights: o.init, seed: o.seed });
     }
     if (o.method !== 'full') for (const l of model.linears.values()) if (l.adapter) l.adapter.dropout = o.dropout;
     const params = model.parameters();

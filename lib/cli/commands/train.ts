@@ -41,6 +41,7 @@ export function trainCommand(y: Argv): Argv {
         .option('alpha', { type: 'number', describe: 'LoRA alpha [default: 2r]' })
         .option('target', { type: 'string', describe: 'all-linear | attention | mlp | q_proj,v_proj,... [default: all-linear]' })
         .option('rslora', { type: 'boolean', describe: 'scale by alpha/sqrt(r) (rsLoRA)' })
+        .option('init', { choices: ['true', 'false', 'gaussian', 'pissa'] as const, describe: 'LoRA initialisation (PEFT init_lora_weights) [default: true]' })
         .option('dropout', { type: 'number', describe: 'LoRA dropout [default: 0.05]' })
         .option('lr', { type: 'number', describe: 'peak learning rate [default: 2e-4, full: 2e-5]' })
         .option('steps', { type: 'number', describe: 'optimizer steps' })
@@ -80,7 +81,8 @@ export function trainCommand(y: Argv): Argv {
         options = {
           model: argv.model, data: argv.data,
           ...pick('method', argv.method), ...pick('r', argv.r), ...pick('alpha', argv.alpha),
-          ...pick('target', argv.target), ...pick('rslora', argv.rslora), ...pick('dropout', argv.dropout), ...pick('lr', argv.lr),
+          ...pick('target', argv.target), ...pick('rslora', argv.rslora),
+          ...pick('init', argv.init === undefined ? undefined : argv.init === 'true' ? true : argv.init === 'false' ? false : argv.init), ...pick('dropout', argv.dropout), ...pick('lr', argv.lr),
           ...pick('steps', argv.steps), ...pick('epochs', argv.epochs), ...pick('batchSize', argv.batchSize), ...pick('gradAccum', argv.gradAccum),
           ...pick('seqLen', argv.seqLen), ...pick('warmup', argv.warmup), ...pick('schedule', argv.schedule), ...pick('weightDecay', argv.weightDecay),
           ...pick('maxGradNorm', argv.maxGradNorm), ...pick('pack', argv.pack), ...pick('evalSplit', argv.evalSplit), ...pick('evalData', argv.evalData),
