@@ -179,6 +179,16 @@ describe('the runner', () => {
     expect((await runSweep(again, { runOne })).configs.map((c) => c.id)).toEqual(report.configs.map((c) => c.id));
   });
 
+  test('parallel runs train in child processes, each giving the same results as a run in this process', async () => {
+    const base = { model: LLAMA, data: sequences(60), steps: 4, batchSize: 4, seqLen: 32, lr: 1e-2, dropout: 0, progress: 'none' as const };
+    const together = parseSpec({ base, axes: { r: [2, 4] }, seeds: [1], out: tmp(), parallel: 2 }, '/');
+    const alone = parseSpec({ base, axes: { r: [2, 4] }, seeds: [1], out: tmp() }, '/');
+    const a = await runSweep(together), b = await runSweep(alone);
+    expect(a.caveat).toMatch(/separate processes/);
+    // The kernels are deterministic for any thread count, so the children's losses are this process's.
+    expect(a.configs.map((c) => c.loss.mean)).toEqual(b.configs.map((c) => c.loss.mean));
+  });
+
   test('a real tiny sweep writes result.json per run, and a second invocation resumes: it skips finished runs and redoes a cut-short one', async () => {
     const spec = parseSpec({
       base: { model: LLAMA, data: sequences(60), retainData: sequences(12, 100), steps: 5, batchSize: 4, seqLen: 32, lr: 1e-2, dropout: 0, progress: 'none' },

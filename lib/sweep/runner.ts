@@ -4,23 +4,11 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { memory } from '../tensor/tensor';
-import { train, type TrainOptions } from '../train/trainer';
+import * as os from 'node:os';
+import { childRunner } from './child';
+import { trainOne, type RunOne, type RunOutcome } from './run-one';
 import { compareAll, summarize, type Comparison, type Summary } from './stats';
 import { configurations, jobFor, truncatedData, type Configuration, type SweepSpec } from './spec';
-
-/** What one run measured. */
-export interface RunOutcome {
-  /** Eval loss per split (heldout, eval, retain) before training and at the end. */
-  start: Record<string, number>;
-  final: Record<string, number>;
-  wallSec: number;
-  tokensPerSec: number;
-  /** High-water mark of the process's resident memory sampled during the run. */
-  peakRssBytes: number;
-  /** High-water mark of lorakit's own tensor memory during the run. */
-  peakTensorBytes: number;
-}
 
 export interface RunRecord extends RunOutcome {
   configId: string;
@@ -29,7 +17,7 @@ export interface RunRecord extends RunOutcome {
   forgetting: number | null;
 }
 
-export type RunOne = (options: TrainOptions) => Promise<RunOutcome>;
+
 
 export interface ConfigReport {
   id: string;
@@ -58,35 +46,6 @@ export interface SweepReport {
   caveat: string | null;
 }
 
-/** The default run: the trainer in this process, with its memory sampled while it works. */
-export const trainOne: RunOne = async (options) => {
-  let peakRss = process.memoryUsage.rss(), peakTensor = memory().hostBytes;
-  const sample = () => {
-    peakRss = Math.max(peakRss, process.memoryUsage.rss());
-    peakTensor = Math.max(peakTensor, memory().hostBytes);
-  };
-  const t0 = performance.now();
-  const handle = train(options);
-  handle.on('step', sample);
-  const timer = setInterval(sample, 20);
-  let result;
-  try {
-    result = await handle.done;
-  } finally {
-    clearInterval(timer);
-  }
-  sample();
-  const wallSec = (performance.now() - t0) / 1000;
-  const start: Record<string, number> = {}, final: Record<string, number> = {};
-  for (const e of result.evals) {
-    if (!(e.split in start)) start[e.split] = e.loss;
-    final[e.split] = e.loss;
-  }
-  const steps = fs.readFileSync(result.metricsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { type: string; tokensPerSec?: number });
-  const lastStep = steps.filter((m) => m.type === 'step').pop();
-  return { start, final, wallSec, tokensPerSec: lastStep?.tokensPerSec ?? NaN, peakRssBytes: peakRss, peakTensorBytes: peakTensor };
-};
-
 export interface RunSweepOptions {
   runOne?: RunOne;
   log?: (line: string) => void;
@@ -98,7 +57,15 @@ function writeJson(file: string, value: unknown): void {
   fs.renameSync(`${file}.tmp`, file);
 }
 
-export async function runSweep(spec: SweepSpec, { runOne = trainOne, log = () => {} }: RunSweepOptions = {}): Promise<SweepReport> {
+export { trainOne, type RunOne, type RunOutcome } from './run-one';
+
+/**
+ * Runs the sweep. One run at a time trains in this process; `parallel` > 1 starts each run in its
+ * own process with an equal share of the cores, so runs do not share a thread pool or memory figures.
+ */
+export async function runSweep(spec: SweepSpec, options: RunSweepOptions = {}): Promise<SweepReport> {
+  const threads = Math.max(1, Math.floor(os.cpus().length / spec.parallel));
+  const { runOne = spec.parallel > 1 ? childRunner(threads) : trainOne, log = () => {} } = options;
   const configs = configurations(spec);
   const jobs = configs.flatMap((c) => spec.seeds.map((seed) => ({ c, seed, dir: path.join(spec.out, 'runs', c.id, `seed-${seed}`) })));
   const records = new Map<string, RunRecord>();
@@ -155,7 +122,7 @@ export async function runSweep(spec: SweepSpec, { runOne = trainOne, log = () =>
     comparisons: compareAll(configs.map((c) => ({ id: c.id, values: runsOf(c).map((r) => r.final[metric] ?? NaN) }))),
     ran: pending.length,
     skipped,
-    caveat: spec.parallel > 1 && pending.length > 1 ? `runs shared one process ${spec.parallel} at a time: wall time, tokens/s and peak memory are of the shared process` : null,
+    caveat: spec.parallel > 1 && pending.length > 1 ? `runs went ${spec.parallel} at a time in separate processes sharing the CPU (${threads} kernel thread(s) each): wall time and tokens/s reflect that sharing` : null,
   };
   writeJson(path.join(spec.out, 'sweep.json'), report);
   return report;
