@@ -106,7 +106,9 @@ export class Linear {
     this.#merged = sign > 0;
   }
 
+  /** Drops the adapter. A merged adapter's update stays in the weight (PEFT's merge_and_unload). */
   detach(): void {
+    this.#merged = false;
     this.adapter?.loraA.dispose();
     this.adapter?.loraB.dispose();
     this.grads?.loraA.dispose();
