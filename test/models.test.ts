@@ -121,3 +121,17 @@ describe.each(['tiny-gpt2', 'tiny-llama'])('%s: packed rows keep documents apart
     });
   });
 });
+
+test('after merge and detach, a new adapter attaches and acts normally', () => {
+  using model = loadModel(path.join(FIX, 'tiny-llama'));
+  loadAdapter(model, path.join(FIX, 'tiny-llama'));
+  model.mergeAdapters();
+  for (const l of model.linears.values()) l.detach();
+  const ids = tensor(BigInt64Array.from({ length: 12 }, (_, i) => BigInt(i + 3)), [1, 12]);
+  const merged = model.forward(ids, { returnLogits: true }).logits!.toFloat32Array();
+  // The same adapter again: it must be applied on top of the merged weights (not skipped).
+  loadAdapter(model, path.join(FIX, 'tiny-llama'));
+  const twice = model.forward(ids, { returnLogits: true }).logits!.toFloat32Array();
+  expect(relErr(twice, Float64Array.from(merged))).toBeGreaterThan(1e-4);
+  expect(() => model.mergeAdapters()).not.toThrow();
+});
