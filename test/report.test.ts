@@ -5,7 +5,8 @@ import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { analyzeRun, type AnalyzeReport } from '../lib/analysis/report';
 import { runAnalyze } from '../lib/cli/commands/analyze';
-import { barPlot, escapeHtml, estimatePlot, linePlot, linearScale, logScale, readMetrics, renderReport, scatterPlot, thin, writeReport, sweepRuns, type MetricLine } from '../lib/report';
+import { TASKS, type LabReport } from '../lib/lab';
+import { barPlot, escapeHtml, estimatePlot, formatNumber, labSection, linePlot, linearScale, logScale, readMetrics, renderReport, scatterPlot, thin, writeReport, sweepRuns, type MetricLine } from '../lib/report';
 import { parseSpec } from '../lib/sweep/spec';
 import { runSweep, type SweepReport } from '../lib/sweep/runner';
 import { train } from '../lib/train/trainer';
@@ -230,5 +231,54 @@ describe('a report of real runs, rendered by headless Chromium', () => {
     // Text, axes, lines and bars: a blank or failed page is one colour with nothing drawn.
     expect(drawn / (png.width * png.height)).toBeGreaterThan(0.01);
     expect(colors.size).toBeGreaterThan(50);
+  });
+});
+
+describe('the lab part of the report', () => {
+  const lab = JSON.parse(fs.readFileSync(path.join(__dirname, 'fixtures/lab/lab.json'), 'utf8')) as LabReport;
+  const tasks = TASKS.filter((t) => lab.tasks[t] !== undefined);
+  const arms = lab.tasks.behaviour!.arms.map((a) => a.arm);
+  const perTask = ['eval', 'exact', 'forgetting', 'tradeoff', 'intruders'];
+  const names = [...tasks.flatMap((t) => perTask.map((k) => `lab-${k}-${t}`)), 'lab-quantization'];
+
+  test('one mark per arm in every plot of every task, and one bar per task for the quantization tax', () => {
+    expect(tasks).toEqual(['behaviour', 'knowledge']);
+    const found = plots(renderReport({ title: 'lab', lab }));
+    expect(found.map((p) => p.name)).toEqual(names);
+    for (const p of found) expect([p.name, p.marks]).toEqual([p.name, p.name === 'lab-quantization' ? tasks.length : arms.length]);
+    // Every arm has three seeds, so every estimate has its interval drawn.
+    for (const p of found.filter((q) => /^lab-(eval|exact|forgetting|intruders)-/.test(q.name))) expect(p.svg.match(/class="errorbar"/g)).toHaveLength(arms.length);
+  });
+
+  test('the tables hold every arm\'s mean ± CI, learning from the base the arm started from', () => {
+    const html = labSection(lab);
+    for (const t of tasks)
+      for (const a of lab.tasks[t]!.arms) {
+        expect(html).toContain(`<td>${formatNumber(a.evalLoss.mean)} ± ${formatNumber(a.evalLoss.ci95)}</td>`);
+        expect(html).toContain(`<td>${formatNumber(a.forgetting.mean)} ± ${formatNumber(a.forgetting.ci95)}</td>`);
+        expect(html).toContain(`<td>${formatNumber(a.intruders.mean)} ± ${formatNumber(a.intruders.ci95)}</td>`);
+        const start = a.method === 'qlora' ? lab.tasks[t]!.nf4Base.loss : lab.tasks[t]!.base.loss;
+        expect(html).toContain(`<td>${formatNumber(start - a.evalLoss.mean)} ± ${formatNumber(a.evalLoss.ci95)}</td>`);
+      }
+    const tax = lab.tasks.knowledge!.quantizationTax.lossRise;
+    expect(html).toContain(`<td>${tax > 0 ? '+' : ''}${formatNumber(tax)}</td>`);
+  });
+
+  test('text from lab.json is escaped, and one seed is shown without an interval', () => {
+    const evil = '<img src=x onerror="alert(1)">';
+    const behaviour = lab.tasks.behaviour!;
+    const one = { n: 1, mean: 2, sd: NaN, ci95: NaN };
+    const html = labSection({ ...lab, tasks: { behaviour: { ...behaviour, arms: [{ ...behaviour.arms[0]!, arm: evil, what: evil, evalLoss: one }] } } });
+    expect(html).not.toMatch(/<img/);
+    expect(html).toContain('&lt;img src=x onerror=&quot;alert(1)&quot;&gt;');
+    expect(html).toContain('<td>2 (no CI)</td>');
+    expect(plots(html).map((p) => p.name)).toEqual([...perTask.map((k) => `lab-${k}-behaviour`), 'lab-quantization']);
+    expect(plots(html).find((p) => p.name === 'lab-eval-behaviour')!.svg).not.toMatch(/class="errorbar"/);
+  });
+
+  test('Chromium draws every lab plot with its marks', () => {
+    const file = writeReport(path.join(tmp(), 'lab.html'), { title: 'lorakit lab --quick', lab });
+    const found = plots(runChromium(['--dump-dom', `file://${file}`]));
+    expect(found.map((p) => [p.name, p.marks])).toEqual(names.map((n) => [n, n === 'lab-quantization' ? tasks.length : arms.length]));
   });
 });

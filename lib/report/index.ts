@@ -7,11 +7,14 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AnalyzeReport } from '../analysis/report';
+import type { LabReport } from '../lab/lab';
 import type { SweepReport } from '../sweep/runner';
 import type { Summary } from '../sweep/stats';
+import { labSection } from './lab';
 import { readMetrics, type EvalLine, type MetricLine, type StepLine } from './metrics';
 import { barPlot, escapeHtml, estimatePlot, formatNumber, linePlot, scatterPlot, type Estimate, type Point, type Series } from './svg';
 
+export { labSection } from './lab';
 export { readMetrics, type MetricLine, type StepLine, type EvalLine } from './metrics';
 export * from './svg';
 
@@ -25,6 +28,7 @@ export interface ReportParts {
   runs?: RunMetrics[];
   analysis?: AnalyzeReport;
   sweep?: SweepReport;
+  lab?: LabReport;
 }
 
 /** Training curves longer than this are drawn as bucket means: thousands of noisy steps hide the trend. */
@@ -210,7 +214,8 @@ export function renderReport(parts: ReportParts): string {
   if (runs.length > 0) body += runsSection(runs) + learningSection(runs);
   if (parts.analysis) body += analysisSection(parts.analysis);
   if (parts.sweep) body += sweepSection(parts.sweep);
-  if (body === '') body = note('Nothing to report: no runs, analysis or sweep were given.');
+  if (parts.lab) body += labSection(parts.lab);
+  if (body === '') body = note('Nothing to report: no runs, analysis, sweep or lab were given.');
   // The policy forbids every fetch, so the file provably shows only what it holds.
   return `<!doctype html>
 <html lang="en"><head><meta charset="utf-8">

@@ -1,6 +1,7 @@
 import type { Argv } from 'yargs';
 import * as path from 'node:path';
 import { formatLab, runLab } from '../../lab';
+import { writeReport } from '../../report';
 import { print } from '../run';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
 
@@ -12,7 +13,8 @@ export function labCommand(y: Argv): Argv {
       a
         .option('quick', { type: 'boolean', default: false, describe: 'few steps and subsets of the eval text: minutes on a CPU' })
         .option('out', { type: 'string', default: 'lorakit-lab', describe: 'output folder: runs/, data/ and lab.json (an interrupted lab resumes in it)' })
-        .option('json', { type: 'boolean', default: false, describe: 'print lab.json instead of the tables' }),
+        .option('json', { type: 'boolean', default: false, describe: 'print lab.json instead of the tables' })
+        .option('report', { type: 'string', describe: 'also write the results as a self-contained HTML report (plots with 95% CIs) to this file' }),
     async (argv) => {
       try {
         const report = await runLab({ out: argv.out, quick: argv.quick, log: (line) => process.stderr.write(`${line}\n`) });
@@ -20,6 +22,12 @@ export function labCommand(y: Argv): Argv {
         else {
           for (const line of formatLab(report)) print(line);
           print(`results in ${path.join(argv.out, 'lab.json')}`);
+        }
+        if (argv.report !== undefined) {
+          const file = writeReport(argv.report, { title: `lorakit lab${report.quick ? ' --quick' : ''}`, lab: report });
+          // To stderr under --json, so that stdout stays one JSON document.
+          if (argv.json) process.stderr.write(`report written to ${file}\n`);
+          else print(`report written to ${file}`);
         }
       } catch (e) {
         if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
