@@ -132,7 +132,7 @@ describe('the runner', () => {
   /** Losses drawn from one distribution per configuration: `shift` moves some of them. */
   const fake = (shift: (o: { r?: number }) => number = () => 0): RunOne => async (o) => {
     const z = normals(o.seed! * 7919 + (o.r ?? 0));
-    return { start: { heldout: 3, retain: 2 }, final: { heldout: 2 + shift(o) + 0.05 * z(), retain: 2.1 + 0.01 * z() }, wallSec: 1, tokensPerSec: 100, peakRssBytes: 1e8, peakTensorBytes: 1e6 };
+    return { start: { heldout: 3, retain: 2 }, final: { heldout: 2 + shift(o) + 0.05 * z(), retain: 2.1 + 0.01 * z() }, wallSec: 1, tokensPerSec: 100, peakRssBytes: 1e8, peakTensorBytes: 1e6, intruders: 0 };
   };
 
   test('a pure-noise sweep marks every comparison as inside the noise', async () => {
@@ -208,7 +208,9 @@ describe('the runner', () => {
       expect(r.forgetting).toBeCloseTo(r.final.retain - r.start.retain, 12);
       expect(r.tokensPerSec).toBeGreaterThan(0);
       expect(r.peakRssBytes).toBeGreaterThan(1e6);
+      expect(Number.isInteger(r.intruders) && r.intruders >= 0).toBe(true);
     }
+    expect(Number.isFinite(first.configs[0]!.intruders.mean)).toBe(true);
     expect(first.configs[0]!.loss.n).toBe(2);
 
     calls = 0;

@@ -308,3 +308,18 @@ export function analyzeRun(options: AnalyzeRunOptions): AnalyzeReport {
   }
   return report;
 }
+
+/**
+ * Total intruder dimensions (k = 10, ε = 0.5) of a trained run against its base model folder: the
+ * adapter in `weightsDir` over the base (NF4 for QLoRA), or the full checkpoint in `weightsDir`.
+ */
+export function runIntruders(baseDir: string, method: 'lora' | 'qlora' | 'full', weightsDir: string): number {
+  if (method === 'full') {
+    using tuned = loadModel(weightsDir);
+    using reference = loadModel(baseDir);
+    return analyzeCheckpoint(reference, tuned, { k: 10, epsilon: 0.5, rank: 16, epsilons: [] }).intruders.total;
+  }
+  using tuned = loadModel(baseDir, { quantize: method === 'qlora' });
+  loadAdapter(tuned, weightsDir);
+  return analyzeModel(tuned, { k: 10, epsilon: 0.5 }).intruders.total;
+}

@@ -8,8 +8,7 @@ import * as path from 'node:path';
 import { LorakitError } from '../errors';
 import { type Example } from '../data/jsonl';
 import { loadExamples } from '../data/load';
-import { analyzeModel } from '../analysis';
-import { analyzeCheckpoint } from '../analysis/report';
+import { runIntruders } from '../analysis/report';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { native, PACKAGE_ROOT } from '../native/binding';
@@ -217,16 +216,15 @@ async function runOne(
   let evalScore: Score, retainLoss: number, intruders: number, mergeError: RunResult['mergeError'] = null;
   if (arm.method === 'full') {
     using tuned = loadModel(trained.lastDir);
-    using reference = loadModel(base);
     evalScore = score(tuned, data.evalExamples);
     retainLoss = score(tuned, args.retain, false).loss;
-    intruders = analyzeCheckpoint(reference, tuned, { k: 10, epsilon: 0.5, rank: 16, epsilons: [] }).intruders.total;
+    intruders = runIntruders(base, 'full', trained.lastDir);
   } else {
     using tuned = loadModel(base, { quantize: arm.method === 'qlora' });
     loadAdapter(tuned, trained.lastDir);
     evalScore = score(tuned, data.evalExamples);
     retainLoss = score(tuned, args.retain, false).loss;
-    intruders = analyzeModel(tuned, { k: 10, epsilon: 0.5 }).intruders.total;
+    intruders = runIntruders(base, arm.method, trained.lastDir);
     using float = loadModel(base);
     loadAdapter(float, trained.lastDir);
     const probe = data.evalExamples[0]!.inputIds;

@@ -181,8 +181,8 @@ function sweepSection(r: SweepReport): string {
     });
   if (r.configs[0]?.seeds.length === 1) body += note('One seed per configuration: noise cannot be told from effect; give more seeds to compare.');
   body += table(
-    ['configuration', 'seeds', `${r.metric} loss (95% CI)`, 'retain rise (95% CI)', 'wall s', 'tokens/s', 'peak MB'],
-    r.configs.map((c) => [label.get(c.id)!, String(c.seeds.length), ci(c.loss), c.forgetting ? ci(c.forgetting) : '–', ci(c.wallSec), ci(c.tokensPerSec), formatNumber(c.peakRssBytes / 2 ** 20, 4)]),
+    ['configuration', 'seeds', `${r.metric} loss (95% CI)`, 'retain rise (95% CI)', 'intruders (95% CI)', 'wall s', 'tokens/s', 'peak MB'],
+    r.configs.map((c) => [label.get(c.id)!, String(c.seeds.length), ci(c.loss), c.forgetting ? ci(c.forgetting) : '–', ci(c.intruders), ci(c.wallSec), ci(c.tokensPerSec), formatNumber(c.peakRssBytes / 2 ** 20, 4)]),
   );
   if (r.comparisons.length > 0) {
     body += `<h3>Comparisons (Welch's t-test, Holm-corrected, 5% level)</h3>`;

@@ -2,6 +2,7 @@
 import * as fs from 'node:fs';
 import { memory } from '../tensor/tensor';
 import { train, type TrainOptions } from '../train/trainer';
+import { runIntruders } from '../analysis/report';
 
 /** What one run measured. */
 export interface RunOutcome {
@@ -14,6 +15,8 @@ export interface RunOutcome {
   peakRssBytes: number;
   /** High-water mark of lorakit's own tensor memory during the run. */
   peakTensorBytes: number;
+  /** Intruder dimensions of the trained weights against the base (k = 10, ε = 0.5). */
+  intruders: number;
 }
 
 export type RunOne = (options: TrainOptions) => Promise<RunOutcome>;
@@ -44,6 +47,7 @@ export const trainOne: RunOne = async (options) => {
   }
   const steps = fs.readFileSync(result.metricsFile, 'utf8').split('\n').filter(Boolean).map((l) => JSON.parse(l) as { type: string; tokensPerSec?: number });
   const lastStep = steps.filter((m) => m.type === 'step').pop();
-  return { start, final, wallSec, tokensPerSec: lastStep?.tokensPerSec ?? NaN, peakRssBytes: peakRss, peakTensorBytes: peakTensor };
+  const intruders = runIntruders(options.model, options.method ?? 'lora', result.lastDir);
+  return { start, final, wallSec, tokensPerSec: lastStep?.tokensPerSec ?? NaN, peakRssBytes: peakRss, peakTensorBytes: peakTensor, intruders };
 };
 

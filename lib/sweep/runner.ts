@@ -29,6 +29,7 @@ export interface ConfigReport {
   forgetting: Summary | null;
   wallSec: Summary;
   tokensPerSec: Summary;
+  intruders: Summary;
   peakRssBytes: number;
 }
 
@@ -112,6 +113,8 @@ export async function runSweep(spec: SweepSpec, options: RunSweepOptions = {}): 
       forgetting: forgetting.length ? summarize(forgetting) : null,
       wallSec: summarize(runs.map((r) => r.wallSec)),
       tokensPerSec: summarize(runs.map((r) => r.tokensPerSec)),
+      // Results written before intruders were recorded read as NaN, not as zero intruders.
+      intruders: summarize(runs.map((r) => r.intruders ?? NaN)),
       peakRssBytes: Math.max(...runs.map((r) => r.peakRssBytes)),
     };
   });

@@ -20,9 +20,9 @@ function table(rows: string[][]): string[] {
 export function formatReport(r: SweepReport): string[] {
   const label = new Map(r.configs.map((c) => [c.id, c.label || c.id]));
   const lines = table([
-    ['config', 'values', 'seeds', `${r.metric} loss (95% CI)`, 'retain rise', 'wall s', 'tokens/s', 'peak MB'],
+    ['config', 'values', 'seeds', `${r.metric} loss (95% CI)`, 'retain rise', 'intruders', 'wall s', 'tokens/s', 'peak MB'],
     ...r.configs.map((c) => [
-      c.id, c.label || '(base)', String(c.seeds.length), pm(c.loss, 4), c.forgetting ? pm(c.forgetting, 4, true) : '-',
+      c.id, c.label || '(base)', String(c.seeds.length), pm(c.loss, 4), c.forgetting ? pm(c.forgetting, 4, true) : '-', pm(c.intruders, 1),
       pm(c.wallSec, 1), pm(c.tokensPerSec, 0), (c.peakRssBytes / 2 ** 20).toFixed(0),
     ]),
   ]);
