@@ -3,7 +3,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError, Tensor, io, lora, tensor } from '../lib';
 import { loadModel } from '../lib/models';
-import { readSafetensors, relErr } from './helpers/reference';
+import { jacobiEigenvalues, readSafetensors, relErr } from './helpers/reference';
 
 const FIX = path.join(__dirname, 'fixtures/peft');
 const GPT2 = path.join(FIX, 'tiny-gpt2');
@@ -150,32 +150,3 @@ describe('bad adapters', () => {
     expect(() => lora.saveAdapter(m, dir)).toThrow(/has no adapter/);
   });
 });
-
-/** Eigenvalues of a symmetric matrix by cyclic Jacobi rotations (float64). */
-function jacobiEigenvalues(a0: Float64Array, n: number): number[] {
-  const a = Float64Array.from(a0);
-  for (let sweep = 0; sweep < 50; sweep++) {
-    let off = 0;
-    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q]! ** 2;
-    if (off < 1e-22) break;
-    for (let p = 0; p < n; p++)
-      for (let q = p + 1; q < n; q++) {
-        const apq = a[p * n + q]!;
-        if (Math.abs(apq) < 1e-300) continue;
-        const theta = (a[q * n + q]! - a[p * n + p]!) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
-        for (let k = 0; k < n; k++) {
-          const akp = a[k * n + p]!, akq = a[k * n + q]!;
-          a[k * n + p] = c * akp - s * akq;
-          a[k * n + q] = s * akp + c * akq;
-        }
-        for (let k = 0; k < n; k++) {
-          const apk = a[p * n + k]!, aqk = a[q * n + k]!;
-          a[p * n + k] = c * apk - s * aqk;
-          a[q * n + k] = s * apk + c * aqk;
-        }
-      }
-  }
-  return Array.from({ length: n }, (_, i) => a[i * n + i]!);
-}

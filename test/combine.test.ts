@@ -10,7 +10,7 @@ import { addInPlace } from '../lib/ops/nn';
 import { type Tensor } from '../lib/tensor/tensor';
 import { type Example } from '../lib/data/jsonl';
 import { evaluate } from '../lib/train/evaluate';
-import { matmul64, relErr } from './helpers/reference';
+import { jacobiEigenvalues, matmul64, relErr } from './helpers/reference';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 const GPT2 = path.join(__dirname, 'fixtures/peft/tiny-gpt2');
@@ -60,35 +60,6 @@ function moduleDelta(m: CausalLM, name: string): Float32Array {
   const a = m.linears.get(name)!.adapter!;
   using d = matmul(a.loraB, a.loraA, { alpha: a.scale });
   return d.toFloat32Array();
-}
-
-/** Eigenvalues of a symmetric n x n matrix (cyclic Jacobi, float64). */
-function symmetricEigenvalues(s: Float64Array, n: number): number[] {
-  const a = Float64Array.from(s);
-  for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0;
-    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q]! ** 2;
-    if (off < 1e-30) break;
-    for (let p = 0; p < n; p++)
-      for (let q = p + 1; q < n; q++) {
-        const apq = a[p * n + q]!;
-        if (apq === 0) continue;
-        const theta = (a[q * n + q]! - a[p * n + p]!) / (2 * apq);
-        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), sn = t * c;
-        for (let k = 0; k < n; k++) {
-          const akp = a[k * n + p]!, akq = a[k * n + q]!;
-          a[k * n + p] = c * akp - sn * akq;
-          a[k * n + q] = sn * akp + c * akq;
-        }
-        for (let k = 0; k < n; k++) {
-          const apk = a[p * n + k]!, aqk = a[q * n + k]!;
-          a[p * n + k] = c * apk - sn * aqk;
-          a[q * n + k] = sn * apk + c * aqk;
-        }
-      }
-  }
-  return Array.from({ length: n }, (_, i) => a[i * n + i]!).sort((x, y) => y - x);
 }
 
 describe("'cat'", () => {
@@ -171,7 +142,7 @@ describe("'svd'", () => {
       const ba = matmul64(a.loraB.toFloat32Array(), 64, 4, false, a.loraA.toFloat32Array(), 4, 64, false);
       ba.forEach((x, i) => (delta[i] = delta[i]! + weight * a.scale * x));
     }
-    const sq = symmetricEigenvalues(matmul64(delta, 64, 64, true, delta, 64, 64, false), 64).map((x) => Math.max(x, 0));
+    const sq = jacobiEigenvalues(matmul64(delta, 64, 64, true, delta, 64, 64, false), 64).sort((x, y) => y - x).map((x) => Math.max(x, 0));
     const total = sq.reduce((x, y) => x + y, 0);
     const tail = sq.slice(3).reduce((x, y) => x + y, 0);
     expect(tail / total).toBeGreaterThan(1e-3);

@@ -119,3 +119,32 @@ export function readSafetensors(file: string): Map<string, { shape: number[]; dt
   }
   return out;
 }
+
+/** Eigenvalues of a symmetric n x n matrix by cyclic Jacobi rotations in float64 (unsorted). */
+export function jacobiEigenvalues(a0: ArrayLike<number>, n: number): number[] {
+  const a = Float64Array.from(a0);
+  for (let sweep = 0; sweep < 100; sweep++) {
+    let off = 0;
+    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q]! ** 2;
+    if (off < 1e-30) break;
+    for (let p = 0; p < n; p++)
+      for (let q = p + 1; q < n; q++) {
+        const apq = a[p * n + q]!;
+        if (apq === 0) continue;
+        const theta = (a[q * n + q]! - a[p * n + p]!) / (2 * apq);
+        const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
+        const c = 1 / Math.sqrt(t * t + 1), sn = t * c;
+        for (let k = 0; k < n; k++) {
+          const akp = a[k * n + p]!, akq = a[k * n + q]!;
+          a[k * n + p] = c * akp - sn * akq;
+          a[k * n + q] = sn * akp + c * akq;
+        }
+        for (let k = 0; k < n; k++) {
+          const apk = a[p * n + k]!, aqk = a[q * n + k]!;
+          a[p * n + k] = c * apk - sn * aqk;
+          a[q * n + k] = sn * apk + c * aqk;
+        }
+      }
+  }
+  return Array.from({ length: n }, (_, i) => a[i * n + i]!);
+}
