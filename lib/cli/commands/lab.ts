@@ -2,8 +2,7 @@ import type { Argv } from 'yargs';
 import * as path from 'node:path';
 import { formatLab, runLab } from '../../lab';
 import { writeReport } from '../../report';
-import { print } from '../run';
-import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
+import { print, runCommandAsync } from '../run';
 
 export function labCommand(y: Argv): Argv {
   return y.command(
@@ -16,7 +15,7 @@ export function labCommand(y: Argv): Argv {
         .option('json', { type: 'boolean', default: false, describe: 'print lab.json instead of the tables' })
         .option('report', { type: 'string', describe: 'also write the results as a self-contained HTML report (plots with 95% CIs) to this file' }),
     async (argv) => {
-      try {
+      await runCommandAsync('lorakit lab: ', async () => {
         const report = await runLab({ out: argv.out, quick: argv.quick, log: (line) => process.stderr.write(`${line}\n`) });
         if (argv.json) print(JSON.stringify(report, null, 2));
         else {
@@ -29,14 +28,7 @@ export function labCommand(y: Argv): Argv {
           if (argv.json) process.stderr.write(`report written to ${file}\n`);
           else print(`report written to ${file}`);
         }
-      } catch (e) {
-        if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
-          process.stderr.write(`lorakit lab: ${e.message}\n`);
-          process.exitCode = 1;
-          return;
-        }
-        throw e;
-      }
+      });
     },
   );
 }

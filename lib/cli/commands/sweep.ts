@@ -1,10 +1,9 @@
 import type { Argv } from 'yargs';
-import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
 import { readSpec } from '../../sweep/spec';
 import { runSweep, type SweepReport } from '../../sweep/runner';
 import { type Summary } from '../../sweep/stats';
 import { sweepRuns, writeReport } from '../../report';
-import { print } from '../run';
+import { print, runCommandAsync } from '../run';
 
 function pm(s: Summary, digits: number, signed = false): string {
   const f = (x: number) => `${signed && x >= 0 ? '+' : ''}${x.toFixed(digits)}`;
@@ -49,7 +48,7 @@ export function sweepCommand(y: Argv): Argv {
         .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' })
         .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
     async (argv) => {
-      try {
+      await runCommandAsync('lorakit sweep: ', async () => {
         const spec = readSpec(argv.spec as string);
         const report = await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
         if (argv.json) print(JSON.stringify(report, null, 2));
@@ -60,14 +59,7 @@ export function sweepCommand(y: Argv): Argv {
           if (argv.json) process.stderr.write(`${where}\n`);
           else print(where);
         }
-      } catch (e) {
-        if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
-          process.stderr.write(`lorakit sweep: ${e.message}\n`);
-          process.exitCode = 1;
-          return;
-        }
-        throw e;
-      }
+      });
     },
   );
 }

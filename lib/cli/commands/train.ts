@@ -2,8 +2,7 @@ import type { Argv } from 'yargs';
 import * as path from 'node:path';
 import { PACKAGE_ROOT } from '../../native/binding';
 import { train, type TrainOptions } from '../../train/trainer';
-import { print } from '../run';
-import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
+import { print, runCommandAsync } from '../run';
 
 /** The job `lorakit train` runs with no arguments: everything it needs ships in the package. */
 export const DEFAULT_DIR = path.join(PACKAGE_ROOT, 'assets', 'default');
@@ -90,7 +89,7 @@ export function trainCommand(y: Argv): Argv {
           ...pick('device', argv.device), ...pick('seed', argv.seed), ...pick('progress', argv.progress),
         };
       }
-      try {
+      await runCommandAsync('lorakit ', async () => {
         const r = await train(options).done;
         const first = new Map<string, number>(), last = new Map<string, number>();
         for (const e of r.evals) {
@@ -100,14 +99,7 @@ export function trainCommand(y: Argv): Argv {
         for (const [split, before] of first) print(`${split}: loss ${before.toFixed(4)} before -> ${last.get(split)!.toFixed(4)} after`);
         print(`${r.stopped ? 'stopped early; ' : ''}trained ${r.steps} steps; weights in ${r.lastDir}${r.bestDir ? `, best in ${r.bestDir}` : ''}; metrics in ${r.metricsFile}`);
         if (r.stopped) process.exitCode = 130;
-      } catch (e) {
-        if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
-          process.stderr.write(`lorakit ${e.message}\n`);
-          process.exitCode = 1;
-          return;
-        }
-        throw e;
-      }
+      });
     },
   );
 }
