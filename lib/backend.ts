@@ -1,8 +1,21 @@
-import { native } from './native/binding';
+import { loadedBackend, native } from './native/binding';
+
+export interface GpuDevice {
+  /** The name tensors use: 'cuda:0', 'cuda:1', ... (also on AMD GPUs, as in PyTorch). */
+  device: string;
+  name: string;
+  /** 'sm_90' on NVIDIA, 'gfx942' on AMD. */
+  arch: string;
+  totalBytes: number;
+  multiprocessors: number;
+  warpSize: number;
+}
 
 export interface BackendInfo {
-  /** The backend ops run on. Only 'cpu' exists in this build. */
-  active: 'cpu';
+  /** The backend that GPU tensors run on: 'cuda' or 'hip' when the GPU addon loaded, else 'cpu'. */
+  active: 'cpu' | 'cuda' | 'hip';
+  /** The addon file in use, when known. */
+  addon?: string;
   cpu: {
     threads: number;
     /** The GEMM micro-kernel in use: 'avx512', 'avx2' or 'generic'. */
@@ -10,18 +23,32 @@ export interface BackendInfo {
     features: { avx2: boolean; avx512: boolean };
   };
   /** GPUs found and usable; empty when the GPU addon is absent or its probe failed. */
-  gpus: { name: string; device: string }[];
+  gpus: GpuDevice[];
+  /** With a GPU: the runtime and driver versions, and which engine serves dense GEMMs. */
+  gpuRuntime?: { platform: 'cuda' | 'hip'; runtime: string; driver: string; gemmEngine: string };
   /** Why no GPU backend is active, when none is. */
   gpuUnavailableReason?: string;
 }
 
-/** What is loaded: the CPU kernels and their features, and any GPU found. */
+/** What is loaded: the CPU kernels and their features, and any GPU found (never a silent fallback). */
 export function backend(): BackendInfo {
   const info = native().backendInfo();
+  const loaded = loadedBackend();
+  const cpu = { threads: info.threads, gemmKernel: info.gemmKernel, features: { avx2: info.avx2, avx512: info.avx512 } };
+  if (loaded.kind === 'cpu' || !loaded.gpu)
+    return { active: 'cpu', addon: loaded.file, cpu, gpus: [], gpuUnavailableReason: loaded.gpuUnavailableReason };
+  const g = native().gpu!.gpuInfo();
   return {
-    active: 'cpu',
-    cpu: { threads: info.threads, gemmKernel: info.gemmKernel, features: { avx2: info.avx2, avx512: info.avx512 } },
-    gpus: [],
-    gpuUnavailableReason: 'this build has no GPU addon (the CUDA/HIP backend is not part of it yet)',
+    active: loaded.kind,
+    addon: loaded.file,
+    cpu,
+    gpus: g.devices.map((d, i) => ({ device: `cuda:${i}`, ...d })),
+    gpuRuntime: { platform: g.platform, runtime: g.runtime, driver: g.driver, gemmEngine: g.gemmEngine ?? 'unknown' },
   };
+}
+
+/** The number of usable GPUs (0 on the CPU backend). */
+export function gpuCount(): number {
+  const loaded = loadedBackend();
+  return loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
 }

@@ -68,7 +68,7 @@ Napi::Value Fill(const Napi::CallbackInfo& info) {
   DType dt = dtype(o, "dtype", op);
   int64_t n = i64(o, "n", op);
   void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
-  guarded(info.Env(), [&] { cpu::fill(dst, dt, n, num(o, "value", op)); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), fill, dst, dt, n, num(o, "value", op)); });
   return info.Env().Undefined();
 }
 
@@ -78,7 +78,7 @@ Napi::Value Arange(const Napi::CallbackInfo& info) {
   DType dt = dtype(o, "dtype", op);
   int64_t n = i64(o, "n", op);
   void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
-  guarded(info.Env(), [&] { cpu::arange(dst, dt, n, num(o, "start", op), num(o, "step", op)); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), arange, dst, dt, n, num(o, "start", op), num(o, "step", op)); });
   return info.Env().Undefined();
 }
 
@@ -89,7 +89,7 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   int64_t n = i64(o, "n", op);
   const void* src = storage(o, "src", sz(n, dtype_size(from)), op)->data();
   void* dst = storage(o, "dst", sz(n, dtype_size(to)), op)->data();
-  guarded(info.Env(), [&] { cpu::cast(src, from, dst, to, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), cast, src, from, dst, to, n); });
   return info.Env().Undefined();
 }
 
@@ -102,9 +102,9 @@ Napi::Value Rand(const Napi::CallbackInfo& info, bool normal) {
   float p0 = static_cast<float>(num(o, "p0", op)), p1 = static_cast<float>(num(o, "p1", op));
   guarded(info.Env(), [&] {
     if (normal)
-      cpu::rand_normal(dst, n, seed, offset, p0, p1);
+      LK_CALL(on_gpu(info.Env()), rand_normal, dst, n, seed, offset, p0, p1);
     else
-      cpu::rand_uniform(dst, n, seed, offset, p0, p1);
+      LK_CALL(on_gpu(info.Env()), rand_uniform, dst, n, seed, offset, p0, p1);
   });
   return info.Env().Undefined();
 }
@@ -129,7 +129,7 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   g.alpha = static_cast<float>(num(o, "alpha", op));
   g.beta = static_cast<float>(num(o, "beta", op));
   g.bias = ptr<float>(o, "bias", g.n, op, true);
-  guarded(env, [&] { cpu::gemm(g); });
+  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), gemm, g); });
   return env.Undefined();
 }
 
@@ -165,7 +165,7 @@ Napi::Value LoraForward(const Napi::CallbackInfo& info) {
   L.b = ptr<float>(o, "b", L.out * L.r, op);
   L.y = ptr<float>(o, "y", L.m * L.out, op);
   L.xa = ptr<float>(o, "xa", L.m * L.r, op);
-  guarded(env, [&] { cpu::lora_forward(L); });
+  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), lora_forward, L); });
   return env.Undefined();
 }
 
@@ -195,7 +195,7 @@ Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
   L.db = ptr<float>(o, "db", L.out * L.r, op, true);
   L.dbias = ptr<float>(o, "dbias", L.out, op, true);
   L.dw = ptr<float>(o, "dw", L.out * L.in, op, true);
-  guarded(env, [&] { cpu::lora_backward(L); });
+  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), lora_backward, L); });
   return env.Undefined();
 }
 
@@ -208,7 +208,7 @@ Napi::Value Nf4Quantize(const Napi::CallbackInfo& info) {
   const void* src = storage(o, "src", sz(n, dtype_size(dt)), op)->data();
   uint8_t* packed = ptr<uint8_t>(o, "packed", (n + 1) / 2, op);
   float* absmax = ptr<float>(o, "absmax", (n + bs - 1) / bs, op);
-  guarded(info.Env(), [&] { cpu::nf4_quantize(src, dt, n, bs, packed, absmax); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), nf4_quantize, src, dt, n, bs, packed, absmax); });
   return info.Env().Undefined();
 }
 
@@ -220,7 +220,7 @@ Napi::Value Nf4Dequantize(const Napi::CallbackInfo& info) {
   NF4View q;
   read_nf4(o, n, q, op);
   void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
-  guarded(info.Env(), [&] { cpu::nf4_dequantize(q, n, dst, dt); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), nf4_dequantize, q, n, dst, dt); });
   return info.Env().Undefined();
 }
 
@@ -232,7 +232,7 @@ Napi::Value AbsmaxQuantize(const Napi::CallbackInfo& info) {
   uint8_t* codes = ptr<uint8_t>(o, "codes", n, op);
   float* scales = ptr<float>(o, "scales", (n + 255) / 256, op);
   float offset = 0.f;
-  guarded(info.Env(), [&] { cpu::absmax_quantize(absmax, n, codes, scales, &offset); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), absmax_quantize, absmax, n, codes, scales, &offset); });
   return Napi::Number::New(info.Env(), offset);
 }
 
@@ -245,7 +245,7 @@ Napi::Value AbsmaxDequantize(const Napi::CallbackInfo& info) {
   q.scales = ptr<float>(o, "scales", (q.n + 255) / 256, op);
   q.offset = static_cast<float>(num(o, "offset", op));
   float* absmax = ptr<float>(o, "absmax", q.n, op);
-  guarded(info.Env(), [&] { cpu::absmax_dequantize(q, absmax); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), absmax_dequantize, q, absmax); });
   return info.Env().Undefined();
 }
 
@@ -276,7 +276,7 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
   int64_t step = i64(o, "step", op);
   if (step < 1) throw_range(env, std::string(op) + ": step counts from 1");
   float grad_scale = static_cast<float>(num(o, "gradScale", op));
-  guarded(env, [&] { cpu::adamw_step(ts.data(), static_cast<int64_t>(ts.size()), step, grad_scale); });
+  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), adamw_step, ts.data(), static_cast<int64_t>(ts.size()), step, grad_scale); });
   return env.Undefined();
 }
 
@@ -296,7 +296,7 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
     numels[i] = i64(t, "numel", op);
     ptrs[i] = ptr<float>(t, "s", numels[i], op);
   }
-  double norm = guarded(env, [&] { return cpu::grad_norm(ptrs.data(), numels.data(), static_cast<int64_t>(ptrs.size())); });
+  double norm = guarded(env, [&] { return LK_CALL(on_gpu(env), grad_norm, ptrs.data(), numels.data(), static_cast<int64_t>(ptrs.size())); });
   return Napi::Number::New(env, norm);
 }
 
@@ -307,7 +307,11 @@ Napi::Value BackendInfo(const Napi::CallbackInfo& info) {
   r.Set("gemmKernel", cpu::gemm_kernel());
   r.Set("avx2", cpu::cpu_has_avx2());
   r.Set("avx512", cpu::cpu_has_avx512());
+#ifdef LORAKIT_WITH_GPU
+  r.Set("gpu", true);
+#else
   r.Set("gpu", false);
+#endif
   return r;
 }
 
@@ -328,6 +332,9 @@ Napi::Value Memory(const Napi::CallbackInfo& info) {
 void register_ops(Napi::Env env, Napi::Object exports) {
   register_nn(env, exports);
   register_linalg(env, exports);
+#ifdef LORAKIT_WITH_GPU
+  register_gpu(env, exports);
+#endif
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
   };

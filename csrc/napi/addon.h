@@ -2,6 +2,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <string>
 
 namespace lorakit::napi {
 
@@ -9,6 +10,9 @@ namespace lorakit::napi {
 struct Instance {
   Napi::FunctionReference storage_ctor;
   int64_t host_bytes = 0;
+  // The device of the current call's storages (see object_arg/on_gpu), and the argument that set it.
+  int call_device = -1;
+  std::string call_device_key;
 };
 
 Instance& instance(Napi::Env env);
@@ -17,5 +21,6 @@ Instance& instance(Napi::Env env);
 void register_ops(Napi::Env env, Napi::Object exports);
 void register_nn(Napi::Env env, Napi::Object exports);
 void register_linalg(Napi::Env env, Napi::Object exports);
+void register_gpu(Napi::Env env, Napi::Object exports);
 
 }  // namespace lorakit::napi

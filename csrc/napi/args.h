@@ -9,7 +9,7 @@
 #include <stdexcept>
 #include <string>
 
-#include "../ops.h"
+#include "../dispatch.h"
 
 namespace lorakit::napi {
 
@@ -23,6 +23,8 @@ class Storage : public Napi::ObjectWrap<Storage> {
   void* data() const { return data_; }
   size_t bytes() const { return bytes_; }
   bool live() const { return live_; }
+  // -1 for host memory, else the GPU ordinal.
+  int device() const { return device_; }
 
  private:
   Napi::Value Upload(const Napi::CallbackInfo& info);
@@ -35,18 +37,34 @@ class Storage : public Napi::ObjectWrap<Storage> {
   void* data_ = nullptr;
   size_t bytes_ = 0;
   bool live_ = false;
+  int device_ = -1;
 };
+
+// "cpu" or "cuda:N".
+std::string device_name(int device);
 
 [[noreturn]] void throw_type(Napi::Env env, const std::string& msg);
 [[noreturn]] void throw_range(Napi::Env env, const std::string& msg);
 
+// The argument object of an op. Reading it starts a new call: the storages read from it afterwards must
+// all live on one device, which on_gpu() then reports (and selects, for a GPU).
 Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const char* op);
+bool on_gpu(Napi::Env env);
 double num(const Napi::Object& o, const char* key, const char* op);
 int64_t i64(const Napi::Object& o, const char* key, const char* op);
 bool flag(const Napi::Object& o, const char* key, const char* op);
 DType dtype(const Napi::Object& o, const char* key, const char* op);
 // The live storage at `key` holding at least `bytes`; null when the key is absent or null and optional.
 Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional = false);
+
+// Makes a GPU the current device for what follows (no-op in the CPU addon, where no storage is on one).
+inline void gpu_select(int device) {
+#ifdef LORAKIT_WITH_GPU
+  gpu::set_device(device);
+#else
+  (void)device;
+#endif
+}
 
 inline size_t sz(int64_t n, size_t elem) { return static_cast<size_t>(n) * elem; }
 

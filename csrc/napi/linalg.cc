@@ -17,7 +17,7 @@ Napi::Value SvdLeft(const Napi::CallbackInfo& info) {
   const float* w = ptr<float>(o, "w", m * n, op);
   double* u = ptr<double>(o, "u", m * k, op);
   double* s = ptr<double>(o, "s", k, op);
-  guarded(env, [&] { cpu::svd_left(w, m, n, u, s, k); });
+  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), svd_left, w, m, n, u, s, k); });
   return env.Undefined();
 }
 

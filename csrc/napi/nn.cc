@@ -3,6 +3,8 @@
 #include "addon.h"
 #include "args.h"
 
+#include <vector>
+
 namespace lorakit::napi {
 namespace {
 
@@ -34,13 +36,20 @@ NormArgs norm_args(const Napi::Object& o, const char* op, bool backward, bool ce
   return a;
 }
 
-template <void (*F)(const NormArgs&), bool Backward, bool Centered>
+template <bool Backward, bool Centered>
 Napi::Value Norm(const Napi::CallbackInfo& info) {
   const char* op = Centered ? (Backward ? "layerNorm.backward" : "layerNorm") : (Backward ? "rmsNorm.backward" : "rmsNorm");
+  Napi::Env env = info.Env();
   auto o = object_arg(info, 0, op);
   NormArgs a = norm_args(o, op, Backward, Centered);
-  guarded(info.Env(), [&] { F(a); });
-  return info.Env().Undefined();
+  guarded(env, [&] {
+    const bool g = on_gpu(env);
+    if (Centered && Backward) LK_CALL(g, layernorm_backward, a);
+    else if (Centered) LK_CALL(g, layernorm_forward, a);
+    else if (Backward) LK_CALL(g, rmsnorm_backward, a);
+    else LK_CALL(g, rmsnorm_forward, a);
+  });
+  return env.Undefined();
 }
 
 Napi::Value Rope(const Napi::CallbackInfo& info) {
@@ -58,7 +67,7 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   a.pos = ptr<int64_t>(o, "pos", a.tokens, op, true);
   a.theta = static_cast<float>(num(o, "theta", op));
   a.inverse = flag(o, "inverse", op);
-  guarded(info.Env(), [&] { cpu::rope(a); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), rope, a); });
   return info.Env().Undefined();
 }
 
@@ -84,10 +93,23 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
   a.out = ptr<float>(o, "out", nq, op);
   a.lse = ptr<float>(o, "lse", a.batch * a.hq * a.seq, op);
   a.starts = ptr<int64_t>(o, "starts", a.batch * a.seq, op, true);
-  if (a.starts)
+  // A bad document start would index outside the row, so it is checked here, on a host copy for a GPU.
+  std::vector<int64_t> host_starts;
+  const int64_t* starts = a.starts;
+#ifdef LORAKIT_WITH_GPU
+  if (starts && instance(o.Env()).call_device >= 0) {
+    host_starts.resize(static_cast<size_t>(a.batch * a.seq));
+    guarded(o.Env(), [&] {
+      gpu_select(instance(o.Env()).call_device);
+      gpu::copy_to_host(host_starts.data(), a.starts, host_starts.size() * sizeof(int64_t));
+    });
+    starts = host_starts.data();
+  }
+#endif
+  if (starts)
     for (int64_t i = 0; i < a.batch * a.seq; ++i)
-      if (a.starts[i] < 0 || a.starts[i] > i % a.seq)
-        throw_range(o.Env(), std::string(op) + ": starts[" + std::to_string(i) + "] = " + std::to_string(a.starts[i]) +
+      if (starts[i] < 0 || starts[i] > i % a.seq)
+        throw_range(o.Env(), std::string(op) + ": starts[" + std::to_string(i) + "] = " + std::to_string(starts[i]) +
                                  " must lie in [0, its position in the row]");
   if (Backward) {
     a.dout = ptr<float>(o, "dout", nq, op);
@@ -96,8 +118,8 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     a.dv = ptr<float>(o, "dv", nkv, op);
   }
   guarded(info.Env(), [&] {
-    if (Backward) cpu::attention_backward(a);
-    else cpu::attention_forward(a);
+    if (Backward) LK_CALL(on_gpu(info.Env()), attention_backward, a);
+    else LK_CALL(on_gpu(info.Env()), attention_forward, a);
   });
   return info.Env().Undefined();
 }
@@ -109,7 +131,7 @@ Napi::Value Gelu(const Napi::CallbackInfo& info) {
   positive(o, op, {{"n", n}});
   const float* x = ptr<float>(o, "x", n, op);
   float* y = ptr<float>(o, "y", n, op);
-  guarded(info.Env(), [&] { cpu::gelu_tanh_forward(x, y, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_forward, x, y, n); });
   return info.Env().Undefined();
 }
 
@@ -121,7 +143,7 @@ Napi::Value GeluBackward(const Napi::CallbackInfo& info) {
   const float* dy = ptr<float>(o, "dy", n, op);
   const float* x = ptr<float>(o, "x", n, op);
   float* dx = ptr<float>(o, "dx", n, op);
-  guarded(info.Env(), [&] { cpu::gelu_tanh_backward(dy, x, dx, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_backward, dy, x, dx, n); });
   return info.Env().Undefined();
 }
 
@@ -133,7 +155,7 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   const float* gate = ptr<float>(o, "gate", n, op);
   const float* up = ptr<float>(o, "up", n, op);
   float* y = ptr<float>(o, "y", n, op);
-  guarded(info.Env(), [&] { cpu::swiglu_forward(gate, up, y, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_forward, gate, up, y, n); });
   return info.Env().Undefined();
 }
 
@@ -147,7 +169,7 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   const float* up = ptr<float>(o, "up", n, op);
   float* dgate = ptr<float>(o, "dgate", n, op);
   float* dup = ptr<float>(o, "dup", n, op);
-  guarded(info.Env(), [&] { cpu::swiglu_backward(dy, gate, up, dgate, dup, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_backward, dy, gate, up, dgate, dup, n); });
   return info.Env().Undefined();
 }
 
@@ -161,11 +183,11 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   if (Backward) {
     const float* dout = ptr<float>(o, "dout", n * dim, op);
     float* dtable = ptr<float>(o, "dtable", vocab * dim, op);
-    guarded(info.Env(), [&] { cpu::embedding_backward(ids, dout, dtable, n, dim, vocab); });
+    guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_backward, ids, dout, dtable, n, dim, vocab); });
   } else {
     const float* table = ptr<float>(o, "table", vocab * dim, op);
     float* out = ptr<float>(o, "out", n * dim, op);
-    guarded(info.Env(), [&] { cpu::embedding_forward(ids, table, out, n, dim, vocab); });
+    guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_forward, ids, table, out, n, dim, vocab); });
   }
   return info.Env().Undefined();
 }
@@ -182,7 +204,7 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   int64_t ignore = i64(o, "ignoreIndex", op), count = 0;
   float scale = static_cast<float>(num(o, "gradScale", op));
   bool grad = flag(o, "wantGrad", op);
-  double loss = guarded(env, [&] { return cpu::cross_entropy(logits, labels, rows, vocab, ignore, scale, grad, &count); });
+  double loss = guarded(env, [&] { return LK_CALL(on_gpu(env), cross_entropy, logits, labels, rows, vocab, ignore, scale, grad, &count); });
   Napi::Object r = Napi::Object::New(env);
   r.Set("loss", loss);
   r.Set("count", static_cast<double>(count));
@@ -201,7 +223,7 @@ Napi::Value Copy2d(const Napi::CallbackInfo& info) {
   const float* src = ptr<float>(o, "src", soff + (rows - 1) * sld + cols, op) + soff;
   float* dst = ptr<float>(o, "dst", doff + (rows - 1) * dld + cols, op) + doff;
   bool acc = flag(o, "accumulate", op);
-  guarded(info.Env(), [&] { cpu::copy2d(src, sld, dst, dld, rows, cols, acc); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), copy2d, src, sld, dst, dld, rows, cols, acc); });
   return info.Env().Undefined();
 }
 
@@ -213,7 +235,7 @@ Napi::Value Axpy(const Napi::CallbackInfo& info) {
   const float* x = ptr<float>(o, "x", n, op);
   float* y = ptr<float>(o, "y", n, op);
   float alpha = static_cast<float>(num(o, "alpha", op));
-  guarded(info.Env(), [&] { cpu::axpy(alpha, x, y, n); });
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), axpy, alpha, x, y, n); });
   return info.Env().Undefined();
 }
 
@@ -223,10 +245,10 @@ void register_nn(Napi::Env env, Napi::Object exports) {
   auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
     exports.Set(name, Napi::Function::New(env, f, name));
   };
-  fn("layerNormForward", Norm<cpu::layernorm_forward, false, true>);
-  fn("layerNormBackward", Norm<cpu::layernorm_backward, true, true>);
-  fn("rmsNormForward", Norm<cpu::rmsnorm_forward, false, false>);
-  fn("rmsNormBackward", Norm<cpu::rmsnorm_backward, true, false>);
+  fn("layerNormForward", Norm<false, true>);
+  fn("layerNormBackward", Norm<true, true>);
+  fn("rmsNormForward", Norm<false, false>);
+  fn("rmsNormBackward", Norm<true, false>);
   fn("rope", Rope);
   fn("attentionForward", Attention<false>);
   fn("attentionBackward", Attention<true>);

@@ -5,6 +5,39 @@
 
 namespace lorakit::napi {
 
+namespace {
+// "cpu" -> -1; "cuda" / "cuda:N" -> N in a build with the GPU backend and a device N present.
+int parse_device(Napi::Env env, const std::string& device) {
+  if (device == "cpu") return -1;
+  int ordinal = -1;
+  if (device == "cuda") ordinal = 0;
+  else if (device.rfind("cuda:", 0) == 0 && device.size() > 5 && device.size() < 9 &&
+           device.find_first_not_of("0123456789", 5) == std::string::npos)
+    ordinal = std::stoi(device.substr(5));
+  if (ordinal < 0) throw_type(env, "Storage: device must be 'cpu' or 'cuda[:N]', got '" + device + "'");
+#ifdef LORAKIT_WITH_GPU
+  const int n = gpu::device_count();
+  if (ordinal >= n)
+    throw_type(env, "Storage: device '" + device + "' is not available: " + std::to_string(n) + " GPU(s) visible");
+  return ordinal;
+#else
+  throw_type(env, "Storage: device '" + device + "' is not available in the CPU addon (expected 'cpu')");
+#endif
+}
+
+void* alloc_on(int device, size_t bytes) {
+  if (device >= 0) gpu_select(device);
+  return LK_CALL(device >= 0, alloc, bytes);
+}
+
+void release_on(int device, void* p, size_t bytes) {
+  if (device >= 0) gpu_select(device);
+  LK_CALL(device >= 0, release, p, bytes);
+}
+}  // namespace
+
+std::string device_name(int device) { return device < 0 ? "cpu" : "cuda:" + std::to_string(device); }
+
 Napi::Function Storage::Define(Napi::Env env) {
   return DefineClass(env, "Storage",
                      {InstanceMethod("upload", &Storage::Upload), InstanceMethod("download", &Storage::Download),
@@ -20,10 +53,9 @@ Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(inf
   double bytes = info[0].As<Napi::Number>().DoubleValue();
   if (!(bytes >= 0) || bytes > 9007199254740992.0 || bytes != static_cast<double>(static_cast<int64_t>(bytes)))
     throw_range(env, "Storage: bytes must be a non-negative integer, got " + std::to_string(bytes));
-  std::string device = info[1].As<Napi::String>().Utf8Value();
-  if (device != "cpu") throw_type(env, "Storage: device '" + device + "' is not available in this build (expected 'cpu')");
+  device_ = parse_device(env, info[1].As<Napi::String>().Utf8Value());
   try {
-    data_ = cpu::alloc(static_cast<size_t>(bytes));
+    data_ = alloc_on(device_, static_cast<size_t>(bytes));
   } catch (const Error& e) {
     Napi::Error err = Napi::Error::New(env, e.what());
     err.Set("code", e.code);
@@ -38,12 +70,17 @@ Storage::Storage(const Napi::CallbackInfo& info) : Napi::ObjectWrap<Storage>(inf
 Storage::~Storage() {
   // Garbage collection is only a safety net; dispose() normally released the bytes already. The
   // external-memory counter cannot be adjusted from a finalizer, which is one more reason to dispose.
-  if (live_) cpu::release(data_, bytes_);
+  if (!live_) return;
+  try {
+    release_on(device_, data_, bytes_);
+  } catch (...) {
+    // A finalizer cannot throw; a failing driver at exit leaves nothing to protect.
+  }
 }
 
 void Storage::release(Napi::Env env) {
   if (!live_) return;
-  cpu::release(data_, bytes_);
+  guarded(env, [&] { release_on(device_, data_, bytes_); });
   data_ = nullptr;
   live_ = false;
   instance(env).host_bytes -= static_cast<int64_t>(bytes_);
@@ -67,13 +104,21 @@ std::pair<uint8_t*, size_t> view(const Napi::CallbackInfo& info, const char* wha
 
 Napi::Value Storage::Upload(const Napi::CallbackInfo& info) {
   auto [p, n] = view(info, "upload", bytes_, live_);
-  if (n) std::memcpy(data_, p, n);
+  if (!n) return info.Env().Undefined();
+  if (device_ < 0) std::memcpy(data_, p, n);
+#ifdef LORAKIT_WITH_GPU
+  else guarded(info.Env(), [&] { gpu_select(device_); gpu::copy_to_device(data_, p, n); });
+#endif
   return info.Env().Undefined();
 }
 
 Napi::Value Storage::Download(const Napi::CallbackInfo& info) {
   auto [p, n] = view(info, "download", bytes_, live_);
-  if (n) std::memcpy(p, data_, n);
+  if (!n) return info.Env().Undefined();
+  if (device_ < 0) std::memcpy(p, data_, n);
+#ifdef LORAKIT_WITH_GPU
+  else guarded(info.Env(), [&] { gpu_select(device_); gpu::copy_to_host(p, data_, n); });
+#endif
   return info.Env().Undefined();
 }
 
@@ -86,7 +131,7 @@ Napi::Value Storage::GetBytes(const Napi::CallbackInfo& info) {
   return Napi::Number::New(info.Env(), static_cast<double>(bytes_));
 }
 
-Napi::Value Storage::GetDevice(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), "cpu"); }
+Napi::Value Storage::GetDevice(const Napi::CallbackInfo& info) { return Napi::String::New(info.Env(), device_name(device_)); }
 
 // ---- argument readers -------------------------------------------------------------------------------
 
@@ -104,7 +149,16 @@ void throw_range(Napi::Env env, const std::string& msg) {
 
 Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
   if (info.Length() <= i || !info[i].IsObject()) throw_type(info.Env(), std::string(op) + ": expected an argument object");
+  Instance& inst = instance(info.Env());
+  inst.call_device = -2;
+  inst.call_device_key.clear();
   return info[i].As<Napi::Object>();
+}
+
+bool on_gpu(Napi::Env env) {
+  const int d = instance(env).call_device;
+  if (d >= 0) gpu_select(d);
+  return d >= 0;
 }
 
 double num(const Napi::Object& o, const char* key, const char* op) {
@@ -148,6 +202,17 @@ Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const cha
     throw_type(env, std::string(op) + ": '" + key + "' must be a Storage");
   Storage* s = Storage::Unwrap(v.As<Napi::Object>());
   if (!s->live()) throw_type(env, std::string(op) + ": '" + key + "' has been disposed");
+  Instance& inst = instance(env);
+  if (inst.call_device == -2) {
+    inst.call_device = s->device();
+    inst.call_device_key = key;
+  } else if (inst.call_device != s->device()) {
+    Napi::Error e = Napi::TypeError::New(env, std::string(op) + ": '" + key + "' is on " + device_name(s->device()) + " but '" +
+                                                  inst.call_device_key + "' is on " + device_name(inst.call_device) +
+                                                  "; move tensors with .to(device) first");
+    e.Set("code", "ERR_DEVICE");
+    throw e;
+  }
   if (s->bytes() < bytes)
     throw_range(env, std::string(op) + ": '" + key + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " +
                          std::to_string(bytes));

@@ -123,8 +123,8 @@ export function linearForward(x: Tensor, params: LoraLinearParams, options?: Lor
   const d = checkParams(op, x, params);
   const { dropout, seed } = checkDropout(op, checkOptions<LoraDropout>(op, options));
   const { w, release } = weightOperand(op, params.weight, d);
-  const y = Tensor.empty([...d.lead, d.out], 'float32', 'cpu', op);
-  const xa = Tensor.empty([...d.lead, d.r], 'float32', 'cpu', op);
+  const y = Tensor.empty([...d.lead, d.out], 'float32', x.device, op);
+  const xa = Tensor.empty([...d.lead, d.r], 'float32', x.device, op);
   try {
     native().loraForward({
       m: d.m, in: d.in, out: d.out, r: d.r, scale: params.scale, dropout, seed,
@@ -165,7 +165,7 @@ export function linearBackward(dy: Tensor, x: Tensor, xa: Tensor, params: LoraLi
   const grad = (name: 'loraA' | 'loraB' | 'bias' | 'weight', shape: number[]): Tensor => {
     const t = acc[name];
     if (t) return checkTensor(op, `accumulateInto.${name}`, t, { dtypes: ['float32'], shape });
-    return Tensor.empty(shape, 'float32', 'cpu', op);
+    return Tensor.empty(shape, 'float32', x.device, op);
   };
   const owned: Tensor[] = [];
   const make = (name: 'loraA' | 'loraB' | 'bias' | 'weight', shape: number[]): Tensor => {
@@ -179,7 +179,7 @@ export function linearBackward(dy: Tensor, x: Tensor, xa: Tensor, params: LoraLi
     const dLoraB = make('loraB', [d.out, d.r]);
     const dBias = wantDb ? make('bias', [d.out]) : undefined;
     const dWeight = wantDw ? make('weight', [d.out, d.in]) : undefined;
-    const dx = wantDx ? Tensor.empty([...d.lead, d.in], 'float32', 'cpu', op) : undefined;
+    const dx = wantDx ? Tensor.empty([...d.lead, d.in], 'float32', x.device, op) : undefined;
     if (dx) owned.push(dx);
     native().loraBackward({
       m: d.m, in: d.in, out: d.out, r: d.r, scale: params.scale, dropout, seed, accumulate,

@@ -2,6 +2,8 @@
  * The one typed interface of the native module, and its loader. Nothing outside lib/ sees these types:
  * the public classes wrap them.
  */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { NoBinaryError, fromNative } from '../errors';
 
@@ -61,6 +63,35 @@ export interface AddonBackendInfo {
   avx2: boolean;
   avx512: boolean;
   gpu: boolean;
+}
+
+export interface AddonGpuDevice {
+  name: string;
+  arch: string;
+  totalBytes: number;
+  multiprocessors: number;
+  warpSize: number;
+}
+
+export interface AddonGpuInfo {
+  platform: 'cuda' | 'hip';
+  runtime: string;
+  driver: string;
+  devices: AddonGpuDevice[];
+  gemmEngine?: string;
+  /** Why no device is visible (the runtime's error), when none is. */
+  error?: string;
+}
+
+/** What only the GPU addon exports (csrc/napi/gpu.cc). */
+export interface AddonGpu {
+  gpuInfo(): AddonGpuInfo;
+  gpuMemory(device: number): { allocatedBytes: number; cachedBytes: number; peakBytes: number };
+  gpuSynchronize(device: number): void;
+  gpuEmptyCache(device: number): void;
+  gpuResetPeak(device: number): void;
+  /** Switches device's GEMM to the hand-written kernel (true) or back to the library; returns the engine now in use. */
+  setGemmFallback(device: number, on: boolean): string;
 }
 
 type S = AddonStorage;
@@ -132,22 +163,66 @@ export interface Addon {
   memory(): { hostBytes: number; hostCachedBytes: number };
   /** Top-k left singular vectors u [m, k] (float64, row-major) and values s [k] of float32 w [m, n]. */
   svdLeft(a: { w: S; m: number; n: number; k: number; u: S; s: S }): void;
+  /** Present in the GPU addon only. */
+  gpu?: AddonGpu;
 }
 
 export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 
-let addon: Addon | undefined;
+/** Which addon loaded, and why a GPU addon did not when it did not. */
+export interface LoadedBackend {
+  kind: 'cpu' | 'cuda' | 'hip';
+  /** The addon file in use, when known. */
+  file?: string;
+  gpu?: AddonGpuInfo;
+  gpuUnavailableReason?: string;
+}
 
-/** Loads the CPU addon: a local build if there is one, else the prebuild for this platform. */
+let addon: Addon | undefined;
+let loaded: LoadedBackend | undefined;
+
+/**
+ * Loads the native module once per process. The GPU addon (a superset of the CPU one: it holds both
+ * backends) is preferred when present, but only after a child process has loaded it and listed at least
+ * one device: a broken driver or a missing runtime then costs a message in backend(), never this
+ * process. LORAKIT_DEVICE=cpu skips the probe and loads the CPU addon.
+ */
 export function native(): Addon {
   if (addon) return addon;
+  const gpu = process.env.LORAKIT_DEVICE === 'cpu' ? undefined : chooseGpuAddon();
+  if (gpu?.file && gpu.info) {
+    try {
+      // eslint-disable-next-line @typescript-eslint/no-require-imports
+      addon = wrapErrors(require(gpu.file) as Addon);
+      loaded = { kind: gpu.info.platform, file: gpu.file, gpu: gpu.info };
+      return addon;
+    } catch (e) {
+      gpu.reason = `the GPU addon ${gpu.file} passed its probe but failed to load here: ${(e as Error).message}`;
+    }
+  }
+  addon = loadCpu();
+  loaded = {
+    kind: 'cpu',
+    gpuUnavailableReason:
+      process.env.LORAKIT_DEVICE === 'cpu' ? 'LORAKIT_DEVICE=cpu: the GPU probe was skipped' : (gpu?.reason ?? 'unknown'),
+  };
+  return addon;
+}
+
+/** What native() loaded (loading it if it has not been). */
+export function loadedBackend(): LoadedBackend {
+  native();
+  return loaded!;
+}
+
+function loadCpu(): Addon {
   try {
     // LORAKIT_ADDON names an addon file explicitly (a development build); otherwise node-gyp-build picks
     // a local build, then the prebuild for this platform.
     const explicit = process.env.LORAKIT_ADDON;
     // eslint-disable-next-line @typescript-eslint/no-require-imports
     const load = require('node-gyp-build') as (dir: string) => unknown;
-    addon = wrapErrors((explicit ? require(path.resolve(explicit)) : load(PACKAGE_ROOT)) as Addon);
+    return wrapErrors((explicit ? require(path.resolve(explicit)) : load(PACKAGE_ROOT)) as Addon);
   } catch (e) {
     throw new NoBinaryError(
       `lorakit could not load its native addon for ${process.platform}-${process.arch} (Node ${process.version}): ` +
@@ -155,24 +230,104 @@ export function native(): Addon {
         `(needs python3, make and a C++17 compiler), or \`npx cmake-js compile\` for the full build.`,
     );
   }
-  return addon;
 }
 
-// Every native function rethrows its errors as lorakit's classes with the caller's stack.
+/** The GPU addon files to try, in order: an explicit one, a local build, then the prebuilds. */
+export function gpuAddonCandidates(): string[] {
+  const explicit = process.env.LORAKIT_GPU_ADDON;
+  if (explicit) return [path.resolve(explicit)];
+  const plat = `${process.platform}-${process.arch}`;
+  return [
+    path.join(PACKAGE_ROOT, 'build-gpu', 'Release', 'lorakit_gpu.node'),
+    path.join(PACKAGE_ROOT, 'prebuilds', `${plat}-cuda`, 'lorakit.cuda.node'),
+    path.join(PACKAGE_ROOT, 'prebuilds', `${plat}-hip`, 'lorakit.hip.node'),
+  ];
+}
+
+// The probe's result travels to child processes (sweeps, workers) through this variable, so a process
+// tree probes once. It is keyed by the addon file, so a rebuilt or different addon is probed again.
+const PROBE_ENV = 'LORAKIT_GPU_PROBE';
+
+interface ProbeResult {
+  file: string;
+  mtimeMs: number;
+  info?: AddonGpuInfo;
+  reason?: string;
+}
+
+function chooseGpuAddon(): { file?: string; info?: AddonGpuInfo; reason: string } {
+  const file = gpuAddonCandidates().find((f) => fs.existsSync(f));
+  if (!file)
+    return { reason: 'no GPU addon is installed (build one with `npm run build:gpu` on a machine with CUDA or ROCm)' };
+  const mtimeMs = fs.statSync(file).mtimeMs;
+  let result: ProbeResult | undefined;
+  try {
+    const cached = JSON.parse(process.env[PROBE_ENV] ?? 'null') as ProbeResult | null;
+    if (cached && cached.file === file && cached.mtimeMs === mtimeMs) result = cached;
+  } catch {
+    // An unreadable cached probe is probed again.
+  }
+  if (!result) {
+    result = { file, mtimeMs, ...probe(file) };
+    process.env[PROBE_ENV] = JSON.stringify(result);
+  }
+  return { file, info: result.info, reason: result.reason ?? '' };
+}
+
+/** Loads `file` in a child process and asks it for its devices. */
+export function probe(file: string, timeoutMs = 60_000): { info?: AddonGpuInfo; reason?: string } {
+  // Exit 3 (with the message on stderr) means the addon threw while loading; anything else that ends the
+  // child early (a signal, an abort in a driver) is reported as it happened.
+  const script =
+    'let a; try { a = require(process.argv[1]); } catch (e) { process.stderr.write(String(e && e.message).split("\\n")[0]); process.exit(3); }' +
+    'const i = a.gpuInfo ? a.gpuInfo() : null;' +
+    'process.stdout.write(JSON.stringify(i));';
+  const r = spawnSync(process.execPath, ['-e', script, file], {
+    encoding: 'utf8',
+    timeout: timeoutMs,
+    env: { ...process.env, [PROBE_ENV]: '' },
+    stdio: ['ignore', 'pipe', 'pipe'],
+  });
+  const tail = (s: string | null) => (s ?? '').trim().split('\n').slice(-3).join(' | ');
+  if (r.error) return { reason: `the GPU probe of ${file} could not run: ${r.error.message}` };
+  if (r.signal) return { reason: `the GPU probe of ${file} was killed by ${r.signal}${tail(r.stderr) ? `: ${tail(r.stderr)}` : ''}` };
+  if (r.status === 3) return { reason: `the GPU addon ${file} failed to load: ${tail(r.stderr)}` };
+  if (r.status !== 0) return { reason: `the GPU probe of ${file} exited with status ${r.status}: ${tail(r.stderr)}` };
+  let info: AddonGpuInfo | null;
+  try {
+    info = JSON.parse(r.stdout) as AddonGpuInfo | null;
+  } catch {
+    return { reason: `the GPU probe of ${file} printed something unreadable: ${tail(r.stdout)}` };
+  }
+  if (!info) return { reason: `${file} is not a GPU addon (it has no gpuInfo)` };
+  if (info.devices.length === 0)
+    return {
+      reason: `the ${info.platform} addon loaded but sees no device (${info.error ?? 'no error reported'}; runtime ${info.runtime}, driver ${info.driver})`,
+    };
+  return { info };
+}
+
+// Every native function rethrows its errors as lorakit's classes with the caller's stack. The GPU-only
+// functions are gathered under `gpu`.
+const GPU_FUNCTIONS = ['gpuInfo', 'gpuMemory', 'gpuSynchronize', 'gpuEmptyCache', 'gpuResetPeak', 'setGemmFallback'];
+
 function wrapErrors(raw: Addon): Addon {
   const out: Record<string, unknown> = {};
+  const gpu: Record<string, unknown> = {};
   for (const [name, value] of Object.entries(raw)) {
+    let v = value;
     if (typeof value === 'function' && name !== 'Storage') {
-      out[name] = (...args: unknown[]) => {
+      v = (...args: unknown[]) => {
         try {
           return (value as (...a: unknown[]) => unknown)(...args);
         } catch (e) {
           throw fromNative(e, new Error().stack);
         }
       };
-    } else {
-      out[name] = value;
     }
+    if (GPU_FUNCTIONS.includes(name)) gpu[name] = v;
+    else out[name] = v;
   }
+  if (Object.keys(gpu).length) out.gpu = gpu;
   return out as unknown as Addon;
 }

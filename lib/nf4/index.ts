@@ -96,8 +96,8 @@ export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'doubleQuant' must be a boolean, got ${describe(o.doubleQuant)}`);
   const n = x.numel;
   const blocks = Math.ceil(n / blockSize);
-  const packed = Tensor.empty([Math.ceil(n / 2)], 'uint8', 'cpu', op);
-  const absmax = Tensor.empty([blocks], 'float32', 'cpu', op);
+  const packed = Tensor.empty([Math.ceil(n / 2)], 'uint8', x.device, op);
+  const absmax = Tensor.empty([blocks], 'float32', x.device, op);
   native().nf4Quantize({
     src: x.storage(),
     dtype: DTYPE_CODE[x.dtype],
@@ -107,8 +107,8 @@ export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
     absmax: absmax.storage(),
   });
   if (!o.doubleQuant) return new NF4Tensor({ packed, absmax, blockSize, shape: x.shape, dtype: x.dtype });
-  const absmaxCodes = Tensor.empty([blocks], 'uint8', 'cpu', op);
-  const absmaxScales = Tensor.empty([Math.ceil(blocks / ABSMAX_BLOCK)], 'float32', 'cpu', op);
+  const absmaxCodes = Tensor.empty([blocks], 'uint8', x.device, op);
+  const absmaxScales = Tensor.empty([Math.ceil(blocks / ABSMAX_BLOCK)], 'float32', x.device, op);
   try {
     const absmaxOffset = native().absmaxQuantize({
       absmax: absmax.storage(),
@@ -142,7 +142,7 @@ export function absmaxOf(q: NF4Tensor): Tensor {
   checkQuantized(op, 'q', q);
   if (q.absmax) return q.absmax.clone();
   const blocks = Math.ceil(q.numel / q.blockSize);
-  const out = Tensor.empty([blocks], 'float32', 'cpu', op);
+  const out = Tensor.empty([blocks], 'float32', q.packed.device, op);
   native().absmaxDequantize({
     codes: q.absmaxCodes!.storage(),
     scales: q.absmaxScales!.storage(),
@@ -178,7 +178,7 @@ export function dequantize(q: NF4Tensor, options?: { dtype?: DType }): Tensor {
     throw new LorakitTypeError('ERR_DTYPE', `${op}: 'dtype' must be float32, bfloat16 or float16, got ${describe(dtype)}`);
   const { nf4, release } = nativeNF4(op, q, 'q');
   try {
-    const out = Tensor.empty(q.shape, dtype, 'cpu', op);
+    const out = Tensor.empty(q.shape, dtype, q.packed.device, op);
     native().nf4Dequantize({ ...nf4, n: q.numel, dst: out.storage(), dtype: DTYPE_CODE[dtype] });
     return out;
   } finally {

@@ -14,12 +14,14 @@ export interface TensorRequirement {
   shape?: readonly number[];
 }
 
-/** Checks that `t` is a live, contiguous tensor on the CPU that meets `req`, and returns it. */
+/**
+ * Checks that `t` is a live, contiguous tensor that meets `req`, and returns it. Devices are checked where
+ * the op's storages meet (csrc/napi): every tensor of one call must be on one device.
+ */
 export function checkTensor(op: string, arg: string, t: unknown, req: TensorRequirement = {}): Tensor {
   if (!(t instanceof Tensor)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${arg}' must be a Tensor, got ${describe(t)}`);
   t.storage(op, arg); // throws DisposedError
   if (!t.contiguous) throw new LorakitTypeError('ERR_NOT_CONTIGUOUS', `${op}: '${arg}' must be contiguous; make a copy with clone()`);
-  if (t.device !== 'cpu') throw new LorakitTypeError('ERR_DEVICE', `${op}: '${arg}' is on ${t.device}, expected cpu`);
   if (req.dtypes && !req.dtypes.includes(t.dtype))
     throw new LorakitTypeError('ERR_DTYPE', `${op}: '${arg}' must be ${req.dtypes.join(' or ')}, got ${t.dtype}`);
   if (req.ndim !== undefined && t.ndim !== req.ndim)

@@ -60,7 +60,7 @@ function matmulChecked(op: string, a: Tensor, b: Tensor | NF4Tensor, o: Partial<
   const outDtype = o.outDtype ?? (a.dtype === b.dtype ? a.dtype : 'float32');
   if (!FLOATS.includes(outDtype)) throw new LorakitRangeError('ERR_DTYPE', `${op}: outDtype must be float32, bfloat16 or float16, got ${String(outDtype)}`);
   const outShape = [...lead, transA ? ac : ar, n];
-  const c = Tensor.empty(outShape, 'float32', 'cpu', op);
+  const c = Tensor.empty(outShape, 'float32', a.device, op);
   native().gemm({
     a: operand(a, transA ? ar : m, transA ? ac : k, transA),
     b: nf4 ? { rows: br, cols: bc, trans: transB, nf4 } : operand(b as Tensor, br, bc, transB),

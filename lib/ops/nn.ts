@@ -16,7 +16,7 @@ function lastDim(op: string, arg: string, t: Tensor): { rows: number; dim: numbe
   return { rows: t.numel / Math.max(dim, 1), dim };
 }
 
-const like = (t: Tensor, op: string) => Tensor.empty(t.shape, 'float32', 'cpu', op);
+const like = (t: Tensor, op: string) => Tensor.empty(t.shape, 'float32', t.device, op);
 
 export interface NormSaved {
   mean?: Tensor;
@@ -30,7 +30,7 @@ export function layerNorm(x: Tensor, weight: Tensor, bias: Tensor | undefined, e
   checkTensor(op, 'weight', weight, { dtypes: F32, shape: [dim] });
   if (bias) checkTensor(op, 'bias', bias, { dtypes: F32, shape: [dim] });
   checkNumber(op, 'eps', eps, { min: 0 });
-  const y = like(x, op), mean = Tensor.empty([rows], 'float32', 'cpu', op), rstd = Tensor.empty([rows], 'float32', 'cpu', op);
+  const y = like(x, op), mean = Tensor.empty([rows], 'float32', x.device, op), rstd = Tensor.empty([rows], 'float32', x.device, op);
   native().layerNormForward({ x: x.storage(), w: weight.storage(), b: bias?.storage(), y: y.storage(), mean: mean.storage(), rstd: rstd.storage(), rows, dim, eps });
   return { y, saved: { mean, rstd } };
 }
@@ -60,7 +60,7 @@ export function rmsNorm(x: Tensor, weight: Tensor, eps: number): { y: Tensor; sa
   const { rows, dim } = lastDim(op, 'x', x);
   checkTensor(op, 'weight', weight, { dtypes: F32, shape: [dim] });
   checkNumber(op, 'eps', eps, { min: 0 });
-  const y = like(x, op), rstd = Tensor.empty([rows], 'float32', 'cpu', op);
+  const y = like(x, op), rstd = Tensor.empty([rows], 'float32', x.device, op);
   native().rmsNormForward({ x: x.storage(), w: weight.storage(), y: y.storage(), rstd: rstd.storage(), rows, dim, eps });
   return { y, saved: { rstd } };
 }
@@ -145,7 +145,7 @@ function attnDims(op: string, q: Tensor, k: Tensor, v: Tensor, options: Attentio
 export function attention(q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions): { out: Tensor; lse: Tensor } {
   const op = 'attention';
   const d = attnDims(op, q, k, v, options);
-  const out = like(q, op), lse = Tensor.empty([d.batch, d.hq, d.seq], 'float32', 'cpu', op);
+  const out = like(q, op), lse = Tensor.empty([d.batch, d.hq, d.seq], 'float32', q.device, op);
   native().attentionForward({ q: q.storage(), k: k.storage(), v: v.storage(), out: out.storage(), lse: lse.storage(), ...d, starts: d.starts?.storage() });
   return { out, lse };
 }
@@ -207,7 +207,7 @@ export function embedding(ids: Tensor, table: Tensor): Tensor {
   checkTensor(op, 'ids', ids, { dtypes: ['int64'] });
   checkTensor(op, 'table', table, { dtypes: F32, ndim: 2 });
   const [vocab, dim] = table.shape as [number, number];
-  const out = Tensor.empty([...ids.shape, dim], 'float32', 'cpu', op);
+  const out = Tensor.empty([...ids.shape, dim], 'float32', table.device, op);
   native().embeddingForward({ ids: ids.storage(), table: table.storage(), out: out.storage(), n: ids.numel, dim, vocab });
   return out;
 }

@@ -1,5 +1,5 @@
 import '../native/polyfill';
-import { native, type AddonStorage } from '../native/binding';
+import { loadedBackend, native, type AddonStorage } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError, fromNative } from '../errors';
 import {
   DTYPE_BYTES,
@@ -13,7 +13,7 @@ import {
   typedArrayFor,
 } from './dtype';
 
-/** Where a tensor's bytes live. Only 'cpu' exists in this build; GPU devices are named 'cuda' / 'cuda:N'. */
+/** Where a tensor's bytes live: host memory, or GPU N ('cuda' is 'cuda:0'; AMD GPUs use the same names). */
 export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
 
 export interface TensorOptions {
@@ -43,14 +43,26 @@ const registry = new FinalizationRegistry<SharedStorage>((s) => {
   liveTensors--;
 });
 
+/** @internal Validates a device name against what loaded, and returns its canonical form ('cuda' -> 'cuda:0'). */
 function checkDevice(op: string, device: unknown): Device {
   if (device === undefined || device === 'cpu') return 'cpu';
-  if (typeof device === 'string' && /^cuda(:\d+)?$/.test(device))
+  const m = typeof device === 'string' ? /^cuda(?::(\d+))?$/.exec(device) : null;
+  if (!m) throw new LorakitTypeError('ERR_DEVICE', `${op}: device must be 'cpu' or 'cuda[:N]', got ${describe(device)}`);
+  const ordinal = m[1] === undefined ? 0 : Number(m[1]);
+  const loaded = loadedBackend();
+  const count = loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
+  if (count === 0)
     throw new LorakitTypeError(
       'ERR_DEVICE',
-      `${op}: device '${device}' is not available: this build of lorakit has only the 'cpu' backend (see backend())`,
+      `${op}: device '${device}' is not available: no GPU backend is active (${loaded.gpuUnavailableReason ?? 'unknown reason'})`,
     );
-  throw new LorakitTypeError('ERR_DEVICE', `${op}: device must be 'cpu' or 'cuda[:N]', got ${describe(device)}`);
+  if (ordinal >= count)
+    throw new LorakitTypeError('ERR_DEVICE', `${op}: device '${device}' does not exist: ${count} GPU(s) visible (cuda:0..cuda:${count - 1})`);
+  return `cuda:${ordinal}`;
+}
+
+function isDeviceName(x: unknown): boolean {
+  return typeof x === 'string' && (x === 'cpu' || /^cuda(:\d+)?$/.test(x));
 }
 
 export function describe(x: unknown): string {
@@ -185,12 +197,27 @@ export class Tensor {
     return build(0);
   }
 
-  /** A new tensor of another dtype; floats round to nearest even, floats to ints truncate (saturating). */
-  to(dtype: DType): Tensor {
-    if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `Tensor.to: unknown dtype ${describe(dtype)}`);
+  /**
+   * A new tensor of another dtype (floats round to nearest even, floats to ints truncate, saturating), or
+   * a copy on another device ('cpu', 'cuda', 'cuda:N').
+   */
+  to(target: DType | Device): Tensor {
+    if (isDeviceName(target)) return this.toDevice(checkDevice('Tensor.to', target));
+    const dtype = target as DType;
+    if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `Tensor.to: unknown dtype or device ${describe(dtype)} (expected a dtype such as 'float32', or 'cpu' / 'cuda[:N]')`);
     const src = this.storage('Tensor.to', 'this');
     const out = Tensor.empty(this.shape, dtype, this.device, 'Tensor.to');
     native().cast({ src, from: DTYPE_CODE[this.dtype], dst: out.storage(), to: DTYPE_CODE[dtype], n: this.numel });
+    return out;
+  }
+
+  // Through host memory: GPU-to-GPU copies between devices are rare enough here not to need peer access.
+  private toDevice(device: Device): Tensor {
+    const src = this.storage('Tensor.to', 'this');
+    const host = typedArrayFor(this.dtype, this.numel);
+    src.download(host);
+    const out = Tensor.empty(this.shape, this.dtype, device, 'Tensor.to');
+    out.storage().upload(host);
     return out;
   }
 

@@ -12,7 +12,7 @@ import { addAdapter, loadAdapter } from '../lora/adapter';
 import { loadModel } from '../models';
 import { type CausalLM } from '../models/causal-lm';
 import { ByteTokenizer, loadTokenizer, type Tokenizer } from '../tokenizer';
-import { describe } from '../tensor/tensor';
+import { describe, zeros } from '../tensor/tensor';
 import { AdamW } from './adamw';
 import { evaluate } from './evaluate';
 import { loadOptimizer, readState, saveCheckpoint, saveWeights, type TrainerState } from './checkpoint';
@@ -143,8 +143,15 @@ export function resolveOptions(o: TrainOptions): Resolved {
   for (const k of ['model', 'data'] as const) if (typeof o[k] !== 'string' || o[k] === '') throw fail(`'${k}' must be a path, got ${describe(o[k])}`);
   const method = o.method ?? 'lora';
   if (!['lora', 'qlora', 'full'].includes(method)) throw fail(`'method' must be lora, qlora or full, got ${describe(method)}`);
-  if ((o.device ?? 'cpu') !== 'cpu')
-    throw new LorakitTypeError('ERR_DEVICE', `train: device '${o.device}' is not available: this build of lorakit has only the cpu backend`);
+  if ((o.device ?? 'cpu') !== 'cpu') {
+    // Validates the name against the loaded backend first, so a machine without a GPU hears why.
+    using probe = zeros([1], { device: o.device });
+    throw new LorakitTypeError(
+      'ERR_DEVICE',
+      `train: device '${o.device}' was found (${probe.device}), but training on a GPU is not implemented yet: ` +
+        'the GPU backend runs single ops (lorakit ops, matmul, LoRA linear, NF4, AdamW), not the model loop; train on cpu',
+    );
+  }
   const r = positiveInt('r', o.r ?? 16);
   if (o.steps != null && o.epochs != null) throw fail(`give 'steps' or 'epochs', not both`);
   const target = o.target ?? 'all-linear';
