@@ -248,8 +248,10 @@ __attribute__((target("avx2"))) void blocks_avx2(const NF4View& q, int64_t n, in
 }
 
 // GCC 12 warns about its own AVX-512 headers here (their "undefined vector" idiom, GCC bug 105593).
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic push
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+#endif
 
 __attribute__((target("avx512f"))) __m512i bf16_lanes_avx512(__m512 v) {
   const __m512i u = _mm512_castps_si512(v), hi = _mm512_srli_epi32(u, 16);
@@ -298,7 +300,9 @@ __attribute__((target("avx512f"))) void blocks_avx512(const NF4View& q, int64_t 
   }
 }
 
+#if defined(__GNUC__) && !defined(__clang__)
 #pragma GCC diagnostic pop
+#endif
 
 using BlocksFn = void (*)(const NF4View&, int64_t, int64_t, int64_t, void*, DType);
 

@@ -49,6 +49,11 @@
 #define cudaDeviceSynchronize hipDeviceSynchronize
 #define __shfl_xor_sync(mask, v, lane) __shfl_xor((v), (lane))
 #define __shfl_sync(mask, v, lane) __shfl((v), (lane))
+#elif defined(LORAKIT_EMU)
+// The host emulator of the parity tests (test/emu): CUDA's names on the CPU, neither LORAKIT_CUDA nor
+// LORAKIT_HIP, so only the portable paths are compiled.
+#include <cuda_fp16.h>
+#include <cuda_runtime.h>
 #else
 #define LORAKIT_CUDA 1
 #include <cuda_fp16.h>
@@ -179,6 +184,7 @@ __device__ inline void store16(T* p, const Pack16<T>& x) {
   *reinterpret_cast<Pack16<T>*>(p) = x;
 }
 __host__ __device__ inline bool is_aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15u) == 0; }
+
 // N consecutive elements as one access of N * sizeof(T) bytes (the address must be aligned to that).
 // Kernels templated on N get their vector path and, with N = 1, their scalar path from one body.
 template <typename T, int N>
@@ -196,8 +202,9 @@ __device__ inline void store_chunk(T* p, const Chunk<T, N>& x) {
 
 // ---- arithmetic rounded one operation at a time ----------------------------------------------------
 // The CPU backend is built with -ffp-contract=off, so a * b + c rounds twice there. Kernels that must
-// reproduce its bits use these: nvcc never fuses the __*_rn intrinsics, and clang fuses a multiply and
-// an add only when both may be contracted, which the pragma forbids for the multiply.
+// reproduce its bits take every product that feeds an addition from mul_rn: nvcc never fuses the
+// __*_rn intrinsics, and clang fuses a multiply and an add only when both may be contracted, which the
+// pragma forbids for the multiply.
 __device__ inline float mul_rn(float a, float b) {
 #ifdef LORAKIT_HIP
 #pragma clang fp contract(off)

@@ -103,7 +103,10 @@ std::pair<uint8_t*, size_t> view(const Napi::CallbackInfo& info, const char* wha
 }  // namespace
 
 Napi::Value Storage::Upload(const Napi::CallbackInfo& info) {
-  auto [p, n] = view(info, "upload", bytes_, live_);
+  // Plain variables, not a structured binding: C++17 lambdas cannot capture those.
+  const auto span = view(info, "upload", bytes_, live_);
+  uint8_t* p = span.first;
+  const size_t n = span.second;
   if (!n) return info.Env().Undefined();
   if (device_ < 0) std::memcpy(data_, p, n);
 #ifdef LORAKIT_WITH_GPU
@@ -113,7 +116,9 @@ Napi::Value Storage::Upload(const Napi::CallbackInfo& info) {
 }
 
 Napi::Value Storage::Download(const Napi::CallbackInfo& info) {
-  auto [p, n] = view(info, "download", bytes_, live_);
+  const auto span = view(info, "download", bytes_, live_);
+  uint8_t* p = span.first;
+  const size_t n = span.second;
   if (!n) return info.Env().Undefined();
   if (device_ < 0) std::memcpy(p, data_, n);
 #ifdef LORAKIT_WITH_GPU

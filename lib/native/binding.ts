@@ -203,6 +203,7 @@ export function native(): Addon {
   addon = loadCpu();
   loaded = {
     kind: 'cpu',
+    file: cpuAddonFile(),
     gpuUnavailableReason:
       process.env.LORAKIT_DEVICE === 'cpu' ? 'LORAKIT_DEVICE=cpu: the GPU probe was skipped' : (gpu?.reason ?? 'unknown'),
   };
@@ -229,6 +230,16 @@ function loadCpu(): Addon {
         `${(e as Error).message}\nBuild it from source with \`npm run build:gyp\` in ${PACKAGE_ROOT} ` +
         `(needs python3, make and a C++17 compiler), or \`npx cmake-js compile\` for the full build.`,
     );
+  }
+}
+
+function cpuAddonFile(): string | undefined {
+  if (process.env.LORAKIT_ADDON) return path.resolve(process.env.LORAKIT_ADDON);
+  try {
+    // eslint-disable-next-line @typescript-eslint/no-require-imports
+    return (require('node-gyp-build') as { path(dir: string): string }).path(PACKAGE_ROOT);
+  } catch {
+    return undefined;
   }
 }
 

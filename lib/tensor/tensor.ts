@@ -405,12 +405,21 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
 }
 
 /**
- * Live tensors and their native bytes, for leak hunting; and the freed large host blocks kept for
- * reuse (at most LORAKIT_HOST_CACHE_MB, default 1024).
+ * Live tensors and their native bytes, for leak hunting; the freed large host blocks kept for reuse (at
+ * most LORAKIT_HOST_CACHE_MB, default 1024); and each GPU's allocator.
  */
-export function memory(): { tensors: number; hostBytes: number; hostCachedBytes: number } {
+export function memory(): {
+  tensors: number;
+  hostBytes: number;
+  hostCachedBytes: number;
+  /** Per GPU: bytes held by live tensors and scratch, freed blocks kept for reuse, and the peak. */
+  gpus: { device: string; allocatedBytes: number; cachedBytes: number; peakBytes: number }[];
+} {
   const m = native().memory();
-  return { tensors: liveTensors, hostBytes: m.hostBytes, hostCachedBytes: m.hostCachedBytes };
+  const loaded = loadedBackend();
+  const count = loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
+  const gpus = Array.from({ length: count }, (_, i) => ({ device: `cuda:${i}`, ...native().gpu!.gpuMemory(i) }));
+  return { tensors: liveTensors, hostBytes: m.hostBytes, hostCachedBytes: m.hostCachedBytes, gpus };
 }
 
 export { checkDevice };

@@ -88,7 +88,7 @@ export class AdamW {
         checkTensor(op, `groups[${gi}].params[${pi}]`, p, { dtypes: ['float32'] });
         if (seen.has(p)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: groups[${gi}].params[${pi}] appears twice`);
         seen.add(p);
-        this.#slots.push({ param: p, expAvg: zeros(p.shape), expAvgSq: zeros(p.shape), group: gi });
+        this.#slots.push({ param: p, expAvg: zeros(p.shape, { device: p.device }), expAvgSq: zeros(p.shape, { device: p.device }), group: gi });
       });
     });
   }

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# The one prepared run for a machine with a GPU (see ../shared/gpu/README.md for the lent H200): it builds
+# nothing, checks the GPU addon against the CPU backend, then times it. Here, on a dev machine:
+#
+#   LORAKIT_CUDA_ARCHS=90 npm run build:gpu && npx tsc -p tsconfig.json && bash ../shared/gpu/pack.sh --modules
+#   device tool: carry [".gpu", "build-gpu", "dist", "build"], command: bash .gpu/run.sh bash scripts/gpu-check.sh
+#
+# Logs and bench JSON go to $OUT (the device tool brings that folder back), else to ./gpu-check-out.
+set -uo pipefail
+out=${OUT:-gpu-check-out}
+mkdir -p "$out"
+{
+  date -u +%FT%TZ
+  nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>&1 || rocm-smi 2>&1 | head -5
+  node -e "console.log(JSON.stringify(require('./dist').backend(), null, 1))"
+} 2>&1 | tee "$out/backend.log"
+# Parity (poisoned GPU memory) and the loader's checks, with the real addon.
+timeout 300 npx jest test/gpu test/backend.test.ts 2>&1 | tee "$out/parity.log" | tail -60
+timeout 240 node bench/gpu.mjs --out "$out/bench-gpu.json" 2>&1 | tee "$out/bench.log"
