@@ -10,10 +10,11 @@ import { analyzeCommand } from './commands/analyze';
 import { planCommand } from './commands/plan';
 import { sweepCommand } from './commands/sweep';
 import { labCommand } from './commands/lab';
+import { benchCommand } from './commands/bench';
 
 export function main(argv: string[] = hideBin(process.argv)): void {
   let y = yargs(argv).scriptName('lorakit').usage('$0 <command> [options]');
-  for (const add of [trainCommand, inspectCommand, evalCommand, mergeCommand, analyzeCommand, sweepCommand, planCommand, labCommand]) y = add(y);
+  for (const add of [trainCommand, inspectCommand, evalCommand, mergeCommand, analyzeCommand, sweepCommand, planCommand, labCommand, benchCommand]) y = add(y);
   y.demandCommand(1, 'Name a command; `lorakit --help` lists them.')
     .strict()
     .help()

@@ -5,7 +5,7 @@
  */
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { checkNumber, checkOptions } from '../ops/check';
-import { type Tensor, describe, tensor } from '../tensor/tensor';
+import { type Device, type Tensor, describe, tensor } from '../tensor/tensor';
 import { type Example } from './jsonl';
 
 export interface BatcherOptions {
@@ -150,8 +150,11 @@ export class Batcher {
     }
   }
 
-  /** Batch `index` of epoch `epoch` (both from 0): the same batch on every call and every machine. */
-  batch(epoch: number, index: number): Batch {
+  /**
+   * Batch `index` of epoch `epoch` (both from 0): the same batch on every call and every machine,
+   * assembled in host memory and placed on `device`.
+   */
+  batch(epoch: number, index: number, device: Device = 'cpu'): Batch {
     checkNumber(`${OP}.batch`, 'epoch', epoch, { integer: true, min: 0 });
     checkNumber(`${OP}.batch`, 'index', index, { integer: true, min: 0, max: this.batchesPerEpoch, maxExclusive: true });
     const layout = this.#layoutOf(epoch);
@@ -171,10 +174,10 @@ export class Batcher {
     for (let i = 0; i < B * T; i++) if (i % T !== 0 && rows.labels[i] !== IGNORE) tokens++;
     const shape = [B, T];
     return {
-      inputIds: tensor(rows.ids, shape),
-      labels: tensor(rows.labels, shape),
-      positions: tensor(rows.positions, shape),
-      docStarts: tensor(rows.docStarts, shape),
+      inputIds: tensor(rows.ids, shape, { device }),
+      labels: tensor(rows.labels, shape, { device }),
+      positions: tensor(rows.positions, shape, { device }),
+      docStarts: tensor(rows.docStarts, shape, { device }),
       tokens,
     };
   }

@@ -301,11 +301,49 @@ export function readModelConfig(dir: string): ModelConfig {
   if (typeof dir !== 'string' || dir === '')
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: dir must be a non-empty string, got ${describe(dir)}`);
   const file = path.join(dir, 'config.json');
-  const raw = readJsonFile(op, file, 'ERR_CONFIG');
-  if (!isObject(raw)) throw new LorakitError('ERR_CONFIG', `${op}: '${file}' must hold a JSON object, got ${show(raw)}`);
-  const f = new Fields(raw, `${op}: '${file}'`);
+  return parseModelConfig(readJsonFile(op, file, 'ERR_CONFIG'), `${op}: '${file}'`);
+}
+
+/** A `config.json` object already parsed; `where` names its origin in errors. */
+export function parseModelConfig(raw: unknown, where = 'model config'): ModelConfig {
+  if (!isObject(raw)) throw new LorakitError('ERR_CONFIG', `${where} must hold a JSON object, got ${show(raw)}`);
+  const f = new Fields(raw, where);
   const type = f.value('model_type');
   if (!(MODEL_TYPES as readonly unknown[]).includes(type))
     throw f.fail(`model_type is ${show(type)}; lorakit supports ${MODEL_TYPES.join(', ')} (SmolLM is llama)`);
   return type === 'gpt2' ? gpt2(f) : llamaFamily(f, type as Exclude<ModelType, 'gpt2'>);
+}
+
+/** Parameter counts per part, from the config (exact for the supported architectures). */
+export function parameterCounts(c: ModelConfig): { total: number; embedding: number; linear: Map<string, { count: number; out: number; in: number }> } {
+  const D = c.hiddenSize, F = c.intermediateSize, V = c.vocabSize;
+  const linear = new Map<string, { count: number; out: number; in: number }>();
+  let total = 0;
+  const add = (name: string, out: number, inF: number, bias: boolean) => {
+    const e = linear.get(name) ?? { count: 0, out, in: inF };
+    e.count += c.numLayers;
+    linear.set(name, e);
+    total += c.numLayers * (out * inF + (bias ? out : 0));
+  };
+  let embedding: number;
+  if (c.modelType === 'gpt2') {
+    embedding = V * D + c.maxPositions * D;
+    total += embedding + 2 * D + c.numLayers * 4 * D;
+    add('c_attn', 3 * D, D, true);
+    add('attn.c_proj', D, D, true);
+    add('c_fc', F, D, true);
+    add('mlp.c_proj', D, F, true);
+  } else {
+    const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
+    embedding = V * D * (c.tieWordEmbeddings ? 1 : 2);
+    total += embedding + D + c.numLayers * 2 * D;
+    add('q_proj', q, D, c.attentionBias);
+    add('k_proj', kv, D, c.attentionBias);
+    add('v_proj', kv, D, c.attentionBias);
+    add('o_proj', D, q, c.attentionOutBias);
+    add('gate_proj', F, D, c.mlpBias);
+    add('up_proj', F, D, c.mlpBias);
+    add('down_proj', D, F, c.mlpBias);
+  }
+  return { total, embedding, linear };
 }

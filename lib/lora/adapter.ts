@@ -158,8 +158,19 @@ export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
     plan.push({ module, A, B, r, scale });
   }
   if (plan.length === 0) throw new LorakitTypeError('ERR_INVALID_ARG', `adapter: ${file} holds no LoRA weights`);
+  // Adapter files are read into host memory and moved to the model's device.
+  const onModel = (t: Tensor): Tensor => {
+    if (t.device === model.device) return t;
+    try {
+      return t.to(model.device);
+    } finally {
+      t.dispose();
+    }
+  };
   for (const p of plan)
-    model.linears.get(p.module)!.attach({ loraA: src.load(p.A, { dtype: 'float32' }), loraB: src.load(p.B, { dtype: 'float32' }), scale: p.scale, dropout: config.loraDropout });
+    model.linears.get(p.module)!.attach({
+      loraA: onModel(src.load(p.A, { dtype: 'float32' })), loraB: onModel(src.load(p.B, { dtype: 'float32' })), scale: p.scale, dropout: config.loraDropout,
+    });
   model.adapterConfig = config;
   return config;
 }
@@ -224,13 +235,14 @@ export function addAdapter(model: CausalLM, options: LoraOptions = {}): LoraConf
 
 function initialWeights(lin: Linear, r: number, scale: number, init: LoraConfig['initLoraWeights'], seed: number): { a: Tensor; b: Tensor } {
   const inF = lin.inFeatures, outF = lin.outFeatures;
+  const device = lin.weight.device;
   // torch's nn.Linear default, kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
-  const kaiming = (shape: number[], fanIn: number, s: number) => rand(shape, { seed: s, low: -1 / Math.sqrt(fanIn), high: 1 / Math.sqrt(fanIn) });
+  const kaiming = (shape: number[], fanIn: number, s: number) => rand(shape, { seed: s, low: -1 / Math.sqrt(fanIn), high: 1 / Math.sqrt(fanIn), device });
   switch (init) {
     case true:
-      return { a: kaiming([r, inF], inF, seed), b: zeros([outF, r]) };
+      return { a: kaiming([r, inF], inF, seed), b: zeros([outF, r], { device }) };
     case 'gaussian':
-      return { a: randn([r, inF], { seed, std: 1 / r }), b: zeros([outF, r]) };
+      return { a: randn([r, inF], { seed, std: 1 / r, device }), b: zeros([outF, r], { device }) };
     case false:
       return { a: kaiming([r, inF], inF, seed), b: kaiming([outF, r], r, seed + 1) };
     case 'pissa':
@@ -252,7 +264,7 @@ function pissa(lin: Linear, r: number, scale: number): { a: Tensor; b: Tensor } 
     for (let j = 0; j < n; j++) a[k * n + j] = root * vt[k * n + j]!;
     for (let i = 0; i < m; i++) b[i * r + k] = root * u[i * r + k]!;
   }
-  const A = tensor(a, [r, n]), B = tensor(b, [m, r]);
+  const A = tensor(a, [r, n], { device: lin.weight.device }), B = tensor(b, [m, r], { device: lin.weight.device });
   using delta = matmul(B, A, { alpha: -scale });
   using w = lin.weight.to('float32');
   addInPlace(w, delta);
@@ -277,12 +289,12 @@ function topSingular(w: Tensor, r: number): { u: Float64Array; s: Float64Array; 
   }
   using wf = w.to('float32');
   for (let it = 0; it < 40; it++) {
-    using V = tensor(Float32Array.from(v), [n, k]);
+    using V = tensor(Float32Array.from(v), [n, k], { device: w.device });
     using WV = matmul(wf, V); // [m, k]
     using WtWV = matmul(wf, WV, { transposeA: true }); // [n, k]
     v = orthonormalColumns(WtWV.toFloat32Array(), n, k);
   }
-  using V = tensor(Float32Array.from(v), [n, k]);
+  using V = tensor(Float32Array.from(v), [n, k], { device: w.device });
   using WV = matmul(wf, V);
   const wv = Float64Array.from(WV.toFloat32Array());
   // Rayleigh-Ritz: (WV)ᵀ(WV) = E Λ Eᵀ gives the singular values (√λ) and the rotation E of V.

@@ -5,7 +5,7 @@
  */
 import { DisposedError, LorakitRangeError } from '../errors';
 import { type ModelConfig } from '../io/config';
-import { Tensor, tensor, zeros } from '../tensor/tensor';
+import { type Device, Tensor, tensor, zeros } from '../tensor/tensor';
 import { checkOptions, checkTensor } from '../ops/check';
 import { matmul } from '../ops/matmul';
 import { addInPlace, crossEntropy } from '../ops/nn';
@@ -95,6 +95,11 @@ export abstract class CausalLM {
   /** The weights outside the Linear modules (embeddings, norms, an untied head), by checkpoint name. */
   protected abstract ownWeights(): [string, Tensor][];
 
+  /** Where the model's weights live. */
+  get device(): Device {
+    return this.headWeight().device;
+  }
+
   /** The gradient tensor of a weight outside the Linears, when full fine-tuning is on. */
   protected gradOf(t: Tensor): Tensor | undefined {
     return this.#grads.get(t);
@@ -103,7 +108,7 @@ export abstract class CausalLM {
   /** Full fine-tuning: every weight gets a gradient from the next backward pass on. */
   requireFullGrad(): void {
     for (const l of this.linears.values()) l.requireBaseGrad();
-    for (const [, t] of this.ownWeights()) if (!this.#grads.has(t)) this.#grads.set(t, zeros(t.shape));
+    for (const [, t] of this.ownWeights()) if (!this.#grads.has(t)) this.#grads.set(t, zeros(t.shape, { device: t.device }));
   }
 
   /**
@@ -220,7 +225,7 @@ export abstract class CausalLM {
     const scope = new Scope();
     try {
       const shifted = scope.keep(shiftLabels(o.labels ?? inputIds));
-      const positions = o.positions ?? scope.keep(positionIds(batch, seq));
+      const positions = o.positions ?? scope.keep(positionIds(batch, seq, inputIds.device));
       if (this.config.ropeTheta === null) {
         const maxPos = (positions.data() as BigInt64Array).reduce((m, v) => (v > m ? v : m), 0n);
         if (maxPos >= BigInt(this.config.maxPositions))
@@ -267,10 +272,10 @@ export abstract class CausalLM {
 }
 
 /** Position ids [batch, seq]: 0..seq-1 in every row. */
-function positionIds(batch: number, seq: number): Tensor {
+function positionIds(batch: number, seq: number, device: Device): Tensor {
   const out = new BigInt64Array(batch * seq);
   for (let i = 0; i < out.length; i++) out[i] = BigInt(i % seq);
-  return tensor(out, [batch, seq]);
+  return tensor(out, [batch, seq], { device });
 }
 
 /** Labels for next-token prediction: row t gets label t+1; each sequence's last position is ignored. */
@@ -280,5 +285,5 @@ function shiftLabels(labels: Tensor): Tensor {
   const out = new BigInt64Array(batch * seq);
   for (let b = 0; b < batch; b++)
     for (let t = 0; t < seq; t++) out[b * seq + t] = t + 1 < seq ? src[b * seq + t + 1]! : -100n;
-  return tensor(out, [batch * seq]);
+  return tensor(out, [batch * seq], { device: labels.device });
 }

@@ -98,7 +98,7 @@ export class GPT2 extends CausalLM {
       scope.keep(qkv.y);
       if (qkv.ctx.xa) scope.keep(qkv.ctx.xa);
       const [q, k, v] = [0, 1, 2].map((i) => {
-        const t = scope.keep(Tensor.empty([batch, seq, D], 'float32'));
+        const t = scope.keep(Tensor.empty([batch, seq, D], 'float32', qkv.y.device));
         copyColumns(qkv.y, i * D, t, 0, D);
         return t;
       }) as [Tensor, Tensor, Tensor];
@@ -143,7 +143,7 @@ export class GPT2 extends CausalLM {
           // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
           const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
           const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, docStarts });
-          const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32'));
+          const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32', dout.device));
           [g.dq, g.dk, g.dv].forEach((t, i) => {
             copyColumns(t, 0, dqkv, i * D, D);
             t.dispose();

@@ -51,7 +51,8 @@ export class Linear {
     if (this.baseGrads) return;
     if (this.weight instanceof NF4Tensor || this.weight.dtype !== 'float32')
       throw new LorakitTypeError('ERR_INVALID_ARG', `${this.name}: full fine-tuning needs a float32 weight, this one is ${this.weight instanceof NF4Tensor ? 'NF4' : this.weight.dtype}`);
-    this.baseGrads = { weight: zeros(this.weight.shape), bias: this.bias ? zeros(this.bias.shape) : undefined };
+    const device = this.weight.device;
+    this.baseGrads = { weight: zeros(this.weight.shape, { device }), bias: this.bias ? zeros(this.bias.shape, { device }) : undefined };
   }
 
   get inFeatures(): number {
@@ -65,7 +66,8 @@ export class Linear {
   attach(adapter: LoraAdapterWeights): void {
     this.detach();
     this.adapter = adapter;
-    this.grads = { loraA: zeros(adapter.loraA.shape), loraB: zeros(adapter.loraB.shape) };
+    const device = adapter.loraA.device;
+    this.grads = { loraA: zeros(adapter.loraA.shape, { device }), loraB: zeros(adapter.loraB.shape, { device }) };
   }
 
   get merged(): boolean {
@@ -149,7 +151,7 @@ export class Linear {
       using dw = matmul(dy2, x2, { transposeA: true, outDtype: 'float32' });
       addInPlace(base.weight, dw);
       if (base.bias) {
-        using ones = full([1, rows], 1);
+        using ones = full([1, rows], 1, { device: dy.device });
         using db = matmul(ones, dy2, { outDtype: 'float32' });
         addInPlace(base.bias, db);
       }

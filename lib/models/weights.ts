@@ -8,7 +8,7 @@ import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { type TensorSource } from '../io/safetensors';
 import { isObject, show } from '../io/config';
 import { NF4Tensor, NF4_CODE, absmaxCodeBook, quantize } from '../nf4';
-import { Tensor, tensor } from '../tensor/tensor';
+import { type Device, Tensor, checkDevice, tensor } from '../tensor/tensor';
 import { shapeStr } from '../ops/check';
 
 export interface LoadModelOptions {
@@ -20,15 +20,19 @@ export interface LoadModelOptions {
    * (module-name suffixes, default all).
    */
   quantize?: boolean | { blockSize?: number; doubleQuant?: boolean; modules?: string[] };
+  /** Where the weights live ('cpu' by default; 'cuda[:N]' with the GPU backend). */
+  device?: Device;
 }
 
 export class CheckpointWeights {
   readonly #src: TensorSource;
   readonly #dtype: 'float32' | 'bfloat16';
   readonly #quant?: { blockSize: number; doubleQuant: boolean; modules?: string[] };
+  readonly #device: Device;
 
   constructor(src: TensorSource, options: LoadModelOptions = {}) {
     this.#src = src;
+    this.#device = checkDevice('loadModel', options.device);
     if (options.dtype !== undefined && options.dtype !== 'float32' && options.dtype !== 'bfloat16')
       throw new LorakitTypeError('ERR_DTYPE', `loadModel: 'dtype' must be 'float32' or 'bfloat16', got ${show(options.dtype)}`);
     this.#dtype = options.dtype ?? 'float32';
@@ -47,7 +51,17 @@ export class CheckpointWeights {
     if (!this.#src.has(name)) throw new LorakitTypeError('ERR_INVALID_ARG', `model weights: '${name}' is missing from the checkpoint`);
     const info = this.#src.info(name);
     checkShape(name, info.shape, shape);
-    return this.#src.load(name, { dtype: 'float32' });
+    return this.#onDevice(this.#src.load(name, { dtype: 'float32' }));
+  }
+
+  // Checkpoints are read into host memory, then moved; quantization happens after the move.
+  #onDevice(t: Tensor): Tensor {
+    if (t.device === this.#device) return t;
+    try {
+      return t.to(this.#device);
+    } finally {
+      t.dispose();
+    }
   }
 
   /**
@@ -59,7 +73,13 @@ export class CheckpointWeights {
     if (this.#src.has(`${name}.quant_state.bitsandbytes__nf4`)) {
       if (storedTransposed)
         throw new LorakitTypeError('ERR_INVALID_ARG', `model weights: '${name}' is a bitsandbytes-quantized Conv1D weight stored [in, out]; lorakit cannot transpose NF4 codes without requantizing, so load the float checkpoint and quantize with { quantize: true }`);
-      return this.#prequantized(name, out, inF);
+      const q = this.#prequantized(name, out, inF);
+      if (this.#device === 'cpu') return q;
+      try {
+        return q.to(this.#device);
+      } finally {
+        q.dispose();
+      }
     }
     let w = this.get(name, storedTransposed ? [inF, out] : [out, inF]);
     if (storedTransposed) w = transpose2d(w);

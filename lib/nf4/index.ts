@@ -5,7 +5,7 @@
 import { native, type AddonNF4 } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
-import { Tensor, describe, numelOf, tensor } from '../tensor/tensor';
+import { type Device, Tensor, describe, numelOf, tensor } from '../tensor/tensor';
 import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
 
 /** The 16 NF4 values, index = 4-bit code (bitsandbytes' table). */
@@ -65,6 +65,28 @@ export class NF4Tensor {
 
   get numel(): number {
     return numelOf(this.shape);
+  }
+  get device(): Device {
+    return this.packed.device;
+  }
+  /** A copy on another device ('cpu', 'cuda', 'cuda:N'). */
+  to(device: Device): NF4Tensor {
+    const moved: Tensor[] = [];
+    const move = (t?: Tensor) => {
+      if (!t) return undefined;
+      const m = t.to(device);
+      moved.push(m);
+      return m;
+    };
+    try {
+      return new NF4Tensor({
+        packed: move(this.packed)!, absmax: move(this.absmax), absmaxCodes: move(this.absmaxCodes), absmaxScales: move(this.absmaxScales),
+        absmaxOffset: this.absmaxOffset, blockSize: this.blockSize, shape: this.shape, dtype: this.dtype,
+      });
+    } catch (e) {
+      for (const t of moved) t.dispose();
+      throw e;
+    }
   }
   get doubleQuant(): boolean {
     return this.absmaxCodes !== undefined;

@@ -3,8 +3,7 @@
  * model's shape, for mixed-precision training with AdamW as Hugging Face transformers + PEFT run it.
  */
 import { LorakitTypeError } from '../errors';
-import { type ModelConfig } from '../io/config';
-import { parameterCounts } from '../cli/commands/inspect';
+import { type ModelConfig, parameterCounts } from '../io/config';
 
 /** Nominal memory of common GPUs, in GiB. */
 export const GPUS: readonly { name: string; gib: number }[] = [

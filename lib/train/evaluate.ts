@@ -22,8 +22,8 @@ export function evaluate(model: CausalLM, examples: readonly Example[]): EvalRes
       throw new LorakitRangeError('ERR_SHAPE', `evaluate: example ${i + 1} has ${n} tokens; the model takes at most ${model.config.maxPositions}`);
     const bad = ex.inputIds.find((id) => id >= model.config.vocabSize);
     if (bad !== undefined) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `evaluate: example ${i + 1} has token id ${bad}, outside the model's vocabulary of ${model.config.vocabSize}`);
-    using ids = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, n]);
-    using labels = tensor(BigInt64Array.from(ex.labels, BigInt), [1, n]);
+    using ids = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, n], { device: model.device });
+    using labels = tensor(BigInt64Array.from(ex.labels, BigInt), [1, n], { device: model.device });
     const r = model.forward(ids, { labels });
     if (r.tokens > 0) {
       sum += r.loss * r.tokens;

@@ -12,7 +12,7 @@ import { addAdapter, loadAdapter } from '../lora/adapter';
 import { loadModel } from '../models';
 import { type CausalLM } from '../models/causal-lm';
 import { ByteTokenizer, loadTokenizer, type Tokenizer } from '../tokenizer';
-import { describe, zeros } from '../tensor/tensor';
+import { type Device, checkDevice, describe } from '../tensor/tensor';
 import { AdamW } from './adamw';
 import { evaluate } from './evaluate';
 import { loadOptimizer, readState, saveCheckpoint, saveWeights, type TrainerState } from './checkpoint';
@@ -67,7 +67,7 @@ export interface TrainOptions {
   seed?: number;
   /** A checkpoint folder to continue from. */
   resume?: string;
-  device?: 'cpu' | 'cuda';
+  device?: Device;
   progress?: ProgressMode;
 }
 
@@ -143,15 +143,8 @@ export function resolveOptions(o: TrainOptions): Resolved {
   for (const k of ['model', 'data'] as const) if (typeof o[k] !== 'string' || o[k] === '') throw fail(`'${k}' must be a path, got ${describe(o[k])}`);
   const method = o.method ?? 'lora';
   if (!['lora', 'qlora', 'full'].includes(method)) throw fail(`'method' must be lora, qlora or full, got ${describe(method)}`);
-  if ((o.device ?? 'cpu') !== 'cpu') {
-    // Validates the name against the loaded backend first, so a machine without a GPU hears why.
-    using probe = zeros([1], { device: o.device });
-    throw new LorakitTypeError(
-      'ERR_DEVICE',
-      `train: device '${o.device}' was found (${probe.device}), but training on a GPU is not implemented yet: ` +
-        'the GPU backend runs single ops (lorakit ops, matmul, LoRA linear, NF4, AdamW), not the model loop; train on cpu',
-    );
-  }
+  // Validated against the loaded backend, so a machine without a GPU hears why.
+  const device = checkDevice('train', o.device);
   const r = positiveInt('r', o.r ?? 16);
   if (o.steps != null && o.epochs != null) throw fail(`give 'steps' or 'epochs', not both`);
   const target = o.target ?? 'all-linear';
@@ -193,7 +186,7 @@ export function resolveOptions(o: TrainOptions): Resolved {
     saveEvery: o.saveEvery == null ? null : positiveInt('saveEvery', o.saveEvery),
     out: o.out ?? 'lorakit-out',
     seed: positiveInt('seed', o.seed ?? 42, 0),
-    device: 'cpu',
+    device,
     progress: o.progress ?? 'auto',
   };
 }
@@ -271,7 +264,9 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
 
   // Full fine-tuning resumes from the checkpoint's weights; adapters load onto the base below.
   const model: CausalLM =
-    o.method === 'qlora' ? loadModel(o.model, { quantize: true }) : loadModel(resumeState && o.method === 'full' ? options.resume! : o.model);
+    o.method === 'qlora'
+      ? loadModel(o.model, { quantize: true, device: o.device })
+      : loadModel(resumeState && o.method === 'full' ? options.resume! : o.model, { device: o.device });
   let optimizer: AdamW | undefined;
   try {
     if (o.method === 'full') model.requireFullGrad();
@@ -363,7 +358,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
         let lossSum = 0, tokens = 0;
         for (let m = 0; m < microPerStep; m++) {
           const epoch = Math.floor(micro / batcher.batchesPerEpoch);
-          const b = batcher.batch(epoch, micro % batcher.batchesPerEpoch);
+          const b = batcher.batch(epoch, micro % batcher.batchesPerEpoch, o.device);
           try {
             const r = model.forwardBackward(b.inputIds, { labels: b.labels, positions: b.positions, docStarts: b.docStarts, train: true, seed: o.seed * 1_000_003 + micro });
             if (r.tokens > 0) {
@@ -424,3 +419,4 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     model.dispose();
   }
 }
+

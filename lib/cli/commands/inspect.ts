@@ -1,42 +1,8 @@
 import type { Argv } from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { readModelConfig, type ModelConfig } from '../../io/config';
+import { parameterCounts, readModelConfig } from '../../io/config';
 import { print, runCommand } from '../run';
-
-/** Parameter counts per part, from the config (exact for the supported architectures). */
-export function parameterCounts(c: ModelConfig): { total: number; embedding: number; linear: Map<string, { count: number; out: number; in: number }> } {
-  const D = c.hiddenSize, F = c.intermediateSize, V = c.vocabSize;
-  const linear = new Map<string, { count: number; out: number; in: number }>();
-  let total = 0;
-  const add = (name: string, out: number, inF: number, bias: boolean) => {
-    const e = linear.get(name) ?? { count: 0, out, in: inF };
-    e.count += c.numLayers;
-    linear.set(name, e);
-    total += c.numLayers * (out * inF + (bias ? out : 0));
-  };
-  let embedding: number;
-  if (c.modelType === 'gpt2') {
-    embedding = V * D + c.maxPositions * D;
-    total += embedding + 2 * D + c.numLayers * 4 * D;
-    add('c_attn', 3 * D, D, true);
-    add('attn.c_proj', D, D, true);
-    add('c_fc', F, D, true);
-    add('mlp.c_proj', D, F, true);
-  } else {
-    const q = c.numHeads * c.headDim, kv = c.numKvHeads * c.headDim;
-    embedding = V * D * (c.tieWordEmbeddings ? 1 : 2);
-    total += embedding + D + c.numLayers * 2 * D;
-    add('q_proj', q, D, c.attentionBias);
-    add('k_proj', kv, D, c.attentionBias);
-    add('v_proj', kv, D, c.attentionBias);
-    add('o_proj', D, q, c.attentionOutBias);
-    add('gate_proj', F, D, c.mlpBias);
-    add('up_proj', F, D, c.mlpBias);
-    add('down_proj', D, F, c.mlpBias);
-  }
-  return { total, embedding, linear };
-}
 
 export function inspectCommand(y: Argv): Argv {
   return y.command(

@@ -59,7 +59,7 @@ export function trainCommand(y: Argv): Argv {
         .option('eval-every', { type: 'number', describe: 'evaluate every N steps [default: 5 times per run]' })
         .option('save-every', { type: 'number', describe: 'checkpoint every N steps [default: at the end]' })
         .option('out', { type: 'string', describe: 'output folder [default: lorakit-out]' })
-        .option('device', { choices: ['cpu', 'cuda'] as const, describe: 'where to train [default: cpu]' })
+        .option('device', { type: 'string', describe: 'where to train: cpu, cuda or cuda:N [default: cpu]' })
         .option('seed', { type: 'number', describe: 'seed for data order, initialisation and dropout [default: 42]' })
         .option('resume', { type: 'string', describe: 'a checkpoint folder to continue from' })
         .option('progress', { choices: ['auto', 'bar', 'lines', 'none'] as const, describe: 'progress output on stderr [default: auto]' })
