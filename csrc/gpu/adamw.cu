@@ -220,4 +220,6 @@ double grad_norm(const float* const* grads, const int64_t* numels, int64_t count
   return norm;
 }
 
+double* norm_slot() { return static_cast<double*>(scratch(kScratchNorm, sizeof(double))); }
+
 }  // namespace lorakit::gpu

@@ -84,7 +84,7 @@ int sm_count();
 // within one op; nothing may hold a scratch pointer across ops.
 void* scratch(int slot, size_t bytes);
 enum ScratchSlot : int { kScratchWeight = 0, kScratchA = 1, kScratchB = 2, kScratchArgs = 3, kScratchReduce = 4,
-                         kScratchWorkspace = 5, kScratchCount = 6 };
+                         kScratchWorkspace = 5, kScratchNorm = 6, kScratchCount = 7 };
 
 // Copies a small host struct array into the args scratch slot and returns its device address.
 void* upload_args(const void* host, size_t bytes);

@@ -8,6 +8,9 @@
 
 namespace lorakit::gpu {
 
+// A device double that holds the norm between the two calls below (one per device, reused every step).
+double* norm_slot();
+
 // grad_norm, with the result (the same double) stored at `norm` on the device instead of returned.
 void grad_norm_device(const float* const* grads, const int64_t* numels, int64_t count, double* norm);
 

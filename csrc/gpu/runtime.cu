@@ -265,8 +265,10 @@ void* scratch(int slot, size_t bytes) {
 void* upload_args(const void* host, size_t bytes) {
   DeviceState& s = state();
   if (bytes > kArgRing / kArgFences) {
+    // On the stream: the previous op's kernels may still be reading this scratch buffer. (The source is
+    // pageable, so the call stages it before returning.)
     void* d = scratch(kScratchArgs, bytes);
-    LK_CHECK(cudaMemcpy(d, host, bytes, cudaMemcpyHostToDevice));
+    LK_CHECK(cudaMemcpyAsync(d, host, bytes, cudaMemcpyHostToDevice, s.stream));
     return d;
   }
   if (!s.ring_host) {

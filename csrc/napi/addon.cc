@@ -3,6 +3,8 @@
 // calls the backend. No kernel runs off the main thread's call, and no N-API call runs off it.
 #include "addon.h"
 
+#include <algorithm>
+#include <cmath>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,9 @@
 #include "../cpu/parallel.h"
 #include "../ops.h"
 #include "args.h"
+#ifdef LORAKIT_WITH_GPU
+#include "../gpu/optim.h"
+#endif
 
 namespace lorakit::napi {
 
@@ -275,9 +280,48 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
   }
   int64_t step = i64(o, "step", op);
   if (step < 1) throw_range(env, std::string(op) + ": step counts from 1");
-  float grad_scale = static_cast<float>(num(o, "gradScale", op));
-  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), adamw_step, ts.data(), static_cast<int64_t>(ts.size()), step, grad_scale); });
-  return env.Undefined();
+  const double grad_scale = num(o, "gradScale", op);
+  const int64_t count = static_cast<int64_t>(ts.size());
+  if (o.Get("maxGradNorm").IsUndefined()) {
+    guarded(env, [&] { LK_CALL(on_gpu(env), adamw_step, ts.data(), count, step, static_cast<float>(grad_scale)); });
+    return env.Undefined();
+  }
+  // Clipped step, as torch's clip_grad_norm_ on gradients already multiplied by grad_scale:
+  //   n = |g| * grad_scale,  clip = min(1, max / (n + 1e-6)),  factor = float(grad_scale * clip)   (doubles)
+  // A non-finite n updates nothing. On a GPU the norm stays on the device between the two launches, so
+  // the step never waits for it; it is read back once the update is queued.
+  const double max_norm = num(o, "maxGradNorm", op);
+  std::vector<const float*> grads(ts.size());
+  std::vector<int64_t> numels(ts.size());
+  for (size_t i = 0; i < ts.size(); ++i) {
+    grads[i] = ts[i].grad;
+    numels[i] = ts[i].numel;
+  }
+  double norm = 0;
+  bool updated = false;
+  guarded(env, [&] {
+#ifdef LORAKIT_WITH_GPU
+    if (on_gpu(env)) {
+      double* dev = gpu::norm_slot();
+      gpu::grad_norm_device(grads.data(), numels.data(), count, dev);
+      gpu::adamw_step_device_scale(ts.data(), count, step, grad_scale, dev, max_norm);
+      gpu::copy_to_host(&norm, dev, sizeof(double));
+      norm *= grad_scale;
+      updated = std::isfinite(norm);
+      return;
+    }
+#endif
+    norm = cpu::grad_norm(grads.data(), numels.data(), count) * grad_scale;
+    if (!std::isfinite(norm)) return;
+    const double clip = std::min(1.0, max_norm / (norm + 1e-6));
+    cpu::adamw_step(ts.data(), count, step, static_cast<float>(grad_scale * clip));
+    updated = true;
+  });
+  Napi::Object r = Napi::Object::New(env);
+  r.Set("gradNorm", norm);
+  r.Set("clipScale", updated ? std::min(1.0, max_norm / (norm + 1e-6)) : 0.0);
+  r.Set("updated", updated);
+  return r;
 }
 
 Napi::Value GradNorm(const Napi::CallbackInfo& info) {

@@ -157,6 +157,8 @@ export interface Addon {
   absmaxQuantize(a: { absmax: AddonStorage; n: number; codes: AddonStorage; scales: AddonStorage }): number;
   absmaxDequantize(a: { codes: AddonStorage; scales: AddonStorage; offset: number; n: number; absmax: AddonStorage }): void;
   adamwStep(a: { tensors: AddonAdamWTensor[]; step: number; gradScale: number }): void;
+  /** The clipped step: the global norm of the scaled gradients, the clip factor, and whether it updated (a non-finite norm does not). */
+  adamwStep(a: { tensors: AddonAdamWTensor[]; step: number; gradScale: number; maxGradNorm: number }): { gradNorm: number; clipScale: number; updated: boolean };
   gradNorm(a: { grads: { s: AddonStorage; numel: number }[] }): number;
   backendInfo(): AddonBackendInfo;
   setGemmKernel(name: string): boolean;
