@@ -2,8 +2,12 @@
 # The one prepared run for a machine with a GPU (see ../shared/gpu/README.md for the lent H200): it builds
 # nothing, checks the GPU addon against the CPU backend, then times it. Here, on a dev machine:
 #
-#   LORAKIT_CUDA_ARCHS=90 npm run build:gpu && npx tsc -p tsconfig.json && bash ../shared/gpu/pack.sh --modules
-#   device tool: carry [".gpu", "build-gpu", "dist", "build"], command: bash .gpu/run.sh bash scripts/gpu-check.sh
+#   npm run build:gyp && LORAKIT_CUDA_ARCHS=90 npm run build:gpu && npx tsc -p tsconfig.json
+#   bash ../shared/gpu/pack.sh --modules
+#   device tool: carry [".gpu", "dist", "build/Release", "prebuilds"], command: bash .gpu/run.sh bash scripts/gpu-check.sh
+#
+# (prebuilds/<platform>-<arch>-cuda holds the GPU addon that build:gpu copied there; build-gpu itself is
+# mostly object files and need not travel.)
 #
 # Logs and bench JSON go to $OUT (the device tool brings that folder back), else to ./gpu-check-out.
 set -uo pipefail
@@ -15,5 +19,5 @@ mkdir -p "$out"
   node -e "console.log(JSON.stringify(require('./dist').backend(), null, 1))"
 } 2>&1 | tee "$out/backend.log"
 # Parity (poisoned GPU memory) and the loader's checks, with the real addon.
-timeout 300 npx jest test/gpu test/backend.test.ts 2>&1 | tee "$out/parity.log" | tail -60
+LORAKIT_GPU_POISON=1 timeout 300 npx jest test/gpu test/backend.test.ts 2>&1 | tee "$out/parity.log" | tail -60
 timeout 240 node bench/gpu.mjs --out "$out/bench-gpu.json" 2>&1 | tee "$out/bench.log"

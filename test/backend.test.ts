@@ -5,6 +5,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import { gpuAddonCandidates } from '../lib/native/binding';
 
 const root = path.resolve(__dirname, '..');
 const dist = path.join(root, 'dist');
@@ -102,7 +103,7 @@ describe('GPU addon probe', () => {
 
 // When this checkout has a built GPU addon (CI builds one with nvcc as a compile check) and the machine
 // has no GPU, the real addon must load in the probe and report the runtime's reason.
-const built = [path.join(root, 'build-gpu', 'Release', 'lorakit_gpu.node')].find((f) => fs.existsSync(f));
+const built = gpuAddonCandidates().find((f) => fs.existsSync(f));
 (built ? test : test.skip)('the built GPU addon loads in the probe and reports its devices or why there are none', () => {
   const r = child({ LORAKIT_GPU_ADDON: built! }, `return L.backend();`) as { active: string; gpus: unknown[]; gpuUnavailableReason?: string; gpuRuntime?: { gemmEngine: string } };
   if (r.active === 'cpu') {
@@ -112,4 +113,4 @@ const built = [path.join(root, 'build-gpu', 'Release', 'lorakit_gpu.node')].find
     expect(r.gpuRuntime!.gemmEngine).toMatch(/cublaslt|rocblas|fallback/);
   }
 });
-if (!built) console.warn('backend.test: no build-gpu/Release/lorakit_gpu.node here (run `npm run build:gpu`): the real-addon probe test is SKIPPED');
+if (!built) console.warn('backend.test: no GPU addon is built here (run `npm run build:gpu`): the real-addon probe test is SKIPPED');
