@@ -12,8 +12,11 @@ export interface GpuDevice {
 }
 
 export interface BackendInfo {
-  /** The backend that GPU tensors run on: 'cuda' or 'hip' when the GPU addon loaded, else 'cpu'. */
-  active: 'cpu' | 'cuda' | 'hip';
+  /**
+   * The backend that GPU tensors run on: 'cuda' or 'hip' when the GPU addon loaded, else 'cpu'
+   * ('emulator' only when a test loads the host emulator of the GPU kernels).
+   */
+  active: 'cpu' | 'cuda' | 'hip' | 'emulator';
   /** The addon file in use, when known. */
   addon?: string;
   cpu: {
@@ -25,7 +28,7 @@ export interface BackendInfo {
   /** GPUs found and usable; empty when the GPU addon is absent or its probe failed. */
   gpus: GpuDevice[];
   /** With a GPU: the runtime and driver versions, and which engine serves dense GEMMs. */
-  gpuRuntime?: { platform: 'cuda' | 'hip'; runtime: string; driver: string; gemmEngine: string };
+  gpuRuntime?: { platform: 'cuda' | 'hip' | 'emulator'; runtime: string; driver: string; gemmEngine: string };
   /** Why no GPU backend is active, when none is. */
   gpuUnavailableReason?: string;
 }

@@ -129,7 +129,7 @@ describe('matmul bad input', () => {
     const s = new n.Storage(16, 'cpu');
     const big = new n.Storage(4096, 'cpu');
     const op = (rows: number, cols: number, st = s) => ({ s: st, dtype: 0, rows, cols });
-    expect(() => n.gemm({ a: op(100, 100), b: op(2, 2), c: big, m: 100, n: 2, k: 100, alpha: 1, beta: 0 })).toThrow(/'s' holds 16 bytes, the call needs 40000/);
+    expect(() => n.gemm({ a: op(100, 100), b: op(2, 2), c: big, m: 100, n: 2, k: 100, alpha: 1, beta: 0 })).toThrow(/'a' holds 16 bytes, the call needs 40000/);
     expect(() => n.gemm({ a: op(2, 2), b: op(3, 2, big), c: big, m: 2, n: 2, k: 2, alpha: 1, beta: 0 })).toThrow(/'b' is \[3, 2\].*expected \[2, 2\]/);
     expect(() => n.gemm({ a: op(2, 2), b: op(2, 2), c: {} as never, m: 2, n: 2, k: 2, alpha: 1, beta: 0 })).toThrow(/'c' must be a Storage/);
     expect(() => n.gemm({ a: { ...op(2, 2), dtype: 3 }, b: op(2, 2), c: big, m: 2, n: 2, k: 2, alpha: 1, beta: 0 })).toThrow(/must be float32, bfloat16 or float16, got int32/);

@@ -16,7 +16,7 @@ struct DeviceInfo {
   int warp_size = 0;
 };
 
-// "cuda" or "hip": what this binary was compiled for.
+// "cuda" or "hip": what this binary was compiled for ("emulator" in the host emulator of test/emu).
 const char* platform();
 // Driver and runtime versions as the runtime reports them (for example "13.0").
 std::string runtime_version();

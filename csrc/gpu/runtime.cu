@@ -109,8 +109,10 @@ void fail(cudaError_t e, const char* what, const char* file, int line) {
 }
 
 const char* platform() {
-#ifdef LORAKIT_HIP
+#if defined(LORAKIT_HIP)
   return "hip";
+#elif defined(LORAKIT_EMU)
+  return "emulator";
 #else
   return "cuda";
 #endif

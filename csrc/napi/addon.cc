@@ -31,11 +31,11 @@ struct OperandHold {
   int64_t lrows = 0, lcols = 0;
 };
 
-void read_nf4(const Napi::Object& q, int64_t numel, NF4View& v, const char* op) {
+void read_nf4(const Napi::Object& q, int64_t numel, NF4View& v, const char* op, const char* label = nullptr) {
   v.block_size = i64(q, "blockSize", op);
   if (v.block_size < 2 || (v.block_size & (v.block_size - 1))) throw_range(q.Env(), std::string(op) + ": NF4 blockSize must be a power of two");
-  v.packed = static_cast<const uint8_t*>(storage(q, "packed", sz((numel + 1) / 2, 1), op)->data());
-  v.absmax = static_cast<const float*>(storage(q, "absmax", sz((numel + v.block_size - 1) / v.block_size, 4), op)->data());
+  v.packed = static_cast<const uint8_t*>(storage(q, "packed", sz((numel + 1) / 2, 1), op, false, label)->data());
+  v.absmax = static_cast<const float*>(storage(q, "absmax", sz((numel + v.block_size - 1) / v.block_size, 4), op, false, label)->data());
 }
 
 void read_operand(const Napi::Object& args, const char* key, OperandHold& h, const char* op) {
@@ -49,13 +49,13 @@ void read_operand(const Napi::Object& args, const char* key, OperandHold& h, con
   h.op.ld = cols;
   Napi::Value q = o.Get("nf4");
   if (q.IsObject()) {
-    read_nf4(q.As<Napi::Object>(), rows * cols, h.nf4, op);
+    read_nf4(q.As<Napi::Object>(), rows * cols, h.nf4, op, key);
     h.op.nf4 = &h.nf4;
   } else {
     h.op.dtype = dtype(o, "dtype", op);
     if (h.op.dtype != DType::F32 && h.op.dtype != DType::BF16 && h.op.dtype != DType::F16)
       throw_type(env, std::string(op) + ": '" + key + "' must be float32, bfloat16 or float16, got " + dtype_name(h.op.dtype));
-    h.op.data = storage(o, "s", sz(rows * cols, dtype_size(h.op.dtype)), op)->data();
+    h.op.data = storage(o, "s", sz(rows * cols, dtype_size(h.op.dtype)), op, false, key)->data();
   }
   h.lrows = h.op.trans ? cols : rows;
   h.lcols = h.op.trans ? rows : cols;

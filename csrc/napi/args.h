@@ -55,7 +55,9 @@ int64_t i64(const Napi::Object& o, const char* key, const char* op);
 bool flag(const Napi::Object& o, const char* key, const char* op);
 DType dtype(const Napi::Object& o, const char* key, const char* op);
 // The live storage at `key` holding at least `bytes`; null when the key is absent or null and optional.
-Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional = false);
+// `label` names the argument in errors when the key alone would not (an operand's 's').
+Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional = false,
+                 const char* label = nullptr);
 
 // Makes a GPU the current device for what follows (no-op in the CPU addon, where no storage is on one).
 inline void gpu_select(int device) {

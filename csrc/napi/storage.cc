@@ -199,27 +199,28 @@ DType dtype(const Napi::Object& o, const char* key, const char* op) {
   return static_cast<DType>(d);
 }
 
-Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional) {
+Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional, const char* label) {
+  if (!label) label = key;
   Napi::Env env = o.Env();
   Napi::Value v = o.Get(key);
   if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
   if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(instance(env).storage_ctor.Value()))
-    throw_type(env, std::string(op) + ": '" + key + "' must be a Storage");
+    throw_type(env, std::string(op) + ": '" + label + "' must be a Storage");
   Storage* s = Storage::Unwrap(v.As<Napi::Object>());
-  if (!s->live()) throw_type(env, std::string(op) + ": '" + key + "' has been disposed");
+  if (!s->live()) throw_type(env, std::string(op) + ": '" + label + "' has been disposed");
   Instance& inst = instance(env);
   if (inst.call_device == -2) {
     inst.call_device = s->device();
-    inst.call_device_key = key;
+    inst.call_device_key = label;
   } else if (inst.call_device != s->device()) {
-    Napi::Error e = Napi::TypeError::New(env, std::string(op) + ": '" + key + "' is on " + device_name(s->device()) + " but '" +
+    Napi::Error e = Napi::TypeError::New(env, std::string(op) + ": '" + label + "' is on " + device_name(s->device()) + " but '" +
                                                   inst.call_device_key + "' is on " + device_name(inst.call_device) +
                                                   "; move tensors with .to(device) first");
     e.Set("code", "ERR_DEVICE");
     throw e;
   }
   if (s->bytes() < bytes)
-    throw_range(env, std::string(op) + ": '" + key + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " +
+    throw_range(env, std::string(op) + ": '" + label + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " +
                          std::to_string(bytes));
   return s;
 }

@@ -74,7 +74,8 @@ export interface AddonGpuDevice {
 }
 
 export interface AddonGpuInfo {
-  platform: 'cuda' | 'hip';
+  /** 'emulator': the host emulator of test/emu, which runs the GPU kernels on the CPU (tests only). */
+  platform: 'cuda' | 'hip' | 'emulator';
   runtime: string;
   driver: string;
   devices: AddonGpuDevice[];
@@ -173,7 +174,7 @@ export const PACKAGE_ROOT = path.resolve(__dirname, '..', '..');
 
 /** Which addon loaded, and why a GPU addon did not when it did not. */
 export interface LoadedBackend {
-  kind: 'cpu' | 'cuda' | 'hip';
+  kind: 'cpu' | 'cuda' | 'hip' | 'emulator';
   /** The addon file in use, when known. */
   file?: string;
   gpu?: AddonGpuInfo;

@@ -118,7 +118,12 @@ suite('GPU parity with the CPU backend', () => {
     const w = keep(randn([48, 200], { seed: 3 })), x = keep(randn([13, 200], { seed: 4, dtype: 'bfloat16' }));
     using qc = nf4.quantize(w, { doubleQuant: true });
     using qg = nf4.quantize(toGpu(w), { doubleQuant: true });
-    expectClose(keep(ops.matmul(toGpu(x), qg as NF4Tensor, { transposeB: true })), keep(ops.matmul(x, qc, { transposeB: true })), BF16_IN.rtol, BF16_IN.atol, 'x·NF4ᵀ');
+    // Against a bf16 input the GPU dequantizes NF4 to bf16 before its GEMM, as bitsandbytes does (the CPU
+    // keeps float32), so the reference multiplies by the bf16-rounded weight; against float32 both are exact.
+    using wb = nf4.dequantize(qc, { dtype: 'bfloat16' });
+    expectClose(keep(ops.matmul(toGpu(x), qg as NF4Tensor, { transposeB: true })), keep(ops.matmul(x, wb, { transposeB: true, outDtype: 'float32' })), 1e-4, 1e-5, 'bf16 x·NF4ᵀ');
+    using x32 = x.to('float32');
+    expectClose(keep(ops.matmul(toGpu(x32), qg as NF4Tensor, { transposeB: true })), keep(ops.matmul(x32, qc, { transposeB: true })), F32.rtol, F32.atol, 'f32 x·NF4ᵀ');
   });
 
   test('LoRA linear forward and backward: dropout, bias, accumulation, bf16 input, NF4 weight', () => {
@@ -129,10 +134,13 @@ suite('GPU parity with the CPU backend', () => {
           const bias = keep(randn([outF], { seed: 2 }));
           const a = keep(randn([r, inF], { seed: 3, std: 0.1 })), b = keep(randn([outF, r], { seed: 4, std: 0.1 }));
           const x = keep(randn([m, inF], { seed: 5, dtype: quantized ? 'bfloat16' : 'float32' }));
-          const dy = keep(randn([m, outF], { seed: 6 }));
+          const dy = keep(randn([m, outF], { seed: 6, dtype: quantized ? 'bfloat16' : 'float32' }));
           using qc = quantized ? nf4.quantize(w) : undefined;
           using qg = quantized ? nf4.quantize(toGpu(w)) : undefined;
-          const pc = { weight: qc ?? w, bias, loraA: a, loraB: b, scale: 2 };
+          // The GPU dequantizes NF4 to the input's dtype (bf16 here) before its GEMMs; the CPU reference
+          // gets that bf16 weight explicitly.
+          using wq = qc ? nf4.dequantize(qc, { dtype: 'bfloat16' }) : undefined;
+          const pc = { weight: wq ?? w, bias, loraA: a, loraB: b, scale: 2 };
           const pg = { weight: qg ?? toGpu(w), bias: toGpu(bias), loraA: toGpu(a), loraB: toGpu(b), scale: 2 };
           const what = `lora ${m}x${inF}->${outF} r${r} p=${dropout}${quantized ? ' nf4' : ''}`;
           const tol = quantized ? BF16_IN : F32;
@@ -285,6 +293,6 @@ suite('GPU parity with the CPU backend', () => {
     ops.copyColumns(src, 3, dst, 5, 7, true);
     ops.copyColumns(gsrc, 3, gdst, 5, 7, true);
     expectClose(gdst, dst, 0, 1e-7, 'copyColumns');
-    expect(() => ops.matmul(gsrc, keep(randn([12, 2])))).toThrow(/'b' is on cpu but 'a' is on cuda:0/);
+    expect(() => ops.matmul(gsrc, keep(randn([12, 2])))).toThrow(/matmul: 'b' is on cpu but 'a' is on cuda:0; move tensors with .to\(device\) first/);
   });
 });

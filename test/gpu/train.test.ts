@@ -12,10 +12,20 @@ const available = gpuCount() > 0;
 if (!available) console.warn(`\n*** GPU training test SKIPPED: no GPU backend is active (${backend().gpuUnavailableReason}) ***\n`);
 const suite = available ? describe : describe.skip;
 
+// LORAKIT_GPU_TEST_QUICK=1 (the host emulator's run, where a GPU step takes seconds): a few small steps
+// and a short eval set instead of the full 50-step job.
+const quick = process.env.LORAKIT_GPU_TEST_QUICK === '1';
+
 async function curve(device: 'cpu' | 'cuda', method: 'lora' | 'qlora', steps: number): Promise<{ losses: number[]; norms: number[]; evals: number[] }> {
   const out = fs.mkdtempSync(path.join(os.tmpdir(), `lorakit-gpu-train-${device}-`));
   try {
-    const h = train({ ...defaultJob(out), method, steps, device, progress: 'none', evalEvery: steps });
+    const job = defaultJob(out);
+    if (quick) {
+      const evalFile = path.join(out, 'eval.jsonl');
+      fs.writeFileSync(evalFile, fs.readFileSync(job.evalData!, 'utf8').split('\n').slice(0, 6).join('\n') + '\n');
+      Object.assign(job, { batchSize: 2, seqLen: 32, evalData: evalFile, retainData: undefined });
+    }
+    const h = train({ ...job, method, steps, device, progress: 'none', evalEvery: steps });
     const losses: number[] = [], norms: number[] = [];
     h.on('step', (s) => {
       losses.push(s.loss);
@@ -29,7 +39,7 @@ async function curve(device: 'cpu' | 'cuda', method: 'lora' | 'qlora', steps: nu
 }
 
 suite('training on the GPU follows the CPU', () => {
-  for (const [method, steps] of [['lora', 50], ['qlora', 10]] as const)
+  for (const [method, steps] of quick ? ([['lora', 3], ['qlora', 2]] as const) : ([['lora', 50], ['qlora', 10]] as const))
     test(`${method}: ${steps} steps, loss curve, gradient norms and evals`, async () => {
       const cpu = await curve('cpu', method, steps);
       const gpu = await curve('cuda', method, steps);
