@@ -21,3 +21,15 @@ mkdir -p "$out"
 # Parity (poisoned GPU memory) and the loader's checks, with the real addon.
 LORAKIT_GPU_POISON=1 timeout 300 npx jest test/gpu test/backend.test.ts 2>&1 | tee "$out/parity.log" | tail -60
 timeout 240 node bench/gpu.mjs --out "$out/bench-gpu.json" 2>&1 | tee "$out/bench.log"
+# Issue #7's end-to-end rows: the training step on random-initialised models of the three shapes (each
+# bounded, so that one slow configuration cannot eat the run).
+for args in "--config gpt2-124m --method lora --batch-size 16 --seq-len 1024" \
+            "--config gpt2-124m --method qlora --batch-size 16 --seq-len 1024" \
+            "--config gpt2-124m --method full --batch-size 16 --seq-len 1024" \
+            "--config smollm-135m --method lora --batch-size 16 --seq-len 1024" \
+            "--config smollm-135m --method qlora --batch-size 16 --seq-len 1024" \
+            "--config tinyllama-1.1b --method lora --batch-size 8 --seq-len 2048" \
+            "--config tinyllama-1.1b --method qlora --batch-size 8 --seq-len 2048"; do
+  echo "lorakit bench train $args --device cuda --steps 3"
+  timeout 90 node dist/cli/index.js bench train $args --device cuda --steps 3 --json 2>&1 | tee -a "$out/bench-train.jsonl"
+done
