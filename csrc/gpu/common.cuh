@@ -124,10 +124,6 @@ __device__ inline float load_as_f32(const void* p, DType dt, int64_t i) {
 // ---- reductions, for any warp width ---------------------------------------------------------------
 // warpSize is 32 on NVIDIA and 64 on CDNA; nothing below assumes either. Shared arrays are sized for the
 // worst case (1024 threads / 32 lanes = 32 warps).
-__device__ inline float warp_sum(float v) {
-  for (int o = warpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
 __device__ inline float warp_max(float v) {
   for (int o = warpSize / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
@@ -137,16 +133,6 @@ __device__ inline double warp_sum_d(double v) {
   return v;
 }
 // Block-wide sum/max; every thread of the block must call it, and every thread gets the result.
-__device__ inline float block_sum(float v) {
-  __shared__ float part[32];
-  const int lane = threadIdx.x % warpSize, wid = threadIdx.x / warpSize, nw = (blockDim.x + warpSize - 1) / warpSize;
-  v = warp_sum(v);
-  __syncthreads();
-  if (lane == 0) part[wid] = v;
-  __syncthreads();
-  float t = lane < nw ? part[lane] : 0.f;
-  return warp_sum(t);
-}
 __device__ inline float block_max(float v) {
   __shared__ float part[32];
   const int lane = threadIdx.x % warpSize, wid = threadIdx.x / warpSize, nw = (blockDim.x + warpSize - 1) / warpSize;
