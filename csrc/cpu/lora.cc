@@ -11,7 +11,7 @@
 #include "../ops.h"
 #include "dtype.h"
 #include "parallel.h"
-#include "random.h"
+#include "../philox.h"
 
 namespace lorakit::cpu {
 namespace {

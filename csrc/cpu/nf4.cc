@@ -21,6 +21,7 @@
 #include <vector>
 
 #include "../ops.h"
+#include "../quantize8.h"
 #include "dtype.h"
 #include "gemm.h"
 #include "parallel.h"
@@ -97,33 +98,6 @@ const std::vector<float>& code8() {
   return m;
 }
 
-// bitsandbytes dQuantize (deterministic): binary search over the 256 sorted codes, then the nearer of
-// the two neighbours by midpoint. The search always ends on an even pivot and a tie keeps the pivot, so
-// a value exactly between two codes takes the even one of the two.
-uint8_t quantize8(const float* code, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f, val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
-    }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    float mid = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > mid ? upper_pivot : pivot);
-  }
-  float mid = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < mid ? lower_pivot : pivot);
-}
 
 // The maximum of |x| starts at -FLT_MAX for a full block and at 0 for a short last block: bitsandbytes
 // seeds it with -FLT_MAX and folds |x| in with fmaxf, which skips NaN, and pads a short block with zeros

@@ -15,7 +15,7 @@
 #include "../ops.h"
 #include "dtype.h"
 #include "parallel.h"
-#include "random.h"
+#include "../philox.h"
 
 namespace lorakit {
 

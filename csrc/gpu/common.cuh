@@ -61,6 +61,7 @@
 #endif
 
 #include "../ops.h"
+#include "../philox.h"
 
 namespace lorakit::gpu {
 
@@ -206,31 +207,6 @@ __device__ inline double mul_rn(double a, double b) {
 #else
   return __dmul_rn(a, b);
 #endif
-}
-
-// ---- Philox4x32-10, the same function as csrc/cpu/random.h -----------------------------------------
-struct Philox4 {
-  uint32_t v[4];
-};
-__host__ __device__ inline Philox4 philox(uint64_t seed, uint64_t counter) {
-  uint32_t c0 = static_cast<uint32_t>(counter), c1 = static_cast<uint32_t>(counter >> 32), c2 = 0, c3 = 0;
-  uint32_t k0 = static_cast<uint32_t>(seed), k1 = static_cast<uint32_t>(seed >> 32);
-  for (int round = 0; round < 10; ++round) {
-    uint64_t p0 = static_cast<uint64_t>(0xD2511F53u) * c0, p1 = static_cast<uint64_t>(0xCD9E8D57u) * c2;
-    uint32_t n0 = static_cast<uint32_t>(p1 >> 32) ^ c1 ^ k0, n2 = static_cast<uint32_t>(p0 >> 32) ^ c3 ^ k1;
-    c1 = static_cast<uint32_t>(p1);
-    c3 = static_cast<uint32_t>(p0);
-    c0 = n0;
-    c2 = n2;
-    k0 += 0x9E3779B9u;
-    k1 += 0xBB67AE85u;
-  }
-  return {{c0, c1, c2, c3}};
-}
-__host__ __device__ inline uint32_t dropout_threshold(float p) { return static_cast<uint32_t>(p * 65536.0f + 0.5f); }
-__device__ inline bool dropout_keep(uint64_t seed, uint64_t i, uint32_t threshold) {
-  const uint32_t word = philox(seed, i >> 3).v[(i >> 1) & 3];
-  return ((i & 1) ? (word >> 16) : (word & 0xffffu)) >= threshold;
 }
 
 }  // namespace lorakit::gpu

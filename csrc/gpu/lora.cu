@@ -63,7 +63,7 @@ void run_gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& 
 // One Philox call yields the 16-bit dropout draws of the 8 elements 8q .. 8q+7 (dropout_keep in
 // common.cuh), so the dropout kernels give each thread one such group: a single Philox evaluation, and
 // two 16-byte float32 stores or loads per group.
-__device__ inline bool kept(const Philox4& r, int u, uint32_t threshold) {
+__device__ inline bool kept(const PhiloxOut& r, int u, uint32_t threshold) {
   const uint32_t word = r.v[u >> 1];
   return ((u & 1) ? (word >> 16) : (word & 0xffffu)) >= threshold;
 }
@@ -74,7 +74,7 @@ __global__ void dropout_kernel(const void* x, DType dt, int64_t ldx, int64_t m, 
   const int64_t total = m * in, groups = (total + 7) / 8;
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Philox4 r = philox(seed, static_cast<uint64_t>(q));
+    const PhiloxOut r = philox(seed, static_cast<uint64_t>(q));
     const int64_t e0 = q * 8;
     const int len = total - e0 < 8 ? static_cast<int>(total - e0) : 8;
     int64_t i = e0 / in, j = e0 - i * in;
@@ -107,7 +107,7 @@ __global__ void dropout_add_kernel(const float* t, float* dx, int64_t total, uin
   const int64_t groups = (total + 7) / 8;
   for (int64_t q = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x; q < groups;
        q += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Philox4 r = philox(seed, static_cast<uint64_t>(q));
+    const PhiloxOut r = philox(seed, static_cast<uint64_t>(q));
     const int64_t e0 = q * 8;
     if (vec && total - e0 >= 8) {
 #pragma unroll

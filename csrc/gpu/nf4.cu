@@ -13,6 +13,7 @@
 #include <cfloat>
 #include <string>
 
+#include "../quantize8.h"
 #include "common.cuh"
 
 namespace lorakit::gpu {
@@ -273,32 +274,6 @@ __device__ inline void build_dynamic_map(float* map) {
   __syncthreads();
 }
 
-// bitsandbytes dQuantize: binary search over the sorted map, then the nearer of the two neighbours by
-// midpoint, a tie keeping the pivot. NaN walks down to code 0.
-__device__ inline uint8_t quantize8(const float* code, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = -1.0f, upper = 1.0f, val = code[pivot];
-  for (int i = 64; i > 0; i >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += i;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= i;
-    }
-    val = code[pivot];
-  }
-  if (upper_pivot == 255) upper = code[upper_pivot];
-  if (lower_pivot == 0) lower = code[lower_pivot];
-  if (x > val) {
-    const float mid = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > mid ? upper_pivot : pivot);
-  }
-  const float mid = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < mid ? lower_pivot : pivot);
-}
 
 // offset = float(sum) * (1 / float(n)) with the sum of the absmax in double, as the CPU forms the mean.
 // The CPU adds in index order; here one CTA adds in a fixed tree order, which is deterministic and differs

@@ -204,7 +204,7 @@ __global__ void rand_uniform_kernel(float* dst, int64_t n, uint64_t seed, uint64
 __global__ void rand_normal_kernel(float* dst, int64_t n, uint64_t seed, uint64_t offset, float mean, float std) {
   for (int64_t i = static_cast<int64_t>(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += static_cast<int64_t>(gridDim.x) * blockDim.x) {
-    const Philox4 r = philox(seed, offset + i);
+    const PhiloxOut r = philox(seed, offset + i);
     const double u1 = (static_cast<double>(r.v[0] >> 8) + 1.0) / 16777216.0;
     const double u2 = static_cast<double>(r.v[1] >> 8) / 16777216.0;
     const double z = sqrt(-2.0 * log(u1)) * cos(6.283185307179586 * u2);
