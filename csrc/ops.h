@@ -50,6 +50,35 @@ struct GemmArgs {
   const float* bias = nullptr;
 };
 
+// Building blocks for ops composed of GEMM calls (the LoRA layer of both backends).
+inline Operand f32_operand(const float* p, int64_t ld, bool trans) {
+  Operand o;
+  o.data = p;
+  o.dtype = DType::F32;
+  o.ld = ld;
+  o.trans = trans;
+  return o;
+}
+inline Operand transposed(Operand o) {
+  o.trans = !o.trans;
+  return o;
+}
+inline GemmArgs gemm_args(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b, float* c, float alpha,
+                          float beta, const float* bias = nullptr) {
+  GemmArgs g;
+  g.m = m;
+  g.n = n;
+  g.k = k;
+  g.a = a;
+  g.b = b;
+  g.c = c;
+  g.ldc = n;
+  g.alpha = alpha;
+  g.beta = beta;
+  g.bias = bias;
+  return g;
+}
+
 // y = x W^T + b + s * (dropout(x) A^T) B^T ; x [m, in], W [out, in], A [r, in], B [out, r].
 // xa (out) receives dropout(x) A^T [m, r], the rank-r intermediate the backward pass needs.
 struct LoraForwardArgs {

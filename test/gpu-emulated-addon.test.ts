@@ -5,20 +5,12 @@
 // the models, adapters and trainer running every op on the device. It says nothing about speed, and the
 // emulator is not a GPU (see test/emu/shim/cuda_runtime.h for what it models): the same suites must still
 // pass on a card.
-import { execFileSync, spawnSync } from 'node:child_process';
+import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { buildEmulator, emulatorUnavailable } from './helpers/emulator';
 
 const root = path.resolve(__dirname, '..');
-const cxx = process.env.CXX || 'g++';
-const missing = (() => {
-  if (process.platform === 'win32') return 'the emulator needs a POSIX system';
-  try {
-    execFileSync(cxx, ['--version'], { stdio: 'ignore' });
-    return '';
-  } catch {
-    return `${cxx} is not installed`;
-  }
-})();
+const missing = emulatorUnavailable();
 if (missing) console.warn(`\n*** emulated GPU addon suites SKIPPED: ${missing}; the GPU paths of lib/ are NOT being tested ***\n`);
 const suite = missing ? describe.skip : describe;
 
@@ -26,12 +18,7 @@ jest.setTimeout(15 * 60_000);
 
 suite('test/gpu on the emulated GPU addon', () => {
   beforeAll(() => {
-    try {
-      execFileSync(process.execPath, [path.join(root, 'test/emu/build.mjs')], { cwd: root, encoding: 'utf8', stdio: 'pipe' });
-    } catch (e) {
-      const err = e as { stdout?: string; stderr?: string };
-      throw new Error(`test/emu/build.mjs failed:\n${err.stdout ?? ''}${err.stderr ?? ''}`);
-    }
+    buildEmulator(root);
   });
 
   test('every GPU suite passes on the emulator, none skipped', () => {

@@ -5,23 +5,15 @@
 // assumptions, unwritten or overrun outputs and unsynchronised stream work show up without a GPU; the
 // vendor-library GEMM paths run against fake cuBLASLt and rocBLAS libraries. test/emu/build.mjs builds the
 // binaries (incrementally); each prints one JSON line per case.
-import { execFileSync, spawn } from 'node:child_process';
+import { spawn } from 'node:child_process';
 import { readFileSync } from 'node:fs';
 import * as path from 'node:path';
+import { buildEmulator, emulatorUnavailable } from './helpers/emulator';
 
 const root = path.resolve(__dirname, '..');
-const cxx = process.env.CXX || 'g++';
 
 // The emulator needs a C++20 compiler and POSIX (fibers, mmap, signals).
-const missing = (() => {
-  if (process.platform === 'win32') return 'the emulator needs a POSIX system';
-  try {
-    execFileSync(cxx, ['--version'], { stdio: 'ignore' });
-    return '';
-  } catch {
-    return `${cxx} is not installed`;
-  }
-})();
+const missing = emulatorUnavailable();
 if (missing)
   console.warn(`\n*** GPU emulator parity suite SKIPPED: ${missing}; the GPU kernels are NOT being tested ***\n`);
 const suite = missing ? describe.skip : describe;
@@ -97,12 +89,7 @@ suite('GPU kernels on the host emulator against the CPU backend', () => {
   let kernels: Record<string, string[]> = {};
 
   beforeAll(async () => {
-    try {
-      execFileSync(process.execPath, [path.join(root, 'test/emu/build.mjs')], { cwd: root, encoding: 'utf8', stdio: 'pipe' });
-    } catch (e) {
-      const err = e as { stdout?: string; stderr?: string };
-      throw new Error(`test/emu/build.mjs failed:\n${err.stdout ?? ''}${err.stderr ?? ''}`);
-    }
+    buildEmulator(root);
     kernels = JSON.parse(readFileSync(path.join(root, 'build-emu/kernels.json'), 'utf8')) as Record<string, string[]>;
     // Two at a time: the runs are single-threaded but for the CPU reference.
     for (let i = 0; i < configs.length; i += 2)

@@ -16,34 +16,9 @@
 namespace lorakit::cpu {
 namespace {
 
-Operand f32(const float* p, int64_t ld, bool trans) {
-  Operand o;
-  o.data = p;
-  o.dtype = DType::F32;
-  o.ld = ld;
-  o.trans = trans;
-  return o;
-}
-
-Operand transposed(Operand o) {
-  o.trans = !o.trans;
-  return o;
-}
-
 void run_gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b, float* c, float alpha, float beta,
               const float* bias = nullptr) {
-  GemmArgs g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.b = b;
-  g.c = c;
-  g.ldc = n;
-  g.alpha = alpha;
-  g.beta = beta;
-  g.bias = bias;
-  gemm(g);
+  gemm(gemm_args(m, n, k, a, b, c, alpha, beta, bias));
 }
 
 // dropout(x) as float32: x * keep / (1 - p).
@@ -70,10 +45,10 @@ void lora_forward(const LoraForwardArgs& L) {
   Operand xin = L.x;
   if (L.dropout > 0.f) {
     xd = dropped(L.x, L.m, L.in, L.dropout, L.seed);
-    xin = f32(xd.data(), L.in, false);
+    xin = f32_operand(xd.data(), L.in, false);
   }
-  run_gemm(L.m, L.r, L.in, xin, f32(L.a, L.in, true), L.xa, 1.f, 0.f);
-  run_gemm(L.m, L.out, L.r, f32(L.xa, L.r, false), f32(L.b, L.r, true), L.y, L.scale, 1.f);
+  run_gemm(L.m, L.r, L.in, xin, f32_operand(L.a, L.in, true), L.xa, 1.f, 0.f);
+  run_gemm(L.m, L.out, L.r, f32_operand(L.xa, L.r, false), f32_operand(L.b, L.r, true), L.y, L.scale, 1.f);
 }
 
 void lora_backward(const LoraBackwardArgs& L) {
@@ -82,15 +57,15 @@ void lora_backward(const LoraBackwardArgs& L) {
   std::vector<float> g;
   if (L.dx || L.da) {
     g.resize(static_cast<size_t>(L.m * L.r));
-    run_gemm(L.m, L.r, L.out, L.dy, f32(L.b, L.r, false), g.data(), 1.f, 0.f);
+    run_gemm(L.m, L.r, L.out, L.dy, f32_operand(L.b, L.r, false), g.data(), 1.f, 0.f);
   }
   if (L.dx) {
     run_gemm(L.m, L.in, L.out, L.dy, L.w, L.dx, 1.f, 0.f);
     if (L.dropout == 0.f) {
-      run_gemm(L.m, L.in, L.r, f32(g.data(), L.r, false), f32(L.a, L.in, false), L.dx, L.scale, 1.f);
+      run_gemm(L.m, L.in, L.r, f32_operand(g.data(), L.r, false), f32_operand(L.a, L.in, false), L.dx, L.scale, 1.f);
     } else {
       std::vector<float> t(static_cast<size_t>(L.m * L.in));
-      run_gemm(L.m, L.in, L.r, f32(g.data(), L.r, false), f32(L.a, L.in, false), t.data(), L.scale, 0.f);
+      run_gemm(L.m, L.in, L.r, f32_operand(g.data(), L.r, false), f32_operand(L.a, L.in, false), t.data(), L.scale, 0.f);
       const float keep_scale = 1.f / (1.f - L.dropout);
       const uint32_t threshold = dropout_threshold(L.dropout);
       parallel_for(L.m * L.in, [&](int64_t b, int64_t e, int) {
@@ -104,11 +79,11 @@ void lora_backward(const LoraBackwardArgs& L) {
     Operand xin = L.x;
     if (L.dropout > 0.f) {
       xd = dropped(L.x, L.m, L.in, L.dropout, L.seed);
-      xin = f32(xd.data(), L.in, false);
+      xin = f32_operand(xd.data(), L.in, false);
     }
-    run_gemm(L.r, L.in, L.m, f32(g.data(), L.r, true), xin, L.da, L.scale, acc);
+    run_gemm(L.r, L.in, L.m, f32_operand(g.data(), L.r, true), xin, L.da, L.scale, acc);
   }
-  if (L.db) run_gemm(L.out, L.r, L.m, dyT, f32(L.xa, L.r, false), L.db, L.scale, acc);
+  if (L.db) run_gemm(L.out, L.r, L.m, dyT, f32_operand(L.xa, L.r, false), L.db, L.scale, acc);
   if (L.dw) run_gemm(L.out, L.in, L.m, dyT, L.x, L.dw, 1.f, acc);
   if (L.dbias) {
     // Column sums in row order, in double: deterministic and independent of the thread count.

@@ -30,34 +30,9 @@ LORAKIT_DECLARE_OPS(gpu)
 namespace lorakit::gpu {
 namespace {
 
-Operand f32_operand(const float* p, int64_t ld, bool trans) {
-  Operand o;
-  o.data = p;
-  o.dtype = DType::F32;
-  o.ld = ld;
-  o.trans = trans;
-  return o;
-}
-
-Operand transposed(Operand o) {
-  o.trans = !o.trans;
-  return o;
-}
-
 void run_gemm(int64_t m, int64_t n, int64_t k, const Operand& a, const Operand& b, float* c, float alpha, float beta,
               const float* bias = nullptr) {
-  GemmArgs g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
-  g.a = a;
-  g.b = b;
-  g.c = c;
-  g.ldc = n;
-  g.alpha = alpha;
-  g.beta = beta;
-  g.bias = bias;
-  gemm(g);
+  gemm(gemm_args(m, n, k, a, b, c, alpha, beta, bias));
 }
 
 // One Philox call yields the 16-bit dropout draws of the 8 elements 8q .. 8q+7 (dropout_keep in
