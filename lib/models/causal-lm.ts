@@ -8,7 +8,7 @@ import { type ModelConfig } from '../io/config';
 import { type Device, Tensor, tensor, zeros } from '../tensor/tensor';
 import { checkOptions, checkTensor } from '../ops/check';
 import { matmul } from '../ops/matmul';
-import { addInPlace, crossEntropy } from '../ops/nn';
+import { addInPlace, copyRows, crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
 import { NF4Tensor, dequantize } from '../nf4';
 import { transpose2d } from './weights';
@@ -80,6 +80,11 @@ export abstract class CausalLM {
   readonly #grads = new Map<Tensor, Tensor>();
   /** The config of the attached adapter (set by addAdapter / loadAdapter). */
   adapterConfig?: LoraConfig;
+  /**
+   * The most logits (rows x vocabulary) the loss computes at once; larger batches go through the
+   * classifier a block of rows at a time. 2^25 elements is 128 MiB of float32.
+   */
+  headChunkElements = 2 ** 25;
   #disposed = false;
 
   protected constructor(config: ModelConfig, linears: Linear[]) {
@@ -232,8 +237,15 @@ export abstract class CausalLM {
           throw new LorakitRangeError('ERR_SHAPE', `${op}: position ${maxPos} exceeds the model's ${this.config.maxPositions} positions`);
       }
       const t = this.trunk({ ids: inputIds, positions, docStarts: o.docStarts, train: o.train === true, seed: o.seed ?? 0, grad }, scope);
+      const rows = batch * seq;
+      const chunk = o.returnLogits ? rows : Math.max(1, Math.min(rows, Math.floor(this.headChunkElements / this.config.vocabSize)));
+      if (chunk < rows) {
+        const r = this.#chunkedHead(t, shifted, rows, chunk, grad, scope);
+        if (grad) t.backward(r.dHidden!);
+        return { loss: r.loss, tokens: r.tokens };
+      }
       const logits = matmul(t.hidden, this.headWeight(), { transposeB: true, outDtype: 'float32' });
-      const flat = logits.reshape([batch * seq, this.config.vocabSize]);
+      const flat = logits.reshape([rows, this.config.vocabSize]);
       let ce;
       if (grad) {
         const work = o.returnLogits ? scope.keep(flat.clone()) : flat;
@@ -243,7 +255,7 @@ export abstract class CausalLM {
         const headGrad = this.gradOf(this.headWeight());
         if (headGrad) {
           // d(head) = dlogitsᵀ · hidden; a tied head adds to the embedding's gradient.
-          using h2 = t.hidden.reshape([batch * seq, this.config.hiddenSize]);
+          using h2 = t.hidden.reshape([rows, this.config.hiddenSize]);
           using dHead = matmul(work, h2, { transposeA: true, outDtype: 'float32' });
           addInPlace(headGrad, dHead);
         }
@@ -257,6 +269,43 @@ export abstract class CausalLM {
     } finally {
       scope.dispose();
     }
+  }
+
+  /**
+   * The classifier and loss a block of rows at a time, so that the logits never exist for the whole batch
+   * at once ([tokens, vocab] float32 is gigabytes for a 128K vocabulary). Each block's dlogits are written
+   * in place over its logits, scaled to the gradient of the batch's mean loss, and turned into its rows of
+   * d(hidden) and its share of the head's gradient before the next block is computed.
+   */
+  #chunkedHead(t: Trunk, shifted: Tensor, rows: number, chunk: number, grad: boolean, scope: Scope): { loss: number; tokens: number; dHidden?: Tensor } {
+    const D = this.config.hiddenSize, V = this.config.vocabSize, device = t.hidden.device;
+    const labels = shifted.data() as BigInt64Array;
+    let total = 0;
+    for (const l of labels) if (l !== -100n) total++;
+    using hidden = t.hidden.reshape([rows, D]);
+    const dHidden = grad ? scope.keep(Tensor.empty([rows, D], 'float32', device, 'model.head')) : undefined;
+    const headGrad = grad ? this.gradOf(this.headWeight()) : undefined;
+    let lossSum = 0;
+    for (let r0 = 0; r0 < rows; r0 += chunk) {
+      const n = Math.min(chunk, rows - r0);
+      using h = Tensor.empty([n, D], 'float32', device, 'model.head');
+      copyRows(hidden, r0, h, 0, n);
+      using y = tensor(labels.subarray(r0, r0 + n), [n], { device });
+      using logits = matmul(h, this.headWeight(), { transposeB: true, outDtype: 'float32' });
+      let counted = 0;
+      for (let i = r0; i < r0 + n; i++) if (labels[i] !== -100n) counted++;
+      // crossEntropy scales its gradient by gradScale / (rows it counted): this makes it 1 / total.
+      const ce = crossEntropy(logits, y, { gradInPlace: grad, gradScale: total > 0 ? counted / total : 0 });
+      if (ce.count > 0) lossSum += ce.loss * ce.count;
+      if (!grad) continue;
+      using dh = matmul(logits, this.headWeight(), { outDtype: 'float32' });
+      copyRows(dh, 0, dHidden!, r0, n);
+      if (headGrad) {
+        using dHead = matmul(logits, h, { transposeA: true, outDtype: 'float32' });
+        addInPlace(headGrad, dHead);
+      }
+    }
+    return { loss: total > 0 ? lossSum / total : NaN, tokens: total, dHidden: dHidden?.reshape([...t.hidden.shape]) };
   }
 
   dispose(): void {

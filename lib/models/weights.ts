@@ -171,7 +171,8 @@ export function transpose2d(t: Tensor): Tensor {
     const src = t.data();
     const dst = new (src.constructor as new (n: number) => typeof src)(src.length);
     for (let i = 0; i < r; i++) for (let j = 0; j < c; j++) dst[j * r + i] = src[i * c + j]!;
-    return tensor(dst as ArrayBufferView, [c, r], { dtype: t.dtype });
+    // A load- and save-time reshuffle, done in host memory; the result goes back where t was.
+    return tensor(dst as ArrayBufferView, [c, r], { dtype: t.dtype, device: t.device });
   } finally {
     t.dispose();
   }

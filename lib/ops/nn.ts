@@ -263,6 +263,20 @@ export function copyColumns(src: Tensor, srcCol: number, dst: Tensor, dstCol: nu
   native().copy2d({ src: src.storage(), srcLd: sw, srcOffset: srcCol, dst: dst.storage(), dstLd: dw, dstOffset: dstCol, rows, cols, accumulate });
 }
 
+/** Copies a block of rows between 2-D row-major tensors of one width: dst[dstRow:+rows] = src[srcRow:+rows]. */
+export function copyRows(src: Tensor, srcRow: number, dst: Tensor, dstRow: number, rows: number): void {
+  const op = 'copyRows';
+  checkTensor(op, 'src', src, { dtypes: F32, ndim: 2 });
+  checkTensor(op, 'dst', dst, { dtypes: F32, ndim: 2 });
+  const width = src.shape[1]!;
+  if (dst.shape[1] !== width) throw new LorakitRangeError('ERR_SHAPE', `${op}: 'src' ${shapeStr(src.shape)} and 'dst' ${shapeStr(dst.shape)} differ in width`);
+  if (!Number.isInteger(rows) || rows < 0 || srcRow < 0 || srcRow + rows > src.shape[0]! || dstRow < 0 || dstRow + rows > dst.shape[0]!)
+    throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: rows [${srcRow}, ${srcRow + rows}) of 'src' (${src.shape[0]} rows) or [${dstRow}, ${dstRow + rows}) of 'dst' (${dst.shape[0]} rows) are out of range`);
+  if (rows === 0 || width === 0) return;
+  // One row of width x rows: the block is contiguous in both.
+  native().copy2d({ src: src.storage(), srcLd: rows * width, srcOffset: srcRow * width, dst: dst.storage(), dstLd: rows * width, dstOffset: dstRow * width, rows: 1, cols: rows * width, accumulate: false });
+}
+
 /** y += alpha · x (same number of elements). */
 export function addInPlace(y: Tensor, x: Tensor, alpha = 1): Tensor {
   const op = 'addInPlace';

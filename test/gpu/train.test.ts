@@ -4,7 +4,9 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { backend, train } from '../../lib';
+import { backend, tensor, train } from '../../lib';
+import { MODEL_SHAPES, randomModel } from '../../lib/models/random';
+import { normRelErr } from '../helpers/reference';
 import { gpuCount } from '../../lib/backend';
 import { defaultJob } from '../../lib/cli/commands/train';
 
@@ -47,5 +49,26 @@ suite('training on the GPU follows the CPU', () => {
       gpu.losses.forEach((l, i) => expect(Math.abs(l - cpu.losses[i]!)).toBeLessThanOrEqual(2e-3 * Math.max(1, cpu.losses[i]!)));
       gpu.norms.forEach((n, i) => expect(Math.abs(n - cpu.norms[i]!)).toBeLessThanOrEqual(1e-2 * cpu.norms[i]! + 1e-6));
       gpu.evals.forEach((e, i) => expect(Math.abs(e - cpu.evals[i]!)).toBeLessThanOrEqual(2e-3 * Math.max(1, cpu.evals[i]!)));
+    });
+
+  // Full fine-tuning of both architectures (GPT-2's Conv1D weights are transposed at load), with the
+  // classifier in blocks of rows: every gradient on the GPU against the CPU's.
+  for (const shape of ['gpt2-tiny', 'llama-tiny'])
+    test(`${shape}: full fine-tuning gradients, blocked classifier`, () => {
+      const step = (device: 'cpu' | 'cuda') => {
+        using m = randomModel(MODEL_SHAPES[shape]!, { seed: 4, device });
+        m.requireFullGrad();
+        m.headChunkElements = 7 * m.config.vocabSize;
+        using ids = tensor(Array.from({ length: 2 * 24 }, (_, i) => BigInt((i * 37 + 3) % m.config.vocabSize)), [2, 24], { dtype: 'int64', device });
+        const r = m.forwardBackward(ids);
+        return { loss: r.loss, grads: m.parameters().map((p) => [p.name, Float64Array.from(p.grad.toFloat32Array())] as const) };
+      };
+      const cpu = step('cpu'), gpu = step('cuda');
+      expect(Math.abs(gpu.loss - cpu.loss)).toBeLessThan(1e-5 * cpu.loss);
+      gpu.grads.forEach(([name, g], i) => {
+        expect(name).toBe(cpu.grads[i]![0]);
+        const err = normRelErr(g, cpu.grads[i]![1]);
+        if (!(err < 1e-4)) throw new Error(`${shape}: gradient of ${name} differs by ${err}`);
+      });
     });
 });
