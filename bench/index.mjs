@@ -5,7 +5,8 @@
 //
 // Each suite measures its baseline in the same run: numpy/OpenBLAS for GEMM, the frozen dense layer
 // for the LoRA layer, memcpy for NF4 dequantization, and memcpy of the bytes AdamW must touch for the
-// optimizer. Record new figures, with the date and the machine, in bench/RESULTS.md.
+// optimizer. Record new figures, with the date and the machine, in bench/RESULTS.md. The GPU suites are
+// bench/gpu.mjs (run on a machine with a GPU; scripts/gpu-check.sh runs them with the parity suite).
 import * as os from 'node:os';
 
 const SUITES = ['gemm', 'lora', 'nf4', 'adamw', 'train'];

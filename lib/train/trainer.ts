@@ -9,6 +9,7 @@ import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { Batcher, loadExamples, seededPermutation, type Example } from '../data';
 import { addAdapter, loadAdapter } from '../lora/adapter';
+import { backend } from '../backend';
 import { loadModel } from '../models';
 import { type CausalLM } from '../models/causal-lm';
 import { ByteTokenizer, loadTokenizer, type Tokenizer } from '../tokenizer';
@@ -291,7 +292,8 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     if (resumeState) loadOptimizer(options.resume!, optimizer, orderedNames);
 
     const trainable = ordered.reduce((s, p) => s + p.param.numel, 0);
-    log(`lorakit train: ${o.method} on ${path.basename(path.resolve(o.model))} (${model.config.modelType}), ${trainable.toLocaleString('en-US')} trainable parameters`);
+    const where = o.device === 'cpu' ? 'cpu' : `${o.device} (${backend().gpus.find((g) => g.device === o.device)?.name ?? 'GPU'}, ${backend().active})`;
+    log(`lorakit train: ${o.method} on ${path.basename(path.resolve(o.model))} (${model.config.modelType}), ${trainable.toLocaleString('en-US')} trainable parameters, on ${where}`);
     log(`data: ${split.train.length} training examples, ${batcher.batchesPerEpoch} batches of ${o.batchSize} x ${o.seqLen} per epoch; ${totalSteps} steps (grad accum ${o.gradAccum}), lr ${o.lr} ${o.schedule}, warmup ${warmup}`);
 
     const evals: EvalRecord[] = [];
