@@ -9,6 +9,8 @@
 // peer; they come from another process, so only the in-run ratios are ours to claim.
 //
 //   npm run build:gpu && node bench/gpu.mjs [--out results.json]
+//   node bench/gpu.mjs --smoke     (tiny shapes, one iteration: checks the script runs, e.g. on the
+//                                  emulated addon in CI, so a GPU session never spends its minutes on it)
 //
 // Every timing launches a batch of iterations and then waits for the device, so it measures what the
 // GPU sustains (host overhead included where it is the bottleneck, as for small AdamW steps).
@@ -34,13 +36,17 @@ const PEER = {
 const GOAL = { dequant: 3.6e12, qloraOverGemm: 1.1, loraOverDense4096: 1.15, loraOverDense768: 1.3, adamwFullMs: 1.0, adamwLoraMs: 0.1 };
 
 const DEV = 'cuda';
+const SMOKE = process.argv.includes('--smoke');
+// Sizes: the issue's, or tiny ones for --smoke.
+const S = (n) => (SMOKE ? Math.max(8, Math.ceil(n / 64)) : n);
 const sync = () => native().gpu.gpuSynchronize(0);
 
 // Median seconds per call of fn, timed over batches of `iters` calls followed by a device sync.
 async function time(name, fn, iters) {
+  if (SMOKE) iters = 1;
   fn();
   sync();
-  const bench = new Bench({ name, time: 800, warmupTime: 200, iterations: 5 });
+  const bench = SMOKE ? new Bench({ name, time: 0, warmupTime: 0, warmupIterations: 0, iterations: 1 }) : new Bench({ name, time: 800, warmupTime: 200, iterations: 5 });
   bench.add(name, () => {
     for (let i = 0; i < iters; i++) fn();
     sync();
@@ -63,7 +69,7 @@ function report(name, value, unit, baselineName, baseline, extra = {}) {
 }
 
 async function dequant() {
-  const R = 8192, C = 8192, n = R * C;
+  const R = S(8192), C = S(8192), n = R * C;
   const w = lk.randn([R, C], { seed: 1, device: DEV, dtype: 'bfloat16' });
   const plain = lk.nf4.quantize(w, { blockSize: 64 });
   const nested = lk.nf4.quantize(w, { blockSize: 64, doubleQuant: true });
@@ -71,10 +77,10 @@ async function dequant() {
   const copySrc = lk.Tensor.empty([R, C], 'bfloat16', DEV);
   const copy = await time('copy', () => native().cast({ src: copySrc.storage(), from: 1, dst: out.storage(), to: 1, n }), 20);
   const copyRate = (4 * n) / copy;
-  report('device copy 128 MiB (bf16 -> bf16)', copyRate, 'TB/s', 'H200 copy ceiling (README)', PEER.copy);
+  report(`device copy ${(2 * n) >> 20} MiB (bf16 -> bf16)`, copyRate, 'TB/s', 'H200 copy ceiling (README)', PEER.copy);
   const kernel = await time('dequant', () => native().nf4Dequantize({ packed: plain.packed.storage(), absmax: plain.absmax.storage(), blockSize: 64, n, dst: out.storage(), dtype: 1 }), 20);
   const bytes = 2 * n + n / 2 + (n / 64) * 4;
-  report('nf4 dequantize 8192² block 64 -> bf16', bytes / kernel, 'TB/s', 'device copy (this run)', copyRate, {
+  report(`nf4 dequantize ${R}x${C} block 64 -> bf16`, bytes / kernel, 'TB/s', 'device copy (this run)', copyRate, {
     goal: GOAL.dequant / 1e12, torchCompile: PEER.dequantCompiled / 1e12,
   });
   const nestedBytes = bytes + n / 64 + (n / 64 / 256) * 4 + (n / 64) * 4;
@@ -88,21 +94,21 @@ async function dequant() {
 }
 
 async function qlora() {
-  const N = 8192;
+  const N = S(8192);
   const x = lk.randn([N, N], { seed: 2, device: DEV, dtype: 'bfloat16' });
   const w = lk.randn([N, N], { seed: 3, device: DEV, dtype: 'bfloat16', std: 0.02 });
   const q = lk.nf4.quantize(w, { blockSize: 64, doubleQuant: true });
   const gemm = await time('gemm', () => lk.ops.matmul(x, w, { transposeB: true }).dispose(), 5);
   const fused = await time('qlora', () => lk.ops.matmul(x, q, { transposeB: true }).dispose(), 5);
   const flops = 2 * N ** 3;
-  console.log(`bf16 GEMM 8192³ (fp32 out): ${(flops / gemm / 1e12).toFixed(0)} TFLOP/s (cuBLAS bf16 16384x8192x8192 on this card: 754)`);
-  report('QLoRA forward 8192³ (dequant + GEMM)', fused, 'ms', 'bf16 GEMM alone (this run)', gemm, { goal: GOAL.qloraOverGemm, torchCompile: PEER.qloraOverGemm });
+  console.log(`bf16 GEMM ${N}³ (fp32 out): ${(flops / gemm / 1e12).toFixed(0)} TFLOP/s (cuBLAS bf16 16384x8192x8192 on the H200: 754)`);
+  report(`QLoRA forward ${N}³ (dequant + GEMM)`, fused, 'ms', 'bf16 GEMM alone (this run)', gemm, { goal: GOAL.qloraOverGemm, torchCompile: PEER.qloraOverGemm });
   for (const t of [x, w]) t.dispose();
   q.dispose();
 }
 
-async function loraLayer(inF, outF, goal, peer) {
-  const M = 8192, r = 16;
+async function loraLayer(inFull, outFull, goal, peer) {
+  const M = S(8192), r = 16, inF = S(inFull), outF = S(outFull);
   const x = lk.randn([M, inF], { seed: 4, device: DEV, dtype: 'bfloat16' });
   const dy = lk.randn([M, outF], { seed: 5, device: DEV, dtype: 'bfloat16' });
   const w = lk.randn([outF, inF], { seed: 6, device: DEV, dtype: 'bfloat16', std: 0.02 });
@@ -118,7 +124,7 @@ async function loraLayer(inF, outF, goal, peer) {
     const g = lk.lora.linearBackward(dy, x, f.xa, params);
     for (const t of [f.y, f.xa, g.dx, g.dLoraA, g.dLoraB]) t?.dispose();
   }, 5);
-  report(`LoRA fwd+bwd M=8192 ${inF}->${outF} r=16`, fused, 'ms', 'frozen dense fwd + dx (this run)', dense, { goal, peft: peer });
+  report(`LoRA fwd+bwd M=${M} ${inF}->${outF} r=16`, fused, 'ms', 'frozen dense fwd + dx (this run)', dense, { goal, peft: peer });
   for (const t of [x, dy, w, a, b]) t.dispose();
 }
 
@@ -137,6 +143,7 @@ function gpt2LoraShapes() {
 }
 
 async function adamw(name, shapes, goalMs, peerMs) {
+  if (SMOKE) shapes = shapes.map((s) => s.map(S));
   const params = shapes.map((s, i) => lk.randn(s, { seed: i, device: DEV, std: 0.02 }));
   const grads = shapes.map((s, i) => lk.randn(s, { seed: 1000 + i, device: DEV, std: 0.01 }));
   const numel = params.reduce((n, p) => n + p.numel, 0);

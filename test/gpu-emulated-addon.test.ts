@@ -34,4 +34,35 @@ suite('test/gpu on the emulated GPU addon', () => {
     if (r.status !== 0 || !m || m[1] !== m[2]) throw new Error(`test/gpu on the emulated addon (exit ${r.status ?? r.signal}):\n${out.slice(-6000)}`);
     expect(Number(m[1])).toBeGreaterThanOrEqual(16);
   });
+
+  // The GPU benchmarks at tiny sizes: a script error must not cost a GPU session its minutes.
+  test('bench/gpu.mjs --smoke runs every benchmark and reports each beside its baseline', () => {
+    const addon = path.join(root, 'build-emu', 'lorakit_emu.node');
+    const r = spawnSync(process.execPath, [path.join(root, 'bench', 'gpu.mjs'), '--smoke'], {
+      cwd: root,
+      encoding: 'utf8',
+      env: { ...process.env, LORAKIT_GPU_ADDON: addon, LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '' },
+    });
+    if (r.status !== 0) throw new Error(`bench/gpu.mjs --smoke exited ${r.status ?? r.signal}:\n${r.stdout}${r.stderr}`);
+    for (const row of [/^device copy .* ratio \d/m, /^nf4 dequantize \d+x\d+ block 64 .* ratio \d/m, /^nf4\.dequantize double quant .* ratio \d/m,
+      /^QLoRA forward .* ratio \d/m, /^LoRA fwd\+bwd .*->\d+ r=16 .* ratio \d.*goal 1\.150/m, /^LoRA fwd\+bwd .* ratio \d.*goal 1\.300/m,
+      /^AdamW gpt2-124M full .*148 tensors.* ratio \d/m, /^AdamW gpt2 lora r16 all-linear .*96 tensors.* ratio \d/m])
+      expect(r.stdout).toMatch(row);
+  });
+
+  test('lorakit bench train --device cuda reports the GPU allocator\'s peak and the same losses as the CPU', () => {
+    const addon = path.join(root, 'build-emu', 'lorakit_emu.node');
+    const bench = (device: string) => {
+      const r = spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'index.js'), 'bench', 'train', '--config', 'gpt2-tiny', '--method', 'full',
+        '--steps', '2', '--batch-size', '1', '--seq-len', '16', '--device', device, '--json'], {
+        cwd: root, encoding: 'utf8', env: { ...process.env, LORAKIT_GPU_ADDON: addon, LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '' },
+      });
+      if (r.status !== 0) throw new Error(`bench train on ${device} exited ${r.status ?? r.signal}:\n${r.stdout}${r.stderr}`);
+      return JSON.parse(r.stdout) as { device: string; peakOf: string; peakBytes: number; losses: number[]; backend: string };
+    };
+    const gpu = bench('cuda'), cpu = bench('cpu');
+    expect(gpu).toMatchObject({ device: 'cuda:0', peakOf: 'gpu-allocator', backend: 'emulator' });
+    expect(gpu.peakBytes).toBeGreaterThan(0);
+    gpu.losses.forEach((l, i) => expect(Math.abs(l - cpu.losses[i]!)).toBeLessThan(1e-4 * cpu.losses[i]!));
+  });
 });
