@@ -21,48 +21,18 @@
 #include <vector>
 
 #include "../ops.h"
-#include "../quantize8.h"
+#include "../bnb_codes.h"
 #include "dtype.h"
 #include "gemm.h"
 #include "parallel.h"
 
 namespace lorakit::cpu {
 
-const float kNF4[16] = {-1.0f,
-                        -0.6961928009986877f,
-                        -0.5250730514526367f,
-                        -0.39491748809814453f,
-                        -0.28444138169288635f,
-                        -0.18477343022823334f,
-                        -0.09105003625154495f,
-                        0.0f,
-                        0.07958029955625534f,
-                        0.16093020141124725f,
-                        0.24611230194568634f,
-                        0.33791524171829224f,
-                        0.44070982933044434f,
-                        0.5626170039176941f,
-                        0.7229568362236023f,
-                        1.0f};
+const float kNF4[16] = {LORAKIT_NF4_CODES};
 
 namespace {
 
-// The decision thresholds of bitsandbytes' dQuantizeNF4, in ascending order, as the same float literals:
-// each decimal is rounded once to float32, as the CUDA compiler rounds them. (They are the float64
-// midpoints of neighbouring NF4 values; for the 1st, 9th, 13th and 15th that midpoint is an exact
-// float32 tie, so rounding through double, e.g. numpy.float32 of the Python value, lands one step off.)
-const float kNF4Mid[15] = {-0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,
-                           -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,
-                           -0.045525018125772476f, 0.03979014977812767f,  0.1202552504837513f,
-                           0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
-                           0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
-
-// Code = number of thresholds strictly below x; NaN compares false everywhere and gets 0.
-inline uint8_t nf4_code(float x) {
-  uint8_t c = 0;
-  for (float t : kNF4Mid) c += x > t;
-  return c;
-}
+const float kNF4Mid[15] = {LORAKIT_NF4_THRESHOLDS};
 
 // bitsandbytes create_dynamic_map(signed=True, max_exponent_bits=7, total_bits=8), built with the same
 // float32 arithmetic torch uses (linspace, midpoint means, scaling) and sorted: 127 negative values, 0,
@@ -304,7 +274,7 @@ void nf4_quantize(const void* src, DType dt, int64_t n, int64_t block_size, uint
       const float inv = 1.0f / absmax[b];
       v[len] = 0.f;  // an odd tail pads with a zero element, as bitsandbytes loads past the end
       for (int64_t i = 0; i < len; i += 2) {
-        uint8_t hi = nf4_code(v[i] * inv), lo = nf4_code(v[i + 1] * inv);
+        uint8_t hi = nf4_code(kNF4Mid, v[i] * inv), lo = nf4_code(kNF4Mid, v[i + 1] * inv);
         packed[(first + i) >> 1] = static_cast<uint8_t>(hi << 4 | lo);
       }
     }

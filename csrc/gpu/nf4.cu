@@ -13,45 +13,15 @@
 #include <cfloat>
 #include <string>
 
-#include "../quantize8.h"
+#include "../bnb_codes.h"
 #include "common.cuh"
 
 namespace lorakit::gpu {
 namespace {
 
-// bitsandbytes' NF4 code book (csrc/cpu keeps the same literals); index 7 is exactly zero.
-__constant__ float kNF4[16] = {-1.0f,
-                               -0.6961928009986877f,
-                               -0.5250730514526367f,
-                               -0.39491748809814453f,
-                               -0.28444138169288635f,
-                               -0.18477343022823334f,
-                               -0.09105003625154495f,
-                               0.0f,
-                               0.07958029955625534f,
-                               0.16093020141124725f,
-                               0.24611230194568634f,
-                               0.33791524171829224f,
-                               0.44070982933044434f,
-                               0.5626170039176941f,
-                               0.7229568362236023f,
-                               1.0f};
-
-// The decision thresholds of bitsandbytes' dQuantizeNF4 as the same decimal literals, each rounded once to
-// float32 (see csrc/cpu/nf4.cc for why rounding them through double would be wrong).
-__constant__ float kNF4Mid[15] = {-0.8480964004993439f,  -0.6106329262256622f,  -0.4599952697753906f,
-                                  -0.33967943489551544f, -0.23460740596055984f, -0.13791173323988914f,
-                                  -0.045525018125772476f, 0.03979014977812767f,  0.1202552504837513f,
-                                  0.2035212516784668f,   0.2920137718319893f,   0.3893125355243683f,
-                                  0.5016634166240692f,   0.6427869200706482f,   0.8614784181118011f};
-
-// Nearest code, ties low: the count of thresholds strictly below x. NaN compares false and gets code 0.
-__device__ inline uint32_t nf4_code(float x) {
-  uint32_t c = 0;
-#pragma unroll
-  for (int i = 0; i < 15; ++i) c += x > kNF4Mid[i];
-  return c;
-}
+// The code book and thresholds of csrc/bnb_codes.h, in constant memory.
+__constant__ float kNF4[16] = {LORAKIT_NF4_CODES};
+__constant__ float kNF4Mid[15] = {LORAKIT_NF4_THRESHOLDS};
 
 // ---- quantize -------------------------------------------------------------------------------------
 // One group of G = min(block/2, 32) lanes per quantization block, each lane taking pairs of elements
@@ -86,7 +56,7 @@ __global__ void __launch_bounds__(kQuantThreads)
   for (int64_t i = lane; i < pairs; i += group) {
     const float x0 = load_as_f32(src, dt, first + 2 * i);
     const float x1 = 2 * i + 1 < len ? load_as_f32(src, dt, first + 2 * i + 1) : 0.f;
-    packed[(first >> 1) + i] = static_cast<uint8_t>(nf4_code(mul_rn(x0, inv)) << 4 | nf4_code(mul_rn(x1, inv)));
+    packed[(first >> 1) + i] = static_cast<uint8_t>(nf4_code(kNF4Mid, mul_rn(x0, inv)) << 4 | nf4_code(kNF4Mid, mul_rn(x1, inv)));
   }
 }
 
