@@ -240,6 +240,34 @@ std::string shape_label(const GemmArgs& g) {
          (g.a.trans ? "T" : "N") + "*" + dtype_label(g.b.dtype) + (g.b.trans ? "T" : "N");
 }
 
+// Both libraries take one input dtype: a 16-bit operand against a float32 one is widened to float32.
+void widen_mixed(GemmArgs& g) {
+  if (g.a.dtype == g.b.dtype) return;
+  if (g.a.dtype != DType::F32) widen(g.a, stored_rows(g.a, g.m, g.k), stored_cols(g.a, g.m, g.k), kScratchA);
+  if (g.b.dtype != DType::F32) widen(g.b, stored_rows(g.b, g.k, g.n), stored_cols(g.b, g.k, g.n), kScratchB);
+}
+
+// The library's name for a status code (defined with each library below).
+const char* status_name(int s);
+
+// The library handle of the current device, created on first use; false (with the reason in
+// L.declined) when the library cannot make one.
+template <typename Lib, typename Handle>
+bool device_handle(Lib& L, const char* create_name, Handle& h) {
+  const int dev = current_device();
+  auto hit = L.handles.find(dev);
+  if (hit == L.handles.end()) {
+    const int st = L.create(&h);
+    if (st) {
+      L.declined = std::string(create_name) + " on device " + std::to_string(dev) + ": " + status_name(st);
+      return false;
+    }
+    hit = L.handles.emplace(dev, h).first;
+  }
+  h = hit->second;
+  return true;
+}
+
 // ---- the vendor library -----------------------------------------------------------------------------
 // Loaded once per process; the state is leaked on purpose, because the handles must not be destroyed by
 // static destructors after the driver has already been torn down at exit.
@@ -426,25 +454,13 @@ Plan make_plan(Library& L, blas::LtHandle h, const LtProblem& q) {
 bool library_gemm(Library& L, GemmArgs g) {
   const cudaStream_t queue = stream();  // also makes the device current before a handle is created
   const int dev = current_device();
-  auto hit = L.handles.find(dev);
-  if (hit == L.handles.end()) {
-    blas::LtHandle h = nullptr;
-    const int st = L.create(&h);
-    if (st) {
-      L.declined = std::string("cublasLtCreate on device ") + std::to_string(dev) + ": " + status_name(st);
-      return false;
-    }
-    hit = L.handles.emplace(dev, h).first;
-  }
-  const blas::LtHandle h = hit->second;
+  blas::LtHandle h = nullptr;
+  if (!device_handle(L, "cublasLtCreate", h)) return false;
   if (!rows_fit(g)) {
     L.declined = shape_label(g) + ": a leading dimension is shorter than its row";
     return false;
   }
-  if (g.a.dtype != g.b.dtype) {
-    if (g.a.dtype != DType::F32) widen(g.a, stored_rows(g.a, g.m, g.k), stored_cols(g.a, g.m, g.k), kScratchA);
-    if (g.b.dtype != DType::F32) widen(g.b, stored_rows(g.b, g.k, g.n), stored_cols(g.b, g.k, g.n), kScratchB);
-  }
+  widen_mixed(g);
   const int type = g.a.dtype == DType::BF16 ? blas::CUDA_R_16BF : g.a.dtype == DType::F16 ? blas::CUDA_R_16F
                                                                                            : blas::CUDA_R_32F;
   const size_t elem = elem_bytes(g.a.dtype);
@@ -574,18 +590,8 @@ bool fits_int32(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
 // Runs g on rocblas_gemm_ex; false when rocBLAS declined it (the caller falls back).
 bool library_gemm(Library& L, GemmArgs g) {
   const cudaStream_t queue = stream();  // also makes the device current before a handle is created
-  const int dev = current_device();
-  auto hit = L.handles.find(dev);
-  if (hit == L.handles.end()) {
-    blas::RocHandle h = nullptr;
-    const int st = L.create(&h);
-    if (st) {
-      L.declined = std::string("rocblas_create_handle on device ") + std::to_string(dev) + ": " + status_name(st);
-      return false;
-    }
-    hit = L.handles.emplace(dev, h).first;
-  }
-  const blas::RocHandle h = hit->second;
+  blas::RocHandle h = nullptr;
+  if (!device_handle(L, "rocblas_create_handle", h)) return false;
   if (!fits_int32(g.m) || !fits_int32(g.n) || !fits_int32(g.k) || !fits_int32(g.a.ld) || !fits_int32(g.b.ld) ||
       !fits_int32(g.ldc)) {
     L.declined = shape_label(g) + ": sizes beyond rocBLAS's 32-bit arguments";
@@ -595,10 +601,7 @@ bool library_gemm(Library& L, GemmArgs g) {
     L.declined = shape_label(g) + ": a leading dimension is shorter than its row";
     return false;
   }
-  if (g.a.dtype != g.b.dtype) {
-    if (g.a.dtype != DType::F32) widen(g.a, stored_rows(g.a, g.m, g.k), stored_cols(g.a, g.m, g.k), kScratchA);
-    if (g.b.dtype != DType::F32) widen(g.b, stored_rows(g.b, g.k, g.n), stored_cols(g.b, g.k, g.n), kScratchB);
-  }
+  widen_mixed(g);
   const int type = g.a.dtype == DType::BF16 ? blas::rocblas_datatype_bf16_r
                    : g.a.dtype == DType::F16 ? blas::rocblas_datatype_f16_r
                                              : blas::rocblas_datatype_f32_r;
