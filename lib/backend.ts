@@ -1,5 +1,7 @@
 import { loadedBackend, native } from './native/binding';
 
+export { gpuCount } from './native/binding';
+
 export interface GpuDevice {
   /** The name tensors use: 'cuda:0', 'cuda:1', ... (also on AMD GPUs, as in PyTorch). */
   device: string;
@@ -48,10 +50,4 @@ export function backend(): BackendInfo {
     gpus: g.devices.map((d, i) => ({ device: `cuda:${i}`, ...d })),
     gpuRuntime: { platform: g.platform, runtime: g.runtime, driver: g.driver, gemmEngine: g.gemmEngine ?? 'unknown' },
   };
-}
-
-/** The number of usable GPUs (0 on the CPU backend). */
-export function gpuCount(): number {
-  const loaded = loadedBackend();
-  return loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
 }

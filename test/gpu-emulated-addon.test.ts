@@ -16,17 +16,19 @@ const suite = missing ? describe.skip : describe;
 
 jest.setTimeout(15 * 60_000);
 
+// A child process on the emulated addon, with no probe result or device override inherited.
+const emulated = { ...process.env, LORAKIT_GPU_ADDON: path.join(root, 'build-emu', 'lorakit_emu.node'), LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '' };
+
 suite('test/gpu on the emulated GPU addon', () => {
   beforeAll(() => {
     buildEmulator(root);
   });
 
   test('every GPU suite passes on the emulator, none skipped', () => {
-    const addon = path.join(root, 'build-emu', 'lorakit_emu.node');
     const r = spawnSync(process.execPath, [require.resolve('jest/bin/jest'), '--ci', 'test/gpu/'], {
       cwd: root,
       encoding: 'utf8',
-      env: { ...process.env, LORAKIT_GPU_ADDON: addon, LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '', LORAKIT_GPU_POISON: '1', LORAKIT_GPU_TEST_QUICK: '1' },
+      env: { ...emulated, LORAKIT_GPU_POISON: '1', LORAKIT_GPU_TEST_QUICK: '1' },
     });
     const out = `${r.stdout}${r.stderr}`;
     // Jest's own totals read "Tests: N passed, N total" only when nothing failed or was skipped.
@@ -37,11 +39,10 @@ suite('test/gpu on the emulated GPU addon', () => {
 
   // The GPU benchmarks at tiny sizes: a script error must not cost a GPU session its minutes.
   test('bench/gpu.mjs --smoke runs every benchmark and reports each beside its baseline', () => {
-    const addon = path.join(root, 'build-emu', 'lorakit_emu.node');
     const r = spawnSync(process.execPath, [path.join(root, 'bench', 'gpu.mjs'), '--smoke'], {
       cwd: root,
       encoding: 'utf8',
-      env: { ...process.env, LORAKIT_GPU_ADDON: addon, LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '' },
+      env: emulated,
     });
     if (r.status !== 0) throw new Error(`bench/gpu.mjs --smoke exited ${r.status ?? r.signal}:\n${r.stdout}${r.stderr}`);
     for (const row of [/^device copy .* ratio \d/m, /^nf4 dequantize \d+x\d+ block 64 .* ratio \d/m, /^nf4\.dequantize double quant .* ratio \d/m,
@@ -51,11 +52,10 @@ suite('test/gpu on the emulated GPU addon', () => {
   });
 
   test('lorakit bench train --device cuda reports the GPU allocator\'s peak and the same losses as the CPU', () => {
-    const addon = path.join(root, 'build-emu', 'lorakit_emu.node');
     const bench = (device: string) => {
       const r = spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'index.js'), 'bench', 'train', '--config', 'gpt2-tiny', '--method', 'full',
         '--steps', '2', '--batch-size', '1', '--seq-len', '16', '--device', device, '--json'], {
-        cwd: root, encoding: 'utf8', env: { ...process.env, LORAKIT_GPU_ADDON: addon, LORAKIT_GPU_PROBE: '', LORAKIT_DEVICE: '' },
+        cwd: root, encoding: 'utf8', env: emulated,
       });
       if (r.status !== 0) throw new Error(`bench train on ${device} exited ${r.status ?? r.signal}:\n${r.stdout}${r.stderr}`);
       return JSON.parse(r.stdout) as { device: string; peakOf: string; peakBytes: number; losses: number[]; backend: string };

@@ -219,6 +219,12 @@ export function loadedBackend(): LoadedBackend {
   return loaded!;
 }
 
+/** The number of usable GPUs (0 on the CPU backend). */
+export function gpuCount(): number {
+  const l = loadedBackend();
+  return l.kind === 'cpu' ? 0 : (l.gpu?.devices.length ?? 0);
+}
+
 function loadCpu(): Addon {
   try {
     // LORAKIT_ADDON names an addon file explicitly (a development build); otherwise node-gyp-build picks

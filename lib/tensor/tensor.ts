@@ -1,5 +1,5 @@
 import '../native/polyfill';
-import { loadedBackend, native, type AddonStorage } from '../native/binding';
+import { gpuCount, loadedBackend, native, type AddonStorage } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError, fromNative } from '../errors';
 import {
   DTYPE_BYTES,
@@ -49,12 +49,11 @@ function checkDevice(op: string, device: unknown): Device {
   const m = typeof device === 'string' ? /^cuda(?::(\d+))?$/.exec(device) : null;
   if (!m) throw new LorakitTypeError('ERR_DEVICE', `${op}: device must be 'cpu' or 'cuda[:N]', got ${describe(device)}`);
   const ordinal = m[1] === undefined ? 0 : Number(m[1]);
-  const loaded = loadedBackend();
-  const count = loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
+  const count = gpuCount();
   if (count === 0)
     throw new LorakitTypeError(
       'ERR_DEVICE',
-      `${op}: device '${device}' is not available: no GPU backend is active (${loaded.gpuUnavailableReason ?? 'unknown reason'})`,
+      `${op}: device '${device}' is not available: no GPU backend is active (${loadedBackend().gpuUnavailableReason ?? 'unknown reason'})`,
     );
   if (ordinal >= count)
     throw new LorakitTypeError('ERR_DEVICE', `${op}: device '${device}' does not exist: ${count} GPU(s) visible (cuda:0..cuda:${count - 1})`);
@@ -416,9 +415,7 @@ export function memory(): {
   gpus: { device: string; allocatedBytes: number; cachedBytes: number; peakBytes: number }[];
 } {
   const m = native().memory();
-  const loaded = loadedBackend();
-  const count = loaded.kind === 'cpu' ? 0 : (loaded.gpu?.devices.length ?? 0);
-  const gpus = Array.from({ length: count }, (_, i) => ({ device: `cuda:${i}`, ...native().gpu!.gpuMemory(i) }));
+  const gpus = Array.from({ length: gpuCount() }, (_, i) => ({ device: `cuda:${i}`, ...native().gpu!.gpuMemory(i) }));
   return { tensors: liveTensors, hostBytes: m.hostBytes, hostCachedBytes: m.hostCachedBytes, gpus };
 }
 

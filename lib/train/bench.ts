@@ -8,7 +8,6 @@ import { parameterCounts, parseModelConfig, type ModelConfig } from '../io/confi
 import { addAdapter } from '../lora/adapter';
 import { type CausalLM } from '../models/causal-lm';
 import { MODEL_SHAPES, randomModel } from '../models/random';
-import { gpuCount } from '../backend';
 import { native } from '../native/binding';
 import { checkNumber } from '../ops/check';
 import { type Device, checkDevice, memory, tensor } from '../tensor/tensor';
@@ -100,7 +99,8 @@ export async function benchTrain(options: BenchTrainOptions): Promise<BenchTrain
     const params = model.parameters();
     optimizer = new AdamW(params.map((p) => p.param), { lr: 1e-4, weightDecay: 0 });
     const grads = params.map((p) => p.grad);
-    const gpu = device !== 'cpu' && gpuCount() > 0 ? Number(device.slice(5)) : -1;
+    // checkDevice has made sure a GPU device exists.
+    const gpu = device === 'cpu' ? -1 : Number(device.slice(5));
 
     const losses: number[] = [];
     const times: number[] = [];

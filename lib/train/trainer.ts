@@ -292,7 +292,8 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     if (resumeState) loadOptimizer(options.resume!, optimizer, orderedNames);
 
     const trainable = ordered.reduce((s, p) => s + p.param.numel, 0);
-    const where = o.device === 'cpu' ? 'cpu' : `${o.device} (${backend().gpus.find((g) => g.device === o.device)?.name ?? 'GPU'}, ${backend().active})`;
+    const b = o.device === 'cpu' ? undefined : backend();
+    const where = b ? `${o.device} (${b.gpus.find((g) => g.device === o.device)?.name ?? 'GPU'}, ${b.active})` : 'cpu';
     log(`lorakit train: ${o.method} on ${path.basename(path.resolve(o.model))} (${model.config.modelType}), ${trainable.toLocaleString('en-US')} trainable parameters, on ${where}`);
     log(`data: ${split.train.length} training examples, ${batcher.batchesPerEpoch} batches of ${o.batchSize} x ${o.seqLen} per epoch; ${totalSteps} steps (grad accum ${o.gradAccum}), lr ${o.lr} ${o.schedule}, warmup ${warmup}`);
 
