@@ -34,7 +34,7 @@ describe('choosing modules (PEFT semantics)', () => {
     expect(q1.adapter!.scale).toBe(4);
     expect(d0.adapter!.loraB.shape).toEqual([64, 2]);
     expect(d0.adapter!.scale).toBe(4);
-    expect(() => lora.addAdapter(m, { targetModules: ['c_attn'] })).toThrow(/match no linear module/);
+    expect(() => lora.addAdapter(m, { targetModules: ['c_attn'] })).toThrow(/target_modules \["c_attn"\] match no module of this llama model/);
   });
 });
 

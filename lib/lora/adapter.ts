@@ -110,15 +110,15 @@ export function readLoraConfig(file: string): LoraConfig {
 }
 
 /** PEFT's pattern lookup: a key matches a module whose name ends with it (as a regex) after a dot. */
-function patternValue(patterns: Record<string, number>, module: string): number | undefined {
-  for (const [key, value] of Object.entries(patterns)) if (new RegExp(`^(.*\\.)?(${key})$`).test(module)) return value;
+function patternValue(patterns: Record<string, number>, module: string, name: string): number | undefined {
+  for (const [key, value] of Object.entries(patterns)) if (compile(`^(.*\\.)?(${key})$`, name, key).test(module)) return value;
   return undefined;
 }
 
 /** Rank and scale of one module under a config (rank_pattern / alpha_pattern first). */
 export function moduleScale(config: LoraConfig, module: string): { r: number; scale: number } {
-  const r = patternValue(config.rankPattern, module) ?? config.r;
-  const alpha = patternValue(config.alphaPattern, module) ?? config.loraAlpha;
+  const r = patternValue(config.rankPattern, module, 'rank_pattern') ?? config.r;
+  const alpha = patternValue(config.alphaPattern, module, 'alpha_pattern') ?? config.loraAlpha;
   return { r, scale: loraScale(alpha, r, config.useRslora) };
 }
 
@@ -158,6 +158,8 @@ export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
     plan.push({ module, A, B, r, scale });
   }
   if (plan.length === 0) throw new LorakitTypeError('ERR_INVALID_ARG', `adapter: ${file} holds no LoRA weights`);
+  // After the weights' own check, whose message tells an adapter for another architecture apart.
+  checkTargetsExist(model, config.targetModules, `adapter: ${path.join(dir, 'adapter_config.json')}`);
   // Adapter files are read into host memory and moved to the model's device.
   const onModel = (t: Tensor): Tensor => {
     if (t.device === model.device) return t;
@@ -175,10 +177,49 @@ export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
   return config;
 }
 
+/** PEFT's list matching: a module named exactly so or ending in '.name'. */
+function matchesName(name: string, module: string): boolean {
+  return module === name || module.endsWith(`.${name}`);
+}
+
+/** `source`, made from the config value `pattern` of `key`; a pattern JavaScript cannot compile is the config's error. */
+function compile(source: string, key: string, pattern: string): RegExp {
+  try {
+    return new RegExp(source);
+  } catch (e) {
+    throw new LorakitTypeError('ERR_INVALID_ARG', `adapter: '${key}' ${show(pattern)} is not a valid regular expression: ${(e as Error).message}`);
+  }
+}
+
+/** A regex form of target_modules or exclude_modules, which PEFT full-matches against module names. */
+function fullMatch(pattern: string, key: string): RegExp {
+  return compile(`^(?:${pattern})$`, key, pattern);
+}
+
 /** PEFT's module matching: a list matches a module named exactly so or ending in '.name'; a string is a regex that must match the whole name. */
-function matches(spec: string[] | string, module: string): boolean {
-  if (typeof spec === 'string') return new RegExp(`^(?:${spec})$`).test(module);
-  return spec.some((n) => module === n || module.endsWith(`.${n}`));
+function matches(spec: string[] | string, module: string, key: string): boolean {
+  if (typeof spec === 'string') return fullMatch(spec, key).test(module);
+  return spec.some((n) => matchesName(n, module));
+}
+
+/**
+ * Refuses target_modules that name modules the model lacks, as PEFT refuses a config that matches none ("Target
+ * modules ... not found in the base model"), but per name: a misspelt name in a list would otherwise leave that
+ * module untrained in silence. `where` starts the message (the op, or the adapter_config.json read).
+ */
+function checkTargetsExist(model: CausalLM, targets: string[] | string, where: string): void {
+  if (targets === 'all-linear') return;
+  const names = [...model.linears.keys()];
+  const missing = typeof targets === 'string'
+    ? (names.some((m) => matches(targets, m, 'target_modules')) ? [] : [targets])
+    : targets.filter((t) => !names.some((m) => matchesName(t, m)));
+  if (missing.length === 0) return;
+  const kinds = [...new Set(names.map((m) => m.split('.').pop()!))];
+  const what = typeof targets === 'string' ? `the target_modules regex ${show(targets)} matches` : `target_modules ${show(missing)} match`;
+  throw new LorakitTypeError(
+    'ERR_INVALID_ARG',
+    `${where}: ${what} no module of this ${model.config.modelType} model (not found in the base model); its linear modules are ${kinds.join(', ')} (full names like '${names[0]}'), or use 'all-linear'`,
+  );
 }
 
 /** The layer index in a module path (`...layers.3...` or GPT-2's `...h.3...`). */
@@ -191,8 +232,8 @@ function layerOf(module: string): number | undefined {
 export function targetModules(model: CausalLM, config: LoraConfig): string[] {
   const out: string[] = [];
   for (const name of model.linears.keys()) {
-    if (config.targetModules !== 'all-linear' && !matches(config.targetModules, name)) continue;
-    if (config.excludeModules !== null && matches(config.excludeModules, name)) continue;
+    if (config.targetModules !== 'all-linear' && !matches(config.targetModules, name, 'target_modules')) continue;
+    if (config.excludeModules !== null && matches(config.excludeModules, name, 'exclude_modules')) continue;
     if (config.layersToTransform !== null && !config.layersToTransform.includes(layerOf(name) ?? -1)) continue;
     out.push(name);
   }
@@ -220,6 +261,7 @@ export function addAdapter(model: CausalLM, options: LoraOptions = {}): LoraConf
   const op = 'addAdapter';
   const config = checkLoraOptions(checkOptions<LoraOptions>(op, options));
   const seed = options.seed === undefined ? 0 : checkNumber(op, 'seed', options.seed, { integer: true, min: 0 });
+  checkTargetsExist(model, config.targetModules, op);
   const modules = targetModules(model, config);
   if (modules.length === 0)
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: target_modules ${show(config.targetModules)} match no linear module of this model (names look like ${[...model.linears.keys()][0]})`);
