@@ -5,7 +5,9 @@ import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 // keeps its stack.
 function reportError(prefix: string, e: unknown): void {
   if (e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError) {
-    process.stderr.write(`${prefix}${e.message}\n`);
+    // Library errors start with their operation ("merge: cannot create folder ..."): not said twice.
+    const op = prefix.replace(/^lorakit /, '');
+    process.stderr.write(`${op && e.message.startsWith(op) ? 'lorakit ' : prefix}${e.message}\n`);
     process.exitCode = 1;
     return;
   }

@@ -75,15 +75,15 @@ export function isSameOrInside(inner: string, outer: string): boolean {
 /**
  * Refuses an output path that is, contains, or lies inside any input the command reads (compared by
  * real path, so a symlink to the model is caught): writing there would overwrite what the user did not
- * ask to change.
+ * ask to change. `outName` names the output in the message (a flag such as --report, or a spec field).
  */
-export function assertOutputApart(op: string, out: string, inputs: Record<string, string | undefined>): void {
+export function assertOutputApart(op: string, out: string, inputs: Record<string, string | undefined>, outName = '--out'): void {
   for (const [name, input] of Object.entries(inputs)) {
     if (input === undefined) continue;
     if (isSameOrInside(out, input) || isSameOrInside(input, out))
       throw new LorakitError(
         'ERR_IO',
-        `${op}: --out '${out}' resolves to '${realPath(out)}', which overlaps ${name} '${input}' ('${realPath(input)}'); ` +
+        `${op}: ${outName} '${out}' resolves to '${realPath(out)}', which overlaps ${name} '${input}' ('${realPath(input)}'); ` +
           'choose an output folder apart from the inputs',
       );
   }

@@ -1,8 +1,8 @@
 import type { Argv } from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { LorakitError } from '../../errors';
-import { readJsonFile, writeJsonFile, isObject } from '../../io/config';
+import { ioError, readJsonFile, writeJsonFile, isObject } from '../../io/config';
+import { assertOutputApart, makeDir } from '../../io/fs';
 import { writeSafetensors } from '../../io/safetensors';
 import { readJsonl, tokenize } from '../../data/jsonl';
 import { loadAdapter } from '../../lora/adapter';
@@ -11,13 +11,48 @@ import { loadTokenizer } from '../../tokenizer';
 import { tensor } from '../../tensor/tensor';
 import { print, runCommand } from '../run';
 
+/** Largest absolute difference, and the Frobenius norm of the difference over the reference's. */
+function logitsError(reference: Float32Array, got: Float32Array): { maxAbs: number; relative: number } {
+  let maxAbs = 0, num = 0, den = 0;
+  for (let i = 0; i < reference.length; i++) {
+    const d = Math.abs(reference[i]! - got[i]!);
+    maxAbs = Math.max(maxAbs, d);
+    num += d * d;
+    den += reference[i]! * reference[i]!;
+  }
+  return { maxAbs, relative: Math.sqrt(num / (den || 1)) };
+}
+
+function copyFile(from: string, to: string): void {
+  try {
+    fs.copyFileSync(from, to);
+  } catch (e) {
+    throw ioError('merge', 'write', to, e);
+  }
+}
+
+/**
+ * Writes one output file to a temporary name and renames it over `file`, so that a link already there
+ * is replaced rather than written through.
+ */
+function writeOutput(op: string, file: string, write: (tmp: string) => void): void {
+  const tmp = `${file}.merge-${process.pid}.tmp`;
+  try {
+    write(tmp);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw ioError(op, 'write', file, e);
+  }
+}
+
 // Files of a model folder that a merged checkpoint keeps unchanged.
 const CARRIED = ['generation_config.json', 'tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'vocab.json', 'merges.txt', 'tokenizer.model'];
 
 export function mergeCommand(y: Argv): Argv {
   return y.command(
     'merge',
-    'Merge an adapter into its base model, write a loadable checkpoint, and print the merge error',
+    'Merge an adapter into its base model, write a loadable checkpoint, and print the error of what was written',
     (a) =>
       a
         .option('model', { type: 'string', demandOption: true, describe: 'base model folder' })
@@ -27,7 +62,12 @@ export function mergeCommand(y: Argv): Argv {
         .option('data', { type: 'string', describe: 'JSONL whose first example measures the merge error (default: a fixed random batch)' }),
     (argv) =>
       runCommand('merge', () => {
-        if (path.resolve(argv.out) === path.resolve(argv.model)) throw new LorakitError('ERR_INVALID_ARG', `--out must differ from --model (${argv.model})`);
+        const inputs = { '--model': argv.model, '--adapter': argv.adapter };
+        // By real path, so that an --out that is a symlink to the model (or lies inside it) is refused.
+        assertOutputApart('merge', argv.out, inputs);
+        // Each file too, before anything is written: a file in --out may be a symlink into the model.
+        const carried = CARRIED.filter((f) => fs.existsSync(path.join(argv.model, f)));
+        for (const f of ['model.safetensors', 'config.json', ...carried]) assertOutputApart('merge', path.join(argv.out, f), inputs, 'output file');
         using model = loadModel(argv.model);
         loadAdapter(model, argv.adapter);
         let probe;
@@ -44,25 +84,41 @@ export function mergeCommand(y: Argv): Argv {
           probe = tensor(ids, [2, seq]);
           probeName = `a fixed random batch of 2 x ${seq} tokens`;
         }
-        const err = model.mergeError(probe);
-        probe.dispose();
-        const weights = model.exportWeights(argv.dtype);
         try {
-          fs.mkdirSync(argv.out, { recursive: true });
-          writeSafetensors(path.join(argv.out, 'model.safetensors'), weights, { format: 'pt' });
+          // The reference: the base with the adapter beside it, unmerged, in float32.
+          const reference = model.forward(probe, { returnLogits: true }).logits!;
+          let exact: Float32Array;
+          try {
+            exact = reference.toFloat32Array();
+          } finally {
+            reference.dispose();
+          }
+          model.mergeAdapters();
+          makeDir('merge', argv.out);
+          const weights = model.exportWeights(argv.dtype);
+          try {
+            writeOutput('merge', path.join(argv.out, 'model.safetensors'), (tmp) => writeSafetensors(tmp, weights, { format: 'pt' }));
+          } finally {
+            for (const t of Object.values(weights)) t.dispose();
+          }
+          const config = readJsonFile('merge', path.join(argv.model, 'config.json'), 'ERR_CONFIG');
+          if (isObject(config)) {
+            if ('torch_dtype' in config) config.torch_dtype = argv.dtype;
+            config.dtype = argv.dtype;
+            // Weights are written untied only where the model has its own head; a tied head stays tied.
+          }
+          writeOutput('merge', path.join(argv.out, 'config.json'), (tmp) => writeJsonFile('merge', tmp, config));
+          for (const f of carried) writeOutput('merge', path.join(argv.out, f), (tmp) => copyFile(path.join(argv.model, f), tmp));
+          // The error of what was written: the saved checkpoint (bf16-rounded under --dtype bfloat16) read
+          // back, against the unmerged float32 reference.
+          using written = loadModel(argv.out);
+          using logits = written.forward(probe, { returnLogits: true }).logits!;
+          const err = logitsError(exact, logits.toFloat32Array());
+          print(`merged ${path.basename(argv.adapter)} into ${path.basename(argv.model)} -> ${argv.out} (${argv.dtype})`);
+          print(`merge error of the written ${argv.dtype} checkpoint on ${probeName}: max |Δlogit| ${err.maxAbs.toExponential(3)}, relative ${err.relative.toExponential(3)}`);
         } finally {
-          for (const t of Object.values(weights)) t.dispose();
+          probe.dispose();
         }
-        const config = readJsonFile('merge', path.join(argv.model, 'config.json'), 'ERR_CONFIG');
-        if (isObject(config)) {
-          if ('torch_dtype' in config) config.torch_dtype = argv.dtype;
-          config.dtype = argv.dtype;
-          // Weights are written untied only where the model has its own head; a tied head stays tied.
-        }
-        writeJsonFile('merge', path.join(argv.out, 'config.json'), config);
-        for (const f of CARRIED) if (fs.existsSync(path.join(argv.model, f))) fs.copyFileSync(path.join(argv.model, f), path.join(argv.out, f));
-        print(`merged ${path.basename(argv.adapter)} into ${path.basename(argv.model)} -> ${argv.out} (${argv.dtype})`);
-        print(`merge error on ${probeName}: max |Δlogit| ${err.maxAbs.toExponential(3)}, relative ${err.relative.toExponential(3)}`);
       }),
   );
 }
