@@ -14,10 +14,25 @@ namespace {
 
 thread_local bool in_region = false;
 
+// One parallel region: its task and every counter it needs. Each region has its own counters, so a
+// thread that is still leaving an earlier region can never take or finish a part of a later one (the
+// hand-off bug of a shared next/pending pair reset between regions). The caller owns the region on its
+// stack and frees it only once every thread that joined it has left (`users`).
+struct Region {
+  const std::function<void(int)>* task;
+  int parts;
+  std::atomic<int> next{0};     // the next part to take
+  std::atomic<int> pending;     // parts not yet finished
+  std::atomic<int> users{0};    // pool threads inside the region
+  std::mutex error_mu;
+  std::exception_ptr error;
+  Region(const std::function<void(int)>* t, int p) : task(t), parts(p), pending(p) {}
+};
+
 class Pool {
  public:
   explicit Pool(int n) : size_(n) {
-    for (int i = 1; i < n; ++i) workers_.emplace_back([this, i] { loop(i); });
+    for (int i = 1; i < n; ++i) workers_.emplace_back([this] { loop(); });
   }
   ~Pool() {
     {
@@ -30,26 +45,25 @@ class Pool {
   int size() const { return size_; }
 
   void run(int parts, const std::function<void(int)>& task) {
-    std::lock_guard<std::mutex> region(region_mu_);  // one parallel region at a time (worker_threads)
+    std::lock_guard<std::mutex> one_region(region_mu_);  // one region at a time (worker_threads call in too)
+    Region r(&task, parts);
     {
       std::lock_guard<std::mutex> lk(mu_);
-      task_ = &task;
-      parts_ = parts;
-      next_.store(0);
-      pending_.store(parts);
-      error_ = nullptr;
+      current_ = &r;
       generation_.fetch_add(1, std::memory_order_release);
     }
     cv_.notify_all();
-    // The caller takes slices too, so a busy pool never stalls a region.
-    for (int p; (p = next_.fetch_add(1)) < parts;) finish(p);
-    for (int i = 0; i < kSpin && pending_.load(std::memory_order_acquire) != 0; ++i) pause();
-    if (pending_.load(std::memory_order_acquire) != 0) {
+    // The caller takes parts too, so a busy pool never stalls a region.
+    work(r);
+    for (int i = 0; i < kSpin && r.pending.load(std::memory_order_acquire) != 0; ++i) pause();
+    {
       std::unique_lock<std::mutex> lk(mu_);
-      done_cv_.wait(lk, [this] { return pending_.load() == 0; });
+      done_cv_.wait(lk, [&] { return r.pending.load(std::memory_order_acquire) == 0; });
+      current_ = nullptr;  // no thread joins the region from here on
     }
-    task_ = nullptr;
-    if (error_) std::rethrow_exception(error_);
+    // Threads that joined find no part left and leave at once; none of them blocks on anything.
+    while (r.users.load(std::memory_order_acquire) != 0) std::this_thread::yield();
+    if (r.error) std::rethrow_exception(r.error);
   }
 
  private:
@@ -64,39 +78,39 @@ class Pool {
 #endif
   }
 
-  void execute(int part) {
-    in_region = true;
-    try {
-      (*task_)(part);
-    } catch (...) {
-      std::lock_guard<std::mutex> lk(mu_);
-      if (!error_) error_ = std::current_exception();
+  void work(Region& r) {
+    for (int p; (p = r.next.fetch_add(1, std::memory_order_relaxed)) < r.parts;) {
+      in_region = true;
+      try {
+        (*r.task)(p);
+      } catch (...) {
+        std::lock_guard<std::mutex> lk(r.error_mu);
+        if (!r.error) r.error = std::current_exception();
+      }
+      in_region = false;
+      if (r.pending.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        std::lock_guard<std::mutex> lk(mu_);
+        done_cv_.notify_one();
+      }
     }
-    in_region = false;
   }
-  void finish(int part) {
-    execute(part);
-    if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-      std::lock_guard<std::mutex> lk(mu_);
-      done_cv_.notify_one();
-    }
-  }
-  void loop(int) {
+
+  void loop() {
     uint64_t seen = 0;
     for (;;) {
-      uint64_t g = generation_.load(std::memory_order_acquire);
-      for (int i = 0; g == seen && i < kSpin; ++i) {
-        pause();
-        g = generation_.load(std::memory_order_acquire);
-      }
-      if (g == seen) {
+      for (int i = 0; generation_.load(std::memory_order_acquire) == seen && i < kSpin; ++i) pause();
+      Region* r;
+      {
         std::unique_lock<std::mutex> lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || generation_.load() != seen; });
+        cv_.wait(lk, [&] { return stop_ || generation_.load(std::memory_order_relaxed) != seen; });
         if (stop_) return;
-        g = generation_.load();
+        seen = generation_.load(std::memory_order_relaxed);
+        r = current_;  // null when the region already ended: nothing to join
+        if (r) r->users.fetch_add(1, std::memory_order_relaxed);
       }
-      seen = g;
-      for (int p; (p = next_.fetch_add(1)) < parts_;) finish(p);
+      if (!r) continue;
+      work(*r);
+      r->users.fetch_sub(1, std::memory_order_release);  // the last touch of r: the caller may free it now
     }
   }
 
@@ -104,13 +118,9 @@ class Pool {
   std::vector<std::thread> workers_;
   std::mutex region_mu_, mu_;
   std::condition_variable cv_, done_cv_;
-  const std::function<void(int)>* task_ = nullptr;
-  int parts_ = 0;
-  std::atomic<int> next_{0};
-  std::atomic<int> pending_{0};
+  Region* current_ = nullptr;  // guarded by mu_
   std::atomic<uint64_t> generation_{0};
   bool stop_ = false;
-  std::exception_ptr error_;
 };
 
 int configured_threads() {
