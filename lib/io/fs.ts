@@ -88,3 +88,18 @@ export function assertOutputApart(op: string, out: string, inputs: Record<string
       );
   }
 }
+
+/**
+ * Writes `text` to a temporary name beside `file` and renames it over `file`: a reader never sees half a
+ * file, and a symlink at `file` is replaced rather than written through. Failures are ERR_IO naming `file`.
+ */
+export function writeTextFile(op: string, file: string, text: string): void {
+  const tmp = `${file}.tmp-${process.pid}`;
+  try {
+    fs.writeFileSync(tmp, text);
+    fs.renameSync(tmp, file);
+  } catch (e) {
+    fs.rmSync(tmp, { force: true });
+    throw ioError(op, 'write', file, e);
+  }
+}

@@ -6,6 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../errors';
+import { readJsonFile, writeJsonFile } from '../io/config';
+import { assertOutputApart, makeDir, writeTextFile } from '../io/fs';
 import { type Example } from '../data/jsonl';
 import { loadExamples } from '../data/load';
 import { runIntruders } from '../analysis/report';
@@ -125,8 +127,8 @@ export interface LabReport {
 }
 
 function writeJsonl(file: string, pairs: readonly Pair[]): void {
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, pairs.map((p) => JSON.stringify(p)).join('\n') + '\n');
+  makeDir('lab', path.dirname(file));
+  writeTextFile('lab', file, pairs.map((p) => JSON.stringify(p)).join('\n') + '\n');
 }
 
 /** Loss and greedy exact match in one forward pass per example. */
@@ -184,8 +186,8 @@ function prepareRetain(out: string, settings: LabSettings, base: string): { file
   const source = path.join(base, 'retain.txt');
   const docs = fs.readFileSync(source, 'utf8').split(/\n\s*\n/).map((d) => d.trim()).filter(Boolean);
   const file = path.join(out, 'data', 'retain.txt');
-  fs.mkdirSync(path.dirname(file), { recursive: true });
-  fs.writeFileSync(file, (settings.retainDocs === null ? docs : docs.slice(0, settings.retainDocs)).join('\n\n') + '\n');
+  makeDir('lab', path.dirname(file));
+  writeTextFile('lab', file, (settings.retainDocs === null ? docs : docs.slice(0, settings.retainDocs)).join('\n\n') + '\n');
   return { file, examples: loadExamples(file, loadTokenizer(base)) };
 }
 
@@ -264,7 +266,9 @@ export async function runLab(options: LabOptions): Promise<LabReport> {
     return arm;
   });
   const log = options.log ?? (() => {});
-  fs.mkdirSync(options.out, { recursive: true });
+  // Runs are deleted and rewritten under out: it must not be, hold, or lie inside the model the lab tunes.
+  assertOutputApart('lab', options.out, { 'the lab model': base });
+  makeDir('lab', options.out);
 
   const retain = prepareRetain(options.out, settings, base);
   const params = new Map(arms.map((a) => [a.id, trainableParameters(base, a)]));
@@ -291,7 +295,7 @@ export async function runLab(options: LabOptions): Promise<LabReport> {
         const file = path.join(dir, 'result.json');
         const done = report.ran + report.skipped + 1;
         if (fs.existsSync(file)) {
-          const previous = JSON.parse(fs.readFileSync(file, 'utf8')) as RunResult;
+          const previous = readJsonFile('lab', file, 'ERR_IO') as RunResult;
           // A result from other settings (a quick run under a full lab's folder) is measured again.
           if (JSON.stringify(previous.settings) === JSON.stringify(settings)) {
             runs.push(previous);
@@ -301,7 +305,7 @@ export async function runLab(options: LabOptions): Promise<LabReport> {
           }
         }
         const r = await runOne({ out: dir, base, task, arm, seed, settings, params: params.get(arm.id)!, data, retain: retain.examples, retainBase: { float: retainBase.float.loss, nf4: retainBase.nf4.loss } });
-        fs.writeFileSync(file, JSON.stringify(r, null, 2) + '\n');
+        writeJsonFile('lab', file, r);
         runs.push(r);
         report.ran++;
         log(`[${done}/${total}] ${task} ${arm.id} seed ${seed}: eval loss ${r.eval.loss.toFixed(3)}, exact ${(100 * r.eval.exactMatch).toFixed(0)}%, forgetting ${r.forgetting >= 0 ? '+' : ''}${r.forgetting.toFixed(3)}, ${r.trainSeconds.toFixed(1)} s`);
@@ -316,6 +320,6 @@ export async function runLab(options: LabOptions): Promise<LabReport> {
     };
   }
   report.wallSeconds = (Date.now() - start) / 1000;
-  fs.writeFileSync(path.join(options.out, 'lab.json'), JSON.stringify(report, null, 2) + '\n');
+  writeJsonFile('lab', path.join(options.out, 'lab.json'), report);
   return report;
 }

@@ -6,6 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { isObject, readJsonFile, show, writeJsonFile } from '../io/config';
+import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
 import { type CausalLM } from '../models/causal-lm';
 import { type Linear } from '../models/linear';
@@ -435,7 +436,7 @@ export function saveAdapter(model: CausalLM, dir: string, options: { baseModelNa
     tensors[`base_model.model.${name}.lora_B.weight`] = lin.adapter.loraB;
     modules.push(name.split('.').pop()!);
   }
-  fs.mkdirSync(dir, { recursive: true });
+  makeDir(op, dir);
   writeSafetensors(path.join(dir, 'adapter_model.safetensors'), tensors, { format: 'pt' });
   const targets = config.targetModules === 'all-linear' ? [...new Set(modules)].sort() : config.targetModules;
   writeJsonFile(op, path.join(dir, 'adapter_config.json'), {

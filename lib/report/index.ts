@@ -7,6 +7,7 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import type { AnalyzeReport } from '../analysis/report';
+import { makeDir, writeTextFile } from '../io/fs';
 import type { LabReport } from '../lab/lab';
 import type { SweepReport } from '../sweep/runner';
 import type { Summary } from '../sweep/stats';
@@ -234,10 +235,8 @@ ${body}
  */
 export function writeReport(file: string, parts: ReportParts): string {
   const target = path.resolve(file);
-  fs.mkdirSync(path.dirname(target), { recursive: true });
-  const temp = `${target}.${process.pid}.tmp`;
-  fs.writeFileSync(temp, renderReport(parts));
-  fs.renameSync(temp, target);
+  makeDir('report', path.dirname(target));
+  writeTextFile('report', target, renderReport(parts));
   return target;
 }
 

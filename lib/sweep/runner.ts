@@ -5,6 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import * as os from 'node:os';
+import { ioError, readJsonFile, writeJsonFile } from '../io/config';
+import { assertOutputApart, makeDir } from '../io/fs';
 import { childRunner } from './child';
 import { trainOne, type RunOne, type RunOutcome } from './run-one';
 import { compareAll, summarize, type Comparison, type Summary } from './stats';
@@ -52,12 +54,6 @@ export interface RunSweepOptions {
   log?: (line: string) => void;
 }
 
-function writeJson(file: string, value: unknown): void {
-  // Written aside and renamed: a sweep killed mid-write must not leave a result.json that looks finished.
-  fs.writeFileSync(`${file}.tmp`, `${JSON.stringify(value, null, 2)}\n`);
-  fs.renameSync(`${file}.tmp`, file);
-}
-
 export { trainOne, type RunOne, type RunOutcome } from './run-one';
 
 /**
@@ -67,20 +63,22 @@ export { trainOne, type RunOne, type RunOutcome } from './run-one';
 export async function runSweep(spec: SweepSpec, options: RunSweepOptions = {}): Promise<SweepReport> {
   const threads = Math.max(1, Math.floor(os.cpus().length / spec.parallel));
   const { runOne = spec.parallel > 1 ? childRunner(threads) : trainOne, log = () => {} } = options;
+  // Runs are deleted and rewritten under out: it must not be, hold, or lie inside the model or a data file.
+  assertOutputApart('sweep', spec.out, { 'base.model': spec.base.model, 'base.data': spec.base.data, 'base.evalData': spec.base.evalData, 'base.retainData': spec.base.retainData }, "the spec's out");
   const configs = configurations(spec);
   const jobs = configs.flatMap((c) => spec.seeds.map((seed) => ({ c, seed, dir: path.join(spec.out, 'runs', c.id, `seed-${seed}`) })));
   const records = new Map<string, RunRecord>();
   const pending: typeof jobs = [];
   for (const j of jobs) {
     const file = path.join(j.dir, 'result.json');
-    if (fs.existsSync(file)) records.set(j.dir, JSON.parse(fs.readFileSync(file, 'utf8')) as RunRecord);
+    if (fs.existsSync(file)) records.set(j.dir, readJsonFile('sweep', file, 'ERR_IO') as RunRecord);
     else pending.push(j);
   }
   const skipped = jobs.length - pending.length;
   if (skipped) log(`${skipped} of ${jobs.length} runs already finished: skipping them`);
   for (const c of configs) {
-    fs.mkdirSync(path.join(spec.out, 'runs', c.id), { recursive: true });
-    writeJson(path.join(spec.out, 'runs', c.id, 'config.json'), { label: c.label, values: c.values });
+    makeDir('sweep', path.join(spec.out, 'runs', c.id));
+    writeJsonFile('sweep', path.join(spec.out, 'runs', c.id, 'config.json'), { label: c.label, values: c.values });
   }
 
   let next = 0, done = 0;
@@ -88,14 +86,19 @@ export async function runSweep(spec: SweepSpec, options: RunSweepOptions = {}): 
     while (next < pending.length) {
       const { c, seed, dir } = pending[next++]!;
       // A run without result.json was cut short: start it again from nothing rather than trust its state.
-      fs.rmSync(dir, { recursive: true, force: true });
-      fs.mkdirSync(dir, { recursive: true });
+      try {
+        fs.rmSync(dir, { recursive: true, force: true });
+      } catch (e) {
+        throw ioError('sweep', 'remove the unfinished run', dir, e);
+      }
+      makeDir('sweep', dir);
       const size = c.values.dataSize;
       const data = size === undefined ? spec.base.data : truncatedData(spec.base.data, size as number, path.join(spec.out, 'data'));
       const outcome = await runOne({ ...jobFor(spec, c, dir, data), seed });
       const forgetting = 'retain' in outcome.final && 'retain' in outcome.start ? outcome.final.retain! - outcome.start.retain! : null;
       const record: RunRecord = { configId: c.id, seed, forgetting, ...outcome };
-      writeJson(path.join(dir, 'result.json'), record);
+      // Written aside and renamed: a sweep killed mid-write must not leave a result.json that looks finished.
+      writeJsonFile('sweep', path.join(dir, 'result.json'), record);
       records.set(dir, record);
       log(`run ${skipped + ++done}/${jobs.length}: ${c.label || 'base'} seed ${seed} done in ${outcome.wallSec.toFixed(1)} s`);
     }
@@ -127,6 +130,6 @@ export async function runSweep(spec: SweepSpec, options: RunSweepOptions = {}): 
     skipped,
     caveat: spec.parallel > 1 && pending.length > 1 ? `runs went ${spec.parallel} at a time in separate processes sharing the CPU (${threads} kernel thread(s) each): wall time and tokens/s reflect that sharing` : null,
   };
-  writeJson(path.join(spec.out, 'sweep.json'), report);
+  writeJsonFile('sweep', path.join(spec.out, 'sweep.json'), report);
   return report;
 }

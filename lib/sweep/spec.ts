@@ -6,7 +6,8 @@ import { createHash } from 'node:crypto';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitTypeError } from '../errors';
-import { isObject, readJsonFile, show } from '../io/config';
+import { ioError, isObject, readJsonFile, show } from '../io/config';
+import { makeDir, writeTextFile } from '../io/fs';
 import { seededPermutation } from '../data';
 import { resolveOptions, type TrainOptions } from '../train/trainer';
 
@@ -181,14 +182,18 @@ export function jobFor(spec: SweepSpec, c: Configuration, out: string, data = sp
  */
 export function truncatedData(file: string, n: number, dir: string): string {
   const ext = path.extname(file).toLowerCase();
-  const text = fs.readFileSync(file, 'utf8');
+  let text: string;
+  try {
+    text = fs.readFileSync(file, 'utf8');
+  } catch (e) {
+    throw ioError('sweep', 'read', file, e);
+  }
   const parts = ext === '.txt' ? text.split(/\r?\n(?:[ \t]*\r?\n)+/).filter((d) => d.trim() !== '') : text.split(/\r?\n/).filter((l) => l.trim() !== '');
   if (parts.length < n) throw fail(`'axes.dataSize'`, `${n} examples asked for, but ${file} holds ${parts.length}`);
   const target = path.join(dir, `${path.basename(file, path.extname(file))}-${n}${ext}`);
   if (!fs.existsSync(target)) {
-    fs.mkdirSync(dir, { recursive: true });
-    fs.writeFileSync(`${target}.tmp`, `${parts.slice(0, n).join(ext === '.txt' ? '\n\n' : '\n')}\n`);
-    fs.renameSync(`${target}.tmp`, target);
+    makeDir('sweep', dir);
+    writeTextFile('sweep', target, `${parts.slice(0, n).join(ext === '.txt' ? '\n\n' : '\n')}\n`);
   }
   return target;
 }

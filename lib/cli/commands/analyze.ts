@@ -3,6 +3,7 @@ import yargs from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../../errors';
+import { assertOutputApart } from '../../io/fs';
 import { layerKey } from '../../analysis';
 import { analyzeRun, type AnalyzeReport } from '../../analysis/report';
 import { writeReport } from '../../report';
@@ -92,6 +93,9 @@ export function analyzeCommand(y: Argv): Argv {
         requireFolder('base', argv.base);
         if (argv.adapter !== undefined) requireFolder('adapter', argv.adapter);
         if (argv.tuned !== undefined) requireFolder('tuned', argv.tuned);
+        // Checked before the (long) analysis: the report must not land on, or inside, anything it reads.
+        if (argv.report !== undefined)
+          assertOutputApart('analyze', argv.report, { '--base': argv.base, '--adapter': argv.adapter, '--tuned': argv.tuned, '--data': argv.data, '--retain': argv.retain }, '--report');
         const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank });
         if (argv.report !== undefined) {
           const where = `report written to ${writeReport(argv.report, { title: `lorakit analyze: ${path.basename(report.tuned.dir)} against ${path.basename(report.base)}`, analysis: report })}`;

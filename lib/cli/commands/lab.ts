@@ -1,6 +1,7 @@
 import type { Argv } from 'yargs';
 import * as path from 'node:path';
-import { formatLab, runLab } from '../../lab';
+import { assertOutputApart } from '../../io/fs';
+import { formatLab, LAB_BASE, runLab } from '../../lab';
 import { writeReport } from '../../report';
 import { print, runCommandAsync } from '../run';
 
@@ -16,6 +17,11 @@ export function labCommand(y: Argv): Argv {
         .option('report', { type: 'string', describe: 'also write the results as a self-contained HTML report (plots with 95% CIs) to this file' }),
     async (argv) => {
       await runCommandAsync('lorakit lab: ', async () => {
+        // Checked before the runs: the report must not land on anything the lab reads or writes.
+        if (argv.report !== undefined)
+          assertOutputApart('lab', argv.report, {
+            'the lab model': LAB_BASE, 'lab.json': path.join(argv.out, 'lab.json'), "the lab's runs": path.join(argv.out, 'runs'), "the lab's data": path.join(argv.out, 'data'),
+          }, '--report');
         const report = await runLab({ out: argv.out, quick: argv.quick, log: (line) => process.stderr.write(`${line}\n`) });
         if (argv.json) print(JSON.stringify(report, null, 2));
         else {

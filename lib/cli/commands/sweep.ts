@@ -1,4 +1,6 @@
 import type { Argv } from 'yargs';
+import * as path from 'node:path';
+import { assertOutputApart } from '../../io/fs';
 import { readSpec } from '../../sweep/spec';
 import { runSweep, type SweepReport } from '../../sweep/runner';
 import { type Summary } from '../../sweep/stats';
@@ -50,6 +52,13 @@ export function sweepCommand(y: Argv): Argv {
     async (argv) => {
       await runCommandAsync('lorakit sweep: ', async () => {
         const spec = readSpec(argv.spec as string);
+        // Checked before hours of training: the report must not land on anything the sweep reads or writes.
+        if (argv.report !== undefined)
+          assertOutputApart('sweep', argv.report, {
+            'the spec': argv.spec as string, 'base.model': spec.base.model, 'base.data': spec.base.data, 'base.evalData': spec.base.evalData,
+            'base.retainData': spec.base.retainData, "the sweep's sweep.json": path.join(spec.out, 'sweep.json'), "the sweep's runs": path.join(spec.out, 'runs'),
+            "the sweep's data copies": path.join(spec.out, 'data'),
+          }, '--report');
         const report = await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
         if (argv.json) print(JSON.stringify(report, null, 2));
         else for (const line of formatReport(report)) print(line);
