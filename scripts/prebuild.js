@@ -1,29 +1,71 @@
 #!/usr/bin/env node
-// Copies the cmake-js build of the CPU addon into prebuilds/<platform>-<arch>/, named so that
-// node-gyp-build selects it (N-API, and the C library on Linux) when no local build exists.
+// The prebuild of this platform's CPU addon, made with prebuildify, which names it and puts it where
+// node-gyp-build looks when no local build exists: prebuilds/<platform>-<arch>/lorakit.napi[.glibc|.musl].node.
+// `npm pack` and `npm publish` run this (the prepack script), so a tarball always carries it; so does
+// `npm run build`.
+//
+// prebuildify builds by running node-gyp; it runs this same script in node-gyp's place instead (with
+// `rebuild` and node-gyp's options), because the prebuild is the full cmake-js build (CMakeLists.txt:
+// libstdc++ linked statically, hidden symbols), not the node-gyp source fallback of binding.gyp. That
+// step compiles incrementally into build-cmake/, the tree `npm run build:native` keeps, and leaves the
+// addon where node-gyp would have, under the folder prebuildify runs it in (build-cmake/build/Release/),
+// from where prebuildify moves it into prebuilds/ (the same file system, so the move is a rename and a
+// reader never sees a half-written file). The node-gyp options are not needed: a Node-API addon is the
+// same for every Node version, and each prebuild is made on the platform it is for.
 'use strict';
 const fs = require('node:fs');
 const path = require('node:path');
 const { execFileSync } = require('node:child_process');
 
 const root = path.resolve(__dirname, '..');
-const src = path.join(root, 'build-cmake', 'Release', 'lorakit.node');
-if (!fs.existsSync(src)) {
-  console.error(`prebuild: ${path.relative(root, src)} is missing; run \`npm run build:native\` first`);
-  process.exit(1);
-}
-const libc = process.platform === 'linux' ? (fs.existsSync('/etc/alpine-release') ? '.musl' : '.glibc') : '';
-const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
-fs.mkdirSync(dir, { recursive: true });
-const dst = path.join(dir, `lorakit.napi${libc}.node`);
-const tmp = `${dst}.tmp-${process.pid}`;
-fs.copyFileSync(src, tmp);
-if (process.platform === 'linux') {
-  try {
-    execFileSync('strip', ['--strip-unneeded', tmp]);
-  } catch {
-    // strip is an optimisation only; an unstripped addon works the same.
+const cmakeOut = path.join(root, 'build-cmake');
+
+function compile() {
+  execFileSync(process.execPath, [require.resolve('cmake-js/bin/cmake-js'), 'compile', '--out', cmakeOut], { cwd: root, stdio: 'inherit' });
+  const built = path.join(cmakeOut, 'Release', 'lorakit.node');
+  if (!fs.existsSync(built)) {
+    console.error(`prebuild: cmake-js finished without ${path.relative(root, built)}`);
+    process.exit(1);
+  }
+  const staged = path.join(process.cwd(), 'build', 'Release', 'lorakit.node');
+  fs.mkdirSync(path.dirname(staged), { recursive: true });
+  fs.copyFileSync(built, staged);
+  if (process.platform === 'linux') {
+    try {
+      execFileSync('strip', ['--strip-unneeded', staged]);
+    } catch {
+      // strip is an optimisation only; an unstripped addon works the same.
+    }
   }
 }
-fs.renameSync(tmp, dst);
-console.log(`prebuild: wrote ${path.relative(root, dst)} (${fs.statSync(dst).size} bytes)`);
+
+function prebuild() {
+  fs.mkdirSync(cmakeOut, { recursive: true });
+  const dir = path.join(root, 'prebuilds', `${process.platform}-${process.arch}`);
+  const options = {
+    cwd: cmakeOut,
+    out: root,
+    // prebuildify names the file after `name` and the tags; node-gyp-build reads a `napi` tag as "any
+    // Node version", and this is the name prebuilds have always had here, so none is left beside it.
+    name: 'lorakit.napi',
+    napi: true,
+    platform: process.platform,
+    arch: process.arch,
+    // node-gyp-build tells glibc from musl builds by this tag; other systems have one C library.
+    tagLibc: process.platform === 'linux',
+    nodeGyp: `"${process.execPath}" "${__filename}"`,
+    // The build command above is node and this script: a command line, run through the shell.
+    shell: true,
+  };
+  require('prebuildify')(options, (err) => {
+    if (err) {
+      console.error(`prebuild: ${err.message}`);
+      process.exit(1);
+    }
+    for (const f of fs.readdirSync(dir).filter((f) => f.endsWith('.node')))
+      console.log(`prebuild: ${path.relative(root, path.join(dir, f))} (${fs.statSync(path.join(dir, f)).size} bytes)`);
+  });
+}
+
+if (process.argv[2] === 'rebuild') compile();
+else prebuild();
