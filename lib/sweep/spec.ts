@@ -134,7 +134,7 @@ export function parseSpec(raw: unknown, dir = '.'): SweepSpec {
   // Every configuration must be a valid training job: check them all now, naming the one that is not.
   for (const c of configurations(spec)) {
     try {
-      resolveOptions({ ...jobFor(spec, c, ''), seed: spec.seeds[0] });
+      resolveOptions({ ...jobFor(spec, c, path.join(spec.out, 'runs', c.id)), seed: spec.seeds[0] });
     } catch (e) {
       throw fail(`configuration ${c.label || '(base)'}`, e instanceof Error ? e.message.replace(/^train: /, '') : String(e));
     }
