@@ -6,7 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../errors';
-import { isObject, readJsonFile, writeJsonFile } from '../io/config';
+import { ioError, isObject, readJsonFile, writeJsonFile } from '../io/config';
+import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
 import { saveAdapter } from '../lora/adapter';
 import { type CausalLM } from '../models/causal-lm';
@@ -21,6 +22,11 @@ export interface TrainerState {
   /** Micro-batches consumed (the data position). */
   microBatches: number;
   bestEvalLoss: number | null;
+  /**
+   * Names the run the checkpoint belongs to, across resumes: only this run's checkpoints are pruned.
+   * Absent in checkpoints written before lorakit tagged them.
+   */
+  runId?: string;
   /** Each eval split's loss before training, for the change reported at every eval. */
   baselines?: Record<string, number>;
   /** The resolved options of the run, so a resume continues the same job. */
@@ -30,29 +36,65 @@ export interface TrainerState {
 export const STATE_FILE = 'trainer_state.json';
 const OPTIMIZER_FILE = 'optimizer.safetensors';
 
+// The tokenizer files a model folder may hold: copied beside saved weights and adapters, so that each
+// saved folder loads on its own (transformers' AutoTokenizer reads them from an adapter folder too).
+const TOKENIZER_FILES = ['tokenizer.json', 'tokenizer_config.json', 'special_tokens_map.json', 'tokenizer.model', 'vocab.json', 'merges.txt', 'added_tokens.json', 'chat_template.jinja'];
+
 /** Writes the trained weights only: a PEFT adapter (LoRA, QLoRA) or a loadable full checkpoint. */
 export function saveWeights(model: CausalLM, dir: string, method: string, baseModelDir: string): void {
-  if (method !== 'full') return saveAdapter(model, dir, { baseModelNameOrPath: path.resolve(baseModelDir) });
-  fs.mkdirSync(dir, { recursive: true });
-  const weights = model.exportWeights('float32');
-  try {
-    writeSafetensors(path.join(dir, 'model.safetensors'), weights, { format: 'pt' });
-  } finally {
-    for (const t of Object.values(weights)) t.dispose();
+  const op = 'train';
+  makeDir(op, dir);
+  if (method !== 'full') saveAdapter(model, dir, { baseModelNameOrPath: path.resolve(baseModelDir) });
+  else {
+    const weights = model.exportWeights('float32');
+    try {
+      writeSafetensors(path.join(dir, 'model.safetensors'), weights, { format: 'pt' });
+    } finally {
+      for (const t of Object.values(weights)) t.dispose();
+    }
+    const config = readJsonFile(op, path.join(baseModelDir, 'config.json'), 'ERR_CONFIG');
+    writeJsonFile(op, path.join(dir, 'config.json'), config);
   }
-  const config = readJsonFile('checkpoint', path.join(baseModelDir, 'config.json'), 'ERR_CONFIG');
-  writeJsonFile('checkpoint', path.join(dir, 'config.json'), config);
-  for (const f of ['tokenizer.json', 'tokenizer_config.json', 'generation_config.json', 'special_tokens_map.json'])
-    if (fs.existsSync(path.join(baseModelDir, f))) fs.copyFileSync(path.join(baseModelDir, f), path.join(dir, f));
+  for (const f of method === 'full' ? [...TOKENIZER_FILES, 'generation_config.json'] : TOKENIZER_FILES) {
+    const src = path.join(baseModelDir, f);
+    if (!fs.existsSync(src)) continue;
+    try {
+      fs.copyFileSync(src, path.join(dir, f));
+    } catch (e) {
+      throw ioError(op, `copy '${src}' to`, path.join(dir, f), e);
+    }
+  }
+}
+
+/** The temporary name a folder is written under before it is renamed into place. */
+export const tmpFolderName = (dir: string): string => path.join(path.dirname(dir), `.${path.basename(dir)}.tmp-${process.pid}`);
+
+/**
+ * Writes a folder through `write(tmp)` into a temporary sibling, then replaces `dir` with it: a crash
+ * leaves the old folder or the new one, never a mix.
+ */
+export function writeFolderAtomically(dir: string, write: (tmp: string) => void): void {
+  const op = 'train';
+  makeDir(op, path.dirname(dir));
+  const tmp = tmpFolderName(dir);
+  try {
+    fs.rmSync(tmp, { recursive: true, force: true });
+    write(tmp);
+    fs.rmSync(dir, { recursive: true, force: true });
+    fs.renameSync(tmp, dir);
+  } catch (e) {
+    try {
+      fs.rmSync(tmp, { recursive: true, force: true });
+    } catch {
+      // The first error is the one to report; a leftover temporary folder is removed by the next run.
+    }
+    throw ioError(op, 'write', dir, e);
+  }
 }
 
 /** Writes a complete checkpoint to `dir` atomically (temporary folder, then rename). */
 export function saveCheckpoint(dir: string, model: CausalLM, optimizer: AdamW, names: string[], state: TrainerState, baseModelDir: string): void {
-  const parent = path.dirname(dir);
-  fs.mkdirSync(parent, { recursive: true });
-  const tmp = path.join(parent, `.${path.basename(dir)}.tmp-${process.pid}`);
-  fs.rmSync(tmp, { recursive: true, force: true });
-  try {
+  writeFolderAtomically(dir, (tmp) => {
     saveWeights(model, tmp, String(state.options.method), baseModelDir);
     const moments: Record<string, Tensor> = {};
     names.forEach((n, i) => {
@@ -62,12 +104,7 @@ export function saveCheckpoint(dir: string, model: CausalLM, optimizer: AdamW, n
     });
     writeSafetensors(path.join(tmp, OPTIMIZER_FILE), moments, { step: String(optimizer.stepCount) });
     writeJsonFile('checkpoint', path.join(tmp, STATE_FILE), state);
-    fs.rmSync(dir, { recursive: true, force: true });
-    fs.renameSync(tmp, dir);
-  } catch (e) {
-    fs.rmSync(tmp, { recursive: true, force: true });
-    throw e;
-  }
+  });
 }
 
 /** Reads a checkpoint's trainer state, checking it is one. */

@@ -14,22 +14,41 @@ export interface EvalResult {
 
 /** Loss of the model on the examples, one sequence at a time (no packing). */
 export function evaluate(model: CausalLM, examples: readonly Example[]): EvalResult {
-  let sum = 0;
-  let tokens = 0;
-  examples.forEach((ex, i) => {
-    const n = ex.inputIds.length;
-    if (n > model.config.maxPositions && model.config.ropeTheta === null)
-      throw new LorakitRangeError('ERR_SHAPE', `evaluate: example ${i + 1} has ${n} tokens; the model takes at most ${model.config.maxPositions}`);
-    const bad = ex.inputIds.find((id) => id >= model.config.vocabSize);
-    if (bad !== undefined) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `evaluate: example ${i + 1} has token id ${bad}, outside the model's vocabulary of ${model.config.vocabSize}`);
-    using ids = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, n], { device: model.device });
-    using labels = tensor(BigInt64Array.from(ex.labels, BigInt), [1, n], { device: model.device });
-    const r = model.forward(ids, { labels });
-    if (r.tokens > 0) {
-      sum += r.loss * r.tokens;
-      tokens += r.tokens;
-    }
-  });
-  const loss = tokens > 0 ? sum / tokens : NaN;
-  return { loss, perplexity: Math.exp(loss), tokens, examples: examples.length };
+  const acc = { sum: 0, tokens: 0 };
+  examples.forEach((ex, i) => evaluateOne(model, ex, i, acc));
+  return result(acc, examples.length);
+}
+
+/**
+ * The same, handing the event loop a turn after every example so that timers and signal handlers run
+ * during a long evaluation; resolves to null, unfinished, as soon as `stop()` says so.
+ */
+export async function evaluateAsync(model: CausalLM, examples: readonly Example[], stop: () => boolean = () => false): Promise<EvalResult | null> {
+  const acc = { sum: 0, tokens: 0 };
+  for (let i = 0; i < examples.length; i++) {
+    await new Promise<void>((r) => setImmediate(r));
+    if (stop()) return null;
+    evaluateOne(model, examples[i]!, i, acc);
+  }
+  return result(acc, examples.length);
+}
+
+function evaluateOne(model: CausalLM, ex: Example, i: number, acc: { sum: number; tokens: number }): void {
+  const n = ex.inputIds.length;
+  if (n > model.config.maxPositions && model.config.ropeTheta === null)
+    throw new LorakitRangeError('ERR_SHAPE', `evaluate: example ${i + 1} has ${n} tokens; the model takes at most ${model.config.maxPositions}`);
+  const bad = ex.inputIds.find((id) => id >= model.config.vocabSize);
+  if (bad !== undefined) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `evaluate: example ${i + 1} has token id ${bad}, outside the model's vocabulary of ${model.config.vocabSize}`);
+  using ids = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, n], { device: model.device });
+  using labels = tensor(BigInt64Array.from(ex.labels, BigInt), [1, n], { device: model.device });
+  const r = model.forward(ids, { labels });
+  if (r.tokens > 0) {
+    acc.sum += r.loss * r.tokens;
+    acc.tokens += r.tokens;
+  }
+}
+
+function result(acc: { sum: number; tokens: number }, examples: number): EvalResult {
+  const loss = acc.tokens > 0 ? acc.sum / acc.tokens : NaN;
+  return { loss, perplexity: Math.exp(loss), tokens: acc.tokens, examples };
 }

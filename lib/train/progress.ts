@@ -7,8 +7,11 @@ export type ProgressMode = 'auto' | 'bar' | 'lines' | 'none';
 export interface StepInfo {
   step: number;
   total: number;
+  /** Steps this process has run: a resumed run's clock started at its checkpoint, not at step 0. */
+  stepsThisRun: number;
   loss: number;
   lr: number;
+  /** Loss tokens (those the loss is computed on) per second. */
   tokensPerSec: number;
   elapsedSec: number;
 }
@@ -32,8 +35,8 @@ export class Progress {
 
   step(i: StepInfo): void {
     if (this.#mode === 'none') return;
-    const eta = ((i.total - i.step) * i.elapsedSec) / Math.max(i.step, 1);
-    const text = `step ${i.step}/${i.total}  loss ${i.loss.toFixed(4)}  lr ${i.lr.toExponential(2)}  ${Math.round(i.tokensPerSec)} tok/s  ETA ${clock(eta)}`;
+    const eta = ((i.total - i.step) * i.elapsedSec) / Math.max(i.stepsThisRun, 1);
+    const text = `step ${i.step}/${i.total}  loss ${i.loss.toFixed(4)}  lr ${i.lr.toExponential(2)}  ${Math.round(i.tokensPerSec)} loss tok/s  ETA ${clock(eta)}`;
     if (this.#mode === 'bar') {
       const width = 24, done = Math.round((width * i.step) / Math.max(i.total, 1));
       this.#stream.write(`\r[${'#'.repeat(done)}${'.'.repeat(width - done)}] ${text}\x1b[K`);

@@ -15,9 +15,14 @@ import { type CausalLM } from '../models/causal-lm';
 import { ByteTokenizer, loadTokenizer, type Tokenizer } from '../tokenizer';
 import { type Device, checkDevice, describe } from '../tensor/tensor';
 import { AdamW } from './adamw';
-import { evaluate } from './evaluate';
-import { loadOptimizer, readState, saveCheckpoint, saveWeights, type TrainerState } from './checkpoint';
+import { evaluateAsync } from './evaluate';
+import { loadOptimizer, readState, saveCheckpoint, saveWeights, writeFolderAtomically, type TrainerState } from './checkpoint';
+import { prepareOut, removeStaleTemporaries, runCheckpoints } from './outdir';
+import { ioError, isObject, writeJsonFile } from '../io/config';
+import { makeDir } from '../io/fs';
+import { PACKAGE_ROOT } from '../native/binding';
 import { Progress, type ProgressMode } from './progress';
+import { nearestTrainOption, TRAIN_OPTION_KEYS } from './config';
 import { learningRate, type ScheduleKind } from './schedule';
 
 export type Method = 'lora' | 'qlora' | 'full';
@@ -62,9 +67,13 @@ export interface TrainOptions {
   retainData?: string;
   /** Evaluate every N steps (default: 5 times per run), and always at the end. */
   evalEvery?: number;
-  /** Checkpoint every N steps (default: at the end only). */
+  /** Checkpoint every N steps (default 100; 0: only at the end and on a stop). */
   saveEvery?: number;
+  /** How many of this run's checkpoints to keep, newest first (default 2). */
+  saveTotalLimit?: number;
   out?: string;
+  /** Replace the run an existing `out` holds (its checkpoints, last/, best/, metrics and run.json). */
+  overwrite?: boolean;
   seed?: number;
   /** A checkpoint folder to continue from. */
   resume?: string;
@@ -84,8 +93,10 @@ export interface TrainResult {
   steps: number;
   /** Mean training loss over the last logged steps. */
   trainLoss: number;
-  /** Every evaluation, including the one before training (step 0). */
+  /** Every evaluation of this process (a fresh run's include the one before training, at step 0). */
   evals: EvalRecord[];
+  /** Each eval split's loss before training began, kept across resumes. */
+  baselines: Record<string, number>;
   /** The folder holding the final adapter (or full weights). */
   lastDir: string;
   /** The folder holding the weights with the best held-out/eval loss. */
@@ -99,6 +110,7 @@ export interface TrainResult {
 export interface TrainHandle {
   /** Settles with the final metrics, or rejects with the error that ended the run. */
   readonly done: Promise<TrainResult>;
+  /** `tokens` and `tokensPerSec` count the tokens the loss is computed on (not padding or prompts). */
   on(event: 'step', fn: (s: { step: number; loss: number; lr: number; gradNorm: number; tokens: number; tokensPerSec: number }) => void): this;
   on(event: 'eval', fn: (e: EvalRecord) => void): this;
   on(event: 'checkpoint', fn: (c: { step: number; dir: string }) => void): this;
@@ -107,15 +119,19 @@ export interface TrainHandle {
   stop(): void;
 }
 
-interface Resolved extends Required<Omit<TrainOptions, 'steps' | 'epochs' | 'evalData' | 'retainData' | 'resume' | 'evalEvery' | 'saveEvery' | 'warmup'>> {
+interface Resolved extends Required<Omit<TrainOptions, 'steps' | 'epochs' | 'evalData' | 'retainData' | 'resume' | 'evalEvery' | 'warmup'>> {
   steps: number | null;
   epochs: number | null;
   evalData: string | null;
   retainData: string | null;
   evalEvery: number | null;
-  saveEvery: number | null;
   warmup: number | null;
 }
+
+/** Checkpoint period when none is given: a stopped or crashed run loses at most this many steps. */
+export const DEFAULT_SAVE_EVERY = 100;
+/** Fewer optimizer steps than this rarely teach a model anything; the run says so. */
+const SHORT_RUN_STEPS = 20;
 
 const TARGETS: Record<string, string[] | 'all-linear'> = {
   'all-linear': 'all-linear',
@@ -141,6 +157,9 @@ function finite(name: string, v: unknown, min: number, max = Infinity): number {
 /** Fills in lorakit's defaults and checks every option. */
 export function resolveOptions(o: TrainOptions): Resolved {
   if (o === null || typeof o !== 'object') throw fail(`options must be an object, got ${describe(o)}`);
+  for (const k of Object.keys(o))
+    if (!(TRAIN_OPTION_KEYS as readonly string[]).includes(k) && (o as unknown as Record<string, unknown>)[k] !== undefined)
+      throw fail(`'${k}' is not an option${nearestTrainOption(k)}`);
   for (const k of ['model', 'data'] as const) if (typeof o[k] !== 'string' || o[k] === '') throw fail(`'${k}' must be a path, got ${describe(o[k])}`);
   const method = o.method ?? 'lora';
   if (!['lora', 'qlora', 'full'].includes(method)) throw fail(`'method' must be lora, qlora or full, got ${describe(method)}`);
@@ -184,8 +203,14 @@ export function resolveOptions(o: TrainOptions): Resolved {
     evalData: o.evalData ?? null,
     retainData: o.retainData ?? null,
     evalEvery: o.evalEvery == null ? null : positiveInt('evalEvery', o.evalEvery),
-    saveEvery: o.saveEvery == null ? null : positiveInt('saveEvery', o.saveEvery),
-    out: o.out ?? 'lorakit-out',
+    saveEvery: positiveInt('saveEvery', o.saveEvery ?? DEFAULT_SAVE_EVERY, 0),
+    saveTotalLimit: positiveInt('saveTotalLimit', o.saveTotalLimit ?? 2),
+    out: (() => {
+      const v = o.out ?? 'lorakit-out';
+      if (typeof v !== 'string' || v === '') throw fail(`'out' must be a folder path, got ${describe(v)}`);
+      return v;
+    })(),
+    overwrite: o.overwrite === true,
     seed: positiveInt('seed', o.seed ?? 42, 0),
     device,
     progress: o.progress ?? 'auto',
@@ -229,6 +254,16 @@ export function train(options: TrainOptions): TrainHandle {
   return handle;
 }
 
+/** lorakit's version, for run.json. */
+function lorakitVersion(): string {
+  try {
+    const pkg: unknown = JSON.parse(fs.readFileSync(path.join(PACKAGE_ROOT, 'package.json'), 'utf8'));
+    return isObject(pkg) && typeof pkg.version === 'string' ? pkg.version : 'unknown';
+  } catch {
+    return 'unknown';
+  }
+}
+
 async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: () => boolean): Promise<TrainResult> {
   let o: Resolved;
   let resumeState: TrainerState | null = null;
@@ -244,11 +279,15 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     progress.line(line);
     emitter.emit('log', line);
   };
-  fs.mkdirSync(o.out, { recursive: true });
-  const metricsFile = path.join(o.out, 'metrics.jsonl');
-  if (!resumeState) fs.writeFileSync(metricsFile, '');
-  const metric = (m: Record<string, unknown>) => fs.appendFileSync(metricsFile, `${JSON.stringify(m)}\n`);
-
+  const op = 'train';
+  const runId = resumeState?.runId ?? `${new Date().toISOString().replace(/[-:.]/g, '')}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
+  if (resumeState) {
+    makeDir(op, o.out);
+    const stale = removeStaleTemporaries(op, o.out);
+    if (stale.length) log(`removed ${stale.length} temporary file(s) left by an interrupted run in ${o.out}: ${stale.join(', ')}`);
+  } else {
+    for (const note of prepareOut(op, o.out, o.overwrite, { model: o.model, data: o.data, 'eval data': o.evalData, 'retain data': o.retainData })) log(note);
+  }
   const tokenizer = tokenizerFor(o.model, log);
   const all = loadExamples(o.data, tokenizer);
   const split = o.evalData ? { train: all, heldOut: [] } : holdOut(all, o.evalSplit, o.seed);
@@ -296,21 +335,72 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     const where = b ? `${o.device} (${b.gpus.find((g) => g.device === o.device)?.name ?? 'GPU'}, ${b.active})` : 'cpu';
     log(`lorakit train: ${o.method} on ${path.basename(path.resolve(o.model))} (${model.config.modelType}), ${trainable.toLocaleString('en-US')} trainable parameters, on ${where}`);
     log(`data: ${split.train.length} training examples, ${batcher.batchesPerEpoch} batches of ${o.batchSize} x ${o.seqLen} per epoch; ${totalSteps} steps (grad accum ${o.gradAccum}), lr ${o.lr} ${o.schedule}, warmup ${warmup}`);
+    log(
+      o.saveEvery > 0
+        ? `checkpoints: every ${o.saveEvery} steps and at the end, in ${o.out}/checkpoint-N (the newest ${o.saveTotalLimit} kept)`
+        : `checkpoints: at the end only (--save-every 0), in ${o.out}/checkpoint-N`,
+    );
+    if (!resumeState && totalSteps < SHORT_RUN_STEPS)
+      log(
+        `warning: this run has only ${totalSteps} optimizer step${totalSteps === 1 ? '' : 's'}` +
+          (o.steps === null
+            ? ` (${o.epochs ?? 1} epoch${(o.epochs ?? 1) === 1 ? '' : 's'} of ${split.train.length} examples packs into ${batcher.batchesPerEpoch} batch${batcher.batchesPerEpoch === 1 ? '' : 'es'} of ${o.batchSize} x ${o.seqLen}${o.gradAccum > 1 ? `, ${o.gradAccum} per step` : ''})`
+            : '') +
+          `; fewer than ${SHORT_RUN_STEPS} rarely teach a model anything: give more --steps or --epochs (the data repeats), or a smaller --batch-size or --seq-len`,
+      );
+
+    const metricsFile = path.join(o.out, 'metrics.jsonl');
+    const append = (text: string) => {
+      try {
+        fs.appendFileSync(metricsFile, text);
+      } catch (e) {
+        throw ioError(op, 'write', metricsFile, e);
+      }
+    };
+    if (!resumeState) append('');
+    const metric = (m: Record<string, unknown>) => append(`${JSON.stringify(m)}\n`);
+    // Written once the job has loaded, so that a run that failed to start leaves no run behind.
+    // The run's record: what was asked for, resolved, so that a folder says how it was made.
+    const runFile = path.join(o.out, 'run.json');
+    const startedAt = new Date().toISOString();
+    const record = { lorakit: lorakitVersion(), runId, model: path.resolve(o.model), startedAt, options: o };
+    if (!resumeState) writeJsonFile(op, runFile, record);
+    else {
+      let earlier: unknown = null;
+      try {
+        earlier = JSON.parse(fs.readFileSync(runFile, 'utf8'));
+      } catch {
+        // No readable record (a checkpoint copied elsewhere, or one from before run.json): start one.
+      }
+      const resumes = isObject(earlier) && Array.isArray(earlier.resumes) ? earlier.resumes : [];
+      writeJsonFile(op, runFile, { ...(isObject(earlier) ? earlier : record), resumes: [...resumes, { from: path.resolve(options.resume!), step: resumeState.step, at: startedAt }] });
+    }
 
     const evals: EvalRecord[] = [];
     const baseline = new Map<string, number>(Object.entries(resumeState?.baselines ?? {}));
+    let retainWarned = false;
+    let interrupts = 0;
+    // An eval is cut short by a stop: the checkpoint it delays does not need it.
+    const stopping = () => stopRequested() || interrupts > 0;
     const runEvals = async (step: number): Promise<number | null> => {
       let primary: number | null = null;
       for (const [name, ex] of evalSets) {
-        await new Promise<void>((r) => setImmediate(r));
-        const r = evaluate(model, ex);
+        const r = await evaluateAsync(model, ex, stopping);
+        if (r === null) return null;
         const rec: EvalRecord = { step, split: name, loss: r.loss, perplexity: r.perplexity, tokens: r.tokens };
         evals.push(rec);
         metric({ type: 'eval', ...rec });
         emitter.emit('eval', rec);
         if (!baseline.has(name)) baseline.set(name, r.loss);
-        const delta = r.loss - baseline.get(name)!;
+        const start = baseline.get(name)!, delta = r.loss - start;
         log(`eval ${name} @ step ${step}: loss ${r.loss.toFixed(4)} (ppl ${r.perplexity.toFixed(2)}, ${r.tokens} tokens)${step > 0 ? `, ${delta >= 0 ? '+' : ''}${delta.toFixed(4)} vs start${name === 'retain' ? ' (forgetting)' : ''}` : ''}`);
+        if (name === 'retain' && !retainWarned && (r.loss > 2 * start || delta > 1)) {
+          retainWarned = true;
+          log(
+            `warning: the retain loss rose from ${start.toFixed(4)} to ${r.loss.toFixed(4)}: the model is losing what it knew. ` +
+              `The learning rate ${o.lr} is likely too high${o.method === 'full' ? ' for full fine-tuning, which needs rates about 10x below LoRA\'s (lorakit\'s default for full is 2e-5)' : ''}; lower --lr`,
+          );
+        }
         if (name !== 'retain' && primary === null) primary = r.loss;
       }
       return primary;
@@ -323,37 +413,61 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     const lastDir = path.join(o.out, 'last');
     const checkpointDir = (s: number) => path.join(o.out, `checkpoint-${s}`);
     const state = (): TrainerState => ({
-      version: 1, step, totalSteps, microBatches: micro, bestEvalLoss: best, baselines: Object.fromEntries(baseline),
+      version: 1, step, totalSteps, microBatches: micro, bestEvalLoss: best, runId, baselines: Object.fromEntries(baseline),
       options: { ...o, steps: totalSteps, epochs: null } as unknown as Record<string, unknown>,
     });
+    // This run's checkpoints, oldest first: only these are pruned, never another run's.
+    const kept = resumeState ? runCheckpoints(op, o.out, runId).filter((s) => s <= resumeState!.step) : [];
+    // The newest checkpoint on disk for this run, for the stop messages.
+    let lastSaved: { step: number; dir: string } | null = resumeState ? { step: resumeState.step, dir: options.resume! } : null;
     const checkpoint = () => {
       const dir = checkpointDir(step);
       saveCheckpoint(dir, model, optimizer!, orderedNames, state(), o.model);
+      lastSaved = { step, dir };
       metric({ type: 'checkpoint', step, dir });
       emitter.emit('checkpoint', { step, dir });
       log(`checkpoint: ${dir}`);
-      // Keep the two newest checkpoints.
-      const old = fs.readdirSync(o.out).filter((f) => /^checkpoint-\d+$/.test(f)).map((f) => Number(f.slice(11))).sort((a, b) => b - a).slice(2);
-      for (const s of old) fs.rmSync(checkpointDir(s), { recursive: true, force: true });
+      if (!kept.includes(step)) kept.push(step);
+      while (kept.length > o.saveTotalLimit) {
+        const p = checkpointDir(kept.shift()!);
+        try {
+          fs.rmSync(p, { recursive: true, force: true });
+        } catch (e) {
+          throw ioError(op, 'remove old checkpoint', p, e);
+        }
+      }
     };
+    const saved = () =>
+      lastSaved === null
+        ? 'nothing was saved: this run has written no checkpoint yet'
+        : `the last checkpoint is ${lastSaved.dir} (step ${lastSaved.step}); resume with: lorakit train --resume ${lastSaved.dir}`;
 
-    let sigint = false;
+    // The first Ctrl-C stops at the end of the step (abandoning an eval) and saves; the handler runs
+    // between micro-batches and eval examples, which hand the event loop a turn. A second Ctrl-C exits
+    // at once, since finishing the step or saving may take long on a big model.
     const onSigint = () => {
-      sigint = true;
+      interrupts++;
+      if (interrupts === 1) {
+        log(`Ctrl-C: stopping after step ${Math.min(step + 1, totalSteps)} to save a checkpoint; press Ctrl-C again to exit at once without saving (${saved()})`);
+        return;
+      }
+      progress.line(`second Ctrl-C: exiting now, step ${step} not saved; ${saved()}`);
+      process.exit(130);
     };
     process.on('SIGINT', onSigint);
-    if (step === 0 && evalSets.length) await runEvals(0);
-    const start = Date.now();
-    let tokensSeen = 0;
-    const recent: number[] = [];
+    const firstStep = step;
     let stopped = false;
+    const recent: number[] = [];
     try {
+      if (step === 0 && evalSets.length) await runEvals(0);
+      const start = Date.now();
+      let tokensSeen = 0;
       while (step < totalSteps) {
-        if (stopRequested() || sigint) {
+        if (stopping()) {
           stopped = true;
-          log(`${sigint ? 'interrupted' : 'stopped'} at step ${step}: saving a checkpoint`);
-          checkpoint();
-          log(`resume with: lorakit train --resume ${checkpointDir(step)}`);
+          log(`${interrupts > 0 ? 'interrupted' : 'stopped'} at step ${step}: saving a checkpoint`);
+          if (lastSaved?.step !== step) checkpoint();
+          log(`resume with: lorakit train --resume ${lastSaved!.dir}`);
           break;
         }
         const lr = learningRate(step, totalSteps, o.lr, warmup, o.schedule);
@@ -374,7 +488,12 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
           micro++;
           await new Promise<void>((r) => setImmediate(r));
         }
-        const loss = tokens > 0 ? lossSum / tokens : NaN;
+        if (tokens === 0)
+          throw new LorakitError(
+            'ERR_INVALID_ARG',
+            `train: the batches of step ${step + 1} hold no token the loss is computed on (only prompts or padding); give a larger --seq-len or --batch-size`,
+          );
+        const loss = lossSum / tokens;
         if (!Number.isFinite(loss)) throw new LorakitError('ERR_NATIVE', `train: the loss is ${loss} at step ${step + 1}; stopping (the last good checkpoint is kept)`);
         let res;
         try {
@@ -391,26 +510,27 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
         if (recent.length > 20) recent.shift();
         metric({ type: 'step', step, loss, lr, gradNorm: res.gradNorm, tokens, tokensPerSec: tps, elapsed });
         emitter.emit('step', { step, loss, lr, gradNorm: res.gradNorm ?? NaN, tokens, tokensPerSec: tps });
-        progress.step({ step, total: totalSteps, loss, lr, tokensPerSec: tps, elapsedSec: elapsed });
+        progress.step({ step, total: totalSteps, stepsThisRun: step - firstStep, loss, lr, tokensPerSec: tps, elapsedSec: elapsed });
         if (step % evalEvery === 0 || step === totalSteps) {
           const primary = await runEvals(step);
           if (primary !== null && (best === null || primary < best)) {
             best = primary;
-            saveWeights(model, bestDir, o.method, o.model);
+            writeFolderAtomically(bestDir, (tmp) => saveWeights(model, tmp, o.method, o.model));
           }
         }
-        if ((o.saveEvery && step % o.saveEvery === 0) || step === totalSteps) checkpoint();
+        if ((o.saveEvery > 0 && step % o.saveEvery === 0) || step === totalSteps) checkpoint();
       }
     } finally {
       process.off('SIGINT', onSigint);
       progress.end();
     }
-    saveWeights(model, lastDir, o.method, o.model);
+    writeFolderAtomically(lastDir, (tmp) => saveWeights(model, tmp, o.method, o.model));
     log(`${o.method === 'full' ? 'weights' : 'adapter'} saved to ${lastDir}${best !== null ? ` (best eval: ${bestDir})` : ''}`);
     return {
       steps: step,
       trainLoss: recent.length ? recent.reduce((a, b) => a + b, 0) / recent.length : NaN,
       evals,
+      baselines: Object.fromEntries(baseline),
       lastDir,
       bestDir: best !== null ? bestDir : null,
       checkpointDir: checkpointDir(step),
@@ -422,4 +542,3 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     model.dispose();
   }
 }
-
