@@ -5,9 +5,12 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LorakitTypeError, lora } from '../lib';
+import { LorakitError, LorakitTypeError, lora } from '../lib';
+import { loadExamples } from '../lib/data';
 import { loadModel } from '../lib/models';
+import { loadTokenizer } from '../lib/tokenizer';
 import { expectError } from './helpers/errors';
+import { byteLevelJson } from './helpers/tokenizers';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 
@@ -23,6 +26,82 @@ function freshDir(): string {
   fs.mkdirSync(dir);
   return dir;
 }
+
+/** A model folder with the byte-level BPE test tokenizer, tokenizer.json changed by `overrides`, and this tokenizer_config.json. */
+function modelDir(config: Record<string, unknown>, overrides: Record<string, unknown> = {}): string {
+  const dir = freshDir();
+  fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(byteLevelJson(overrides)));
+  fs.writeFileSync(path.join(dir, 'tokenizer_config.json'), JSON.stringify(config));
+  return dir;
+}
+
+function dataFile(name: string, text: string): string {
+  const file = path.join(freshDir(), name);
+  fs.writeFileSync(file, text);
+  return file;
+}
+
+const chat = (content: string) => JSON.stringify({ messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content }] }) + '\n';
+
+describe('hostile model folders', () => {
+  const CHATML = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
+
+  test('a chat template that loops for ever stops within its step budget, naming tokenizer_config.json', () => {
+    const data = dataFile('chat.jsonl', chat('hello'));
+    // The reference: the same conversation under a plain template renders as written.
+    const good = loadTokenizer(modelDir({ chat_template: CHATML }));
+    const ex = loadExamples(data, good);
+    expect(good.decode(ex[0]!.inputIds)).toBe('<|user|>hi<|assistant|>hello');
+    // 10^10 steps, in little memory: without a budget this runs for hours.
+    // A text or a list doubled n times, in n steps.
+    const doubled = (n: number, start = "'x'") => `{% set ns = namespace(s=${start}) %}{% for i in range(${n}) %}{% set ns.s = ns.s + ns.s %}{% endfor %}`;
+    const nested = doubled(17, '[0]') + "{% for a in ns.s %}{% for b in ns.s %}{{ '' }}{% endfor %}{% endfor %}" + CHATML;
+    for (const [template, what] of [
+      [nested, /did not finish within 10\d{4} steps/],
+      // One call that would build a list of 10^8 numbers.
+      ['{% for i in range(100000000) %}{% endfor %}' + CHATML, /asked for range\(100000000\), more than the 10\d{4} steps a render may take/],
+      // A text doubled 40 times: 2^40 characters.
+      [doubled(40) + CHATML, /built a text of 16777216 characters \(the limit is 160000\d\d\)/],
+    ] as const) {
+      const dir = modelDir({ chat_template: template });
+      expectError(() => loadExamples(data, loadTokenizer(dir)), LorakitError, 'ERR_TOKENIZER',
+        `${data}:1: the chat template in '${path.join(dir, 'tokenizer_config.json')}'`, what);
+    }
+    // From chat_template.jinja, that file is named.
+    const dir = modelDir({});
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), nested);
+    expectError(() => loadExamples(data, loadTokenizer(dir)), LorakitError, 'ERR_TOKENIZER', `the chat template in '${path.join(dir, 'chat_template.jinja')}' did not finish`);
+    // range() within the budget works as Jinja's does, steps included.
+    const ranged = loadTokenizer(modelDir({ chat_template: "{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(10, 0, -4) %}{{ i }}{% endfor %}" + CHATML }));
+    expect(ranged.decode(loadExamples(data, ranged)[0]!.inputIds)).toBe('012' + '1062' + '<|user|>hi<|assistant|>hello');
+  });
+
+  test('a tokenizer regex that backtracks exponentially is refused at load, naming tokenizer.json; the patterns real tokenizers use load', () => {
+    const split = (regex: string) => ({
+      pre_tokenizer: { type: 'Sequence', pretokenizers: [
+        { type: 'Split', pattern: { Regex: regex }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+      ] },
+    });
+    for (const [regex, group] of [['(a+)+$', '(a+)+'], ['x|((?:ab*)*c)', '(?:ab*)*'], ['(\\s{1,}[a-z])*$', '(\\s{1,}[a-z])*']]) {
+      const dir = modelDir({}, split(regex));
+      expectError(() => loadTokenizer(dir), LorakitError, 'ERR_TOKENIZER', `'${path.join(dir, 'tokenizer.json')}': pre_tokenizer.pretokenizers[0].pattern.Regex`,
+        `repeats ${JSON.stringify(group)}`, /catastrophic backtracking/);
+    }
+    const dir = modelDir({}, { normalizer: { type: 'Replace', pattern: { Regex: '(\\w+\\s?)*$' }, content: '' } });
+    expectError(() => loadTokenizer(dir), LorakitError, 'ERR_TOKENIZER', 'normalizer.pattern.Regex');
+    // GPT-2's, Llama 3's and Qwen2's split patterns, and bounded repeats of repeats, are fine, and split as they should.
+    for (const regex of [
+      "'s|'t|'re|'ve|'m|'ll|'d| ?\\p{L}+| ?\\p{N}+| ?[^\\s\\p{L}\\p{N}]+|\\s+(?!\\S)|\\s+",
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+",
+      '(?:\\d{1,3}){2}|[(+*?]+|\\(a+\\)+',
+    ]) {
+      const tok = loadTokenizer(modelDir({}, split(regex)));
+      expect(tok.decode(tok.encode('Hello world 12345 (a+)+'))).toBe('Hello world 12345 (a+)+');
+    }
+  });
+});
 
 describe('target_modules that name no module (PEFT: "Target modules ... not found in the base model")', () => {
   test('a list with an unknown name is refused, naming it and the modules that exist; the model is left untouched', () => {

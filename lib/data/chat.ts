@@ -2,7 +2,7 @@
  * Chat examples: a conversation rendered with the model's chat template (or, without one, a plain format),
  * tokenized, with the loss on the assistant messages only.
  */
-import { Template } from '@huggingface/jinja';
+import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { LorakitError } from '../errors';
 import { isObject, show } from '../io/config';
 import { type Tokenizer } from '../tokenizer/tokenizer';
@@ -61,23 +61,75 @@ function plainFormat(tokenizer: Tokenizer): ChatFormat {
   };
 }
 
+// A chat template is code from the model's folder, and @huggingface/jinja runs it with no limit: a loop over
+// range(100000000) would run for minutes and fill memory. Every node the interpreter evaluates is a step; a
+// render may take this many (about a second), and more for long conversations: a ChatML template takes 25
+// steps a message, and none we know of takes more than a few hundred.
+const RENDER_STEPS = 100_000;
+const RENDER_STEPS_PER_MESSAGE = 1_000;
+// Text a render may build (in any one value) beyond the conversation's own: `'x' * 10**8` is one step.
+const RENDER_SLACK_CHARS = 16_000_000;
+
+/** A render that ran past its budget: no fault of the conversation, so the caller does not try shorter ones. */
+class TemplateBudgetError extends LorakitError {}
+
+/**
+ * Renders `template` with `context` within a budget of steps and characters. The library has no hook for a
+ * limit, so the interpreter's one dispatch method is wrapped for the length of this (synchronous) call, and
+ * the global `range` is replaced by one that refuses to build a list longer than the steps left.
+ */
+function boundedRender(template: Template, context: Record<string, unknown>, steps: number, chars: number, file: string): string {
+  const over = (what: string): TemplateBudgetError =>
+    new TemplateBudgetError('ERR_TOKENIZER', `the chat template in '${file}' ${what}, far beyond what writing out a conversation takes, so it was stopped`);
+  let left = steps;
+  const range = (...args: number[]): number[] => {
+    const [from, to, step] = args.length === 1 ? [0, args[0]!, 1] : [args[0]!, args[1]!, args[2] ?? 1];
+    if (step === 0) throw new Error('range() step must not be zero');
+    const length = Math.max(0, Math.ceil((to - from) / step));
+    if (!Number.isFinite(length) || length > left) throw over(`asked for range(${args.join(', ')}), more than the ${steps} steps a render may take`);
+    left -= length;
+    return Array.from({ length }, (_, i) => from + i * step);
+  };
+  // The library's globals are declared in the render's own environment; `set` makes the runtime function value.
+  const boundedRange = new Environment().set('range', range);
+  const evaluate = Interpreter.prototype.evaluate;
+  Interpreter.prototype.evaluate = function (this: Interpreter, statement, environment) {
+    // The first step is the program, in the global environment.
+    if (left === steps) environment.setVariable('range', boundedRange);
+    if (--left < 0) throw over(`did not finish within ${steps} steps`);
+    const value = evaluate.call(this, statement, environment);
+    if (typeof value.value === 'string' && value.value.length > chars) throw over(`built a text of ${value.value.length} characters (the limit is ${chars})`);
+    return value;
+  };
+  try {
+    return template.render(context);
+  } finally {
+    Interpreter.prototype.evaluate = evaluate;
+  }
+}
+
 /**
  * A Jinja chat template rendered as transformers' apply_chat_template does: with the messages, the special
  * tokens' text, and the rendered text tokenized without added special tokens (the template writes its own).
  */
 function templateFormat(tokenizer: Tokenizer, source: string, where: string): ChatFormat {
+  const file = tokenizer.chatTemplateFile ?? 'the tokenizer';
   let template: Template;
   try {
     template = new Template(source);
   } catch (e) {
-    throw new LorakitError('ERR_TOKENIZER', `${where}: the tokenizer's chat template cannot be parsed: ${messageOf(e)}`);
+    throw new LorakitError('ERR_TOKENIZER', `${where}: the chat template in '${file}' cannot be parsed: ${messageOf(e)}`);
   }
   // The Tokenizer interface keeps special tokens as ids; decoding one gives back its text.
   const special: Record<string, string> = {};
   for (const [key, id] of [['bos_token', tokenizer.bosTokenId], ['eos_token', tokenizer.eosTokenId], ['pad_token', tokenizer.padTokenId]] as const)
     if (id !== null) special[key] = tokenizer.decode([id]);
   return {
-    render: (messages, gen) => template.render({ ...special, messages, add_generation_prompt: gen }),
+    render: (messages, gen) => {
+      const chars = messages.reduce((n, m) => n + m.content.length, 0);
+      const steps = RENDER_STEPS + RENDER_STEPS_PER_MESSAGE * messages.length;
+      return boundedRender(template, { ...special, messages, add_generation_prompt: gen }, steps, RENDER_SLACK_CHARS + 2 * chars, file);
+    },
     lead: [],
     closing: [],
   };
@@ -167,17 +219,20 @@ class Boundaries {
 export function tokenizeChat(messages: readonly ChatMessage[], tokenizer: Tokenizer, where: string): Example {
   const format = formatOf(tokenizer, where);
   const fail = (msg: string): LorakitError => new LorakitError('ERR_INVALID_ARG', `${where}: ${msg}`);
+  const overBudget = (e: TemplateBudgetError): LorakitError => new LorakitError(e.code, `${where}: ${e.message}`);
   let text: string;
   try {
     text = format.render(messages, false);
   } catch (e) {
+    if (e instanceof TemplateBudgetError) throw overBudget(e);
     throw fail(`the chat template cannot render this conversation: ${messageOf(e)}`);
   }
   // A template may refuse a shorter conversation (one that must end with the assistant, say).
   const render = (upTo: number, gen: boolean): string | null => {
     try {
       return format.render(messages.slice(0, upTo), gen);
-    } catch {
+    } catch (e) {
+      if (e instanceof TemplateBudgetError) throw overBudget(e);
       return null;
     }
   };

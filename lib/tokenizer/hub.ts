@@ -69,6 +69,79 @@ function checkPreTokenizer(file: string, pre: unknown, model: Json, where: strin
   }
 }
 
+/**
+ * The first group in `pattern` that repeats without bound and holds an unbounded repetition itself, as in
+ * `(a+)+$`, or null. JavaScript's regexes backtrack, and such a group makes them try exponentially many ways
+ * to split a long run that finally fails to match: tokenizing would never end, and cannot be interrupted.
+ * (Overlapping alternatives repeated, `(a|aa)+`, backtrack the same way and are not found here; no tokenizer
+ * we know of writes either.)
+ */
+function nestedQuantifier(pattern: string): string | null {
+  // Open groups: where each starts, and whether it holds an unbounded repetition so far.
+  const open: { start: number; unbounded: boolean }[] = [{ start: 0, unbounded: false }];
+  // The atom a quantifier would apply to: a group (from `start`) and whether it holds an unbounded repetition.
+  let atom: { start: number; unbounded: boolean } | null = null;
+  for (let i = 0; i < pattern.length; i++) {
+    const c = pattern[i]!;
+    let quantifier: { unbounded: boolean; end: number } | null = null;
+    if (c === '\\') {
+      // \p{L}, \x{41}: the braces belong to the escape.
+      const braced = /^\\[pPx]\{[^}]*\}/.exec(pattern.slice(i));
+      i += braced ? braced[0].length - 1 : 1;
+      atom = { start: i, unbounded: false };
+    } else if (c === '[') {
+      // A class is one atom; Oniguruma nests classes.
+      let depth = 0;
+      for (; i < pattern.length; i++) {
+        if (pattern[i] === '\\') i++;
+        else if (pattern[i] === '[') depth++;
+        else if (pattern[i] === ']' && --depth === 0) break;
+      }
+      atom = { start: i, unbounded: false };
+    } else if (c === '(') {
+      open.push({ start: i, unbounded: false });
+      // (?:, (?=, (?<name>, (?i: : the '?' is not a quantifier.
+      if (pattern[i + 1] === '?') i++;
+      atom = null;
+    } else if (c === ')' && open.length > 1) {
+      const group = open.pop()!;
+      atom = group;
+      open.at(-1)!.unbounded ||= group.unbounded;
+    } else if (c === '*' || c === '+' || c === '?') {
+      quantifier = { unbounded: c !== '?', end: i };
+    } else if (c === '{' && /^\{\d*,?\d*\}/.test(pattern.slice(i))) {
+      const end = i + pattern.slice(i).indexOf('}');
+      // {n} and {n,m} repeat a bounded number of times; {n,} does not.
+      quantifier = { unbounded: /^\{\d*,\}/.test(pattern.slice(i)), end };
+    } else if (c === '|') {
+      atom = null;
+    } else {
+      atom = { start: i, unbounded: false };
+    }
+    if (quantifier === null) continue;
+    if (atom !== null && quantifier.unbounded && atom.unbounded) return pattern.slice(atom.start, quantifier.end + 1);
+    if (quantifier.unbounded) open.at(-1)!.unbounded = true;
+    i = quantifier.end;
+    // A lazy or possessive mark after a quantifier.
+    if (pattern[i + 1] === '?' || pattern[i + 1] === '+') i++;
+    atom = null;
+  }
+  return null;
+}
+
+/** Every regex in tokenizer.json's normalizer, pre-tokenizer and decoder (Split and Replace steps): `{"Regex": ...}`. */
+function checkRegexes(file: string, value: unknown, where: string): void {
+  if (Array.isArray(value)) return value.forEach((v: unknown, i) => checkRegexes(file, v, `${where}[${i}]`));
+  if (!isObject(value)) return;
+  if (typeof value.Regex === 'string') {
+    const group = nestedQuantifier(value.Regex);
+    if (group !== null)
+      throw fail(file, `${where}.Regex ${show(value.Regex)} repeats ${show(group)}, a repetition of a repetition, which can take exponential time on a long input (catastrophic backtracking); lorakit does not run it`);
+    return;
+  }
+  for (const [k, v] of Object.entries(value)) checkRegexes(file, v, `${where}.${k}`);
+}
+
 /** Checks what the library would otherwise trip over with a bare TypeError, or misread in silence. */
 function checkTokenizerJson(file: string, json: unknown): Json {
   if (!isObject(json)) throw fail(file, `expected a JSON object, got ${show(json)}`);
@@ -80,6 +153,7 @@ function checkTokenizerJson(file: string, json: unknown): Json {
     throw typeFail(file, 'model.vocab', model.type === 'Unigram' ? 'an array of [piece, score] pairs' : 'an object of token ids', model.vocab);
   if (model.type === 'BPE' && !Array.isArray(model.merges)) throw typeFail(file, 'model.merges', 'an array', model.merges);
   checkPreTokenizer(file, json.pre_tokenizer, model, 'pre_tokenizer');
+  for (const key of ['normalizer', 'pre_tokenizer', 'decoder'] as const) checkRegexes(file, json[key], key);
   const added = json.added_tokens ?? [];
   if (!Array.isArray(added)) throw typeFail(file, 'added_tokens', 'an array', added);
   added.forEach((t: unknown, i) => {
@@ -114,22 +188,24 @@ function modelMaxLength(file: string, config: Json): number | null {
   return v;
 }
 
-function chatTemplate(dir: string, configFile: string, config: Json): string | null {
+/** The chat template, and the file it came from. */
+function chatTemplate(dir: string, configFile: string, config: Json): { template: string | null; file: string | null } {
   // Newer transformers saves the template beside the config, and reads that file first.
   const jinja = path.join(dir, 'chat_template.jinja');
   if (isFile(jinja)) {
     try {
-      return fs.readFileSync(jinja, 'utf8');
+      return { template: fs.readFileSync(jinja, 'utf8'), file: jinja };
     } catch (e) {
       throw ioError(OP, 'read', jinja, e);
     }
   }
   const v = config.chat_template ?? null;
-  if (v === null || typeof v === 'string') return v;
+  if (v === null) return { template: null, file: null };
+  if (typeof v === 'string') return { template: v, file: configFile };
   // A list of named templates: the one transformers applies when the caller names none is 'default'.
   if (Array.isArray(v)) {
     const named = v.find((t: unknown) => isObject(t) && t.name === 'default') as unknown;
-    return isObject(named) && typeof named.template === 'string' ? named.template : null;
+    return isObject(named) && typeof named.template === 'string' ? { template: named.template, file: configFile } : { template: null, file: null };
   }
   throw typeFail(configFile, 'chat_template', 'a string or a list of {name, template} objects', v);
 }
@@ -151,6 +227,7 @@ class HubTokenizer implements Tokenizer {
   readonly eosTokenId: number | null;
   readonly padTokenId: number | null;
   readonly chatTemplate: string | null;
+  readonly chatTemplateFile: string | null;
   readonly modelMaxLength: number | null;
   private readonly hf: HfTokenizer;
   private readonly file: string;
@@ -201,7 +278,7 @@ class HubTokenizer implements Tokenizer {
     if (this.addedEnds?.eos && this.eosTokenId === null) throw fail(configFile, `'add_eos_token' is true but no 'eos_token' is set`);
 
     this.modelMaxLength = modelMaxLength(configFile, config);
-    this.chatTemplate = chatTemplate(dir, configFile, config);
+    ({ template: this.chatTemplate, file: this.chatTemplateFile } = chatTemplate(dir, configFile, config));
   }
 
   encode(text: string, options?: { addSpecialTokens?: boolean }): number[] {

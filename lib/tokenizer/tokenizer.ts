@@ -15,6 +15,8 @@ export interface Tokenizer {
   readonly padTokenId: number | null;
   /** The Jinja chat template the model was trained with, when its folder has one. */
   readonly chatTemplate: string | null;
+  /** The file the chat template was read from, named in errors about it. */
+  readonly chatTemplateFile?: string | null;
   /** The longest input the model accepts, when its tokenizer configuration says. */
   readonly modelMaxLength: number | null;
   tokenToId(token: string): number | undefined;
