@@ -106,7 +106,7 @@ describe('lorakit errors and help', () => {
     fs.writeFileSync(big, JSON.stringify({ input_ids: [1, 600] }) + '\n');
     const r4 = run('eval', '--model', path.join(FIX, 'tiny-gpt2'), '--data', big);
     expect(r4.code).toBe(1);
-    expect(r4.err).toMatch(/token id 600, outside the model's vocabulary of 512/);
+    expect(r4.err).toMatch(/example 1: .*token id 600 .*outside the vocabulary \[0, 512\)/);
   });
 });
 

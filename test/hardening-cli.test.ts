@@ -8,7 +8,11 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { tensor } from '../lib';
+import { runLab } from '../lib/lab';
+import { loadExamples } from '../lib/data/load';
+import { loadAdapter } from '../lib/lora/adapter';
 import { loadModel } from '../lib/models';
+import { evaluate } from '../lib/train/evaluate';
 import { readSafetensors } from './helpers/reference';
 
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
@@ -216,7 +220,6 @@ describe('the other writers never write over their inputs', () => {
   });
 
   test('lab: an out inside the model it tunes, and a --report onto lab.json, are refused before any run', async () => {
-    const { runLab } = await import('../lib/lab');
     const model = fixtureCopy();
     const before = snapshot(model);
     await expect(runLab({ out: path.join(model, 'lab'), base: model, tasks: [], arms: [] })).rejects.toThrow(/lab: --out '.*model\/lab' resolves to .*which overlaps the lab model/);
@@ -226,5 +229,116 @@ describe('the other writers never write over their inputs', () => {
     expect(r.status).toBe(1);
     expect(r.stderr).toMatch(/^lorakit lab: --report '.*lab\.json' resolves to .*which overlaps lab\.json/);
     expect(fs.readdirSync(out)).toEqual([]);
+  });
+});
+
+describe('inspect and eval', () => {
+  /** The fixture's adapter alone in a folder, as a training run's last/ would hold it. */
+  function adapterOnly(parent = tmp(), name = 'adapter'): string {
+    const dir = path.join(parent, name);
+    fs.mkdirSync(dir, { recursive: true });
+    for (const f of ['adapter_config.json', 'adapter_model.safetensors']) fs.copyFileSync(path.join(LLAMA, f), path.join(dir, f));
+    return dir;
+  }
+
+  test('inspect describes an adapter folder: base, r, alpha, targets, rsLoRA, trainable parameters, tensors', () => {
+    const dir = adapterOnly();
+    const config = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+    const tensors = readSafetensors(path.join(dir, 'adapter_model.safetensors'));
+    const r = run('inspect', dir, '--json');
+    expect(r.code).toBe(0);
+    const a = JSON.parse(r.out).adapter;
+    expect(a).toMatchObject({ baseModel: null, r: config.r, alpha: config.lora_alpha, rslora: config.use_rslora, tensors: tensors.size });
+    expect(a.scale).toBeCloseTo(config.lora_alpha / Math.sqrt(config.r), 12);
+    expect([...a.targetModules].sort()).toEqual([...config.target_modules].sort());
+    expect(a.trainableParameters).toBe([...tensors.values()].reduce((s, t) => s + t.shape.reduce((x, y) => x * y, 1), 0));
+    const text = run('inspect', dir);
+    expect(text.code).toBe(0);
+    expect(text.out).toMatch(/LoRA adapter: r=8, alpha 16, rsLoRA/);
+    expect(text.out).toMatch(/trainable parameters: 18,688 in 28 tensors/);
+    expect(run('inspect', tmp()).err).toMatch(/holds neither config\.json .* nor adapter_config\.json/);
+  });
+
+  /**
+   * One-token completions after prefixes of the fixture's first row: PEFT's logits at the prefix's last
+   * position (which see only the prefix) give the exact reference for the loss and for the argmax.
+   */
+  function completions(): { file: string; loss: number; exact: number; n: number } {
+    const expected = readSafetensors(path.join(LLAMA, 'expected.safetensors'));
+    const ids = Array.from(expected.get('input_ids')!.data as BigInt64Array, Number).slice(0, 24);
+    const logits = expected.get('lora_logits')!.data as Float64Array;
+    const lines: string[] = [];
+    let nll = 0, hits = 0;
+    const rowAt = (m: number) => Array.from(logits.subarray(m * 512, (m + 1) * 512));
+    const ranked = (row: number[]) => row.map((v, i) => [v, i] as const).sort((x, y) => y[0] - x[0]);
+    const gap = (m: number) => {
+      const o = ranked(rowAt(m));
+      return o[0]![0] - o[1]![0];
+    };
+    // The four prefixes whose top two logits are farthest apart: no near-tie that float rounding could flip.
+    const prefixes = Array.from({ length: 22 }, (_, i) => i + 1).sort((a, b) => gap(b) - gap(a)).slice(0, 4);
+    for (const m of prefixes) {
+      const row = rowAt(m);
+      const order = ranked(row);
+      expect(order[0]![0] - order[1]![0]).toBeGreaterThan(1e-3);
+      const lse = Math.log(row.reduce((s, v) => s + Math.exp(v - order[0]![0]), 0)) + order[0]![0];
+      for (const [k, token] of [[0, order[0]![1]], [1, order[1]![1]]] as const) {
+        const input = [...ids.slice(0, m + 1), token];
+        lines.push(JSON.stringify({ input_ids: input, labels: input.map((t, j) => (j <= m ? -100 : t)) }));
+        nll += lse - row[token]!;
+        if (k === 0) hits++;
+      }
+    }
+    const file = path.join(tmp(), 'completions.jsonl');
+    fs.writeFileSync(file, lines.join('\n') + '\n');
+    return { file, loss: nll / lines.length, exact: hits / lines.length, n: lines.length };
+  }
+
+  test('eval reports teacher-forced exact match and honours --max-examples', () => {
+    const c = completions();
+    const r = run('eval', '--model', LLAMA, '--adapter', LLAMA, '--data', c.file, '--json');
+    expect(r.code).toBe(0);
+    const j = JSON.parse(r.out);
+    expect(j.examples).toBe(c.n);
+    expect(j.tokens).toBe(c.n);
+    expect(j.exactMatch).toBe(c.exact);
+    expect(Math.abs(j.loss - c.loss) / c.loss).toBeLessThan(1e-5);
+    expect(j.quantized).toBe(false);
+    // The first two examples: the argmax completion and the runner-up.
+    const two = JSON.parse(run('eval', '--model', LLAMA, '--adapter', LLAMA, '--data', c.file, '--max-examples', '2', '--json').out);
+    expect(two.examples).toBe(2);
+    expect(two.exactMatch).toBe(0.5);
+    const text = run('eval', '--model', LLAMA, '--adapter', LLAMA, '--data', c.file, '--max-examples', '3');
+    expect(text.out).toMatch(/in 3 examples \(the first 3 of 8\)/);
+    expect(text.out).toMatch(/exact match .*: 66\.7% \(2 of 3\)/);
+    expect(run('eval', '--help').out).toMatch(/teacher-forced/);
+    expect(run('eval', '--model', LLAMA, '--data', c.file, '--max-examples', '0').err).toMatch(/--max-examples must be an integer >= 1, got 0/);
+  });
+
+  test('eval runs on the NF4 base with --quantize, and by itself for an adapter a qlora run trained', () => {
+    const c = completions();
+    const evalLoss = (...extra: string[]) => {
+      const r = run('eval', '--model', LLAMA, '--data', c.file, '--json', ...extra);
+      expect(r.code).toBe(0);
+      return { ...JSON.parse(r.out), err: r.err };
+    };
+    // The reference: the same examples through the NF4 base that QLoRA trains against, loaded by the library.
+    using nf4 = loadModel(LLAMA, { quantize: true });
+    loadAdapter(nf4, LLAMA);
+    const reference = evaluate(nf4, loadExamples(c.file, null)).loss;
+    const q = evalLoss('--adapter', LLAMA, '--quantize');
+    expect(q.quantized).toBe(true);
+    expect(Math.abs(q.loss - reference) / reference).toBeLessThan(1e-6);
+    const float = evalLoss('--adapter', LLAMA);
+    expect(Math.abs(float.loss - q.loss)).toBeGreaterThan(1e-4);
+    // A run folder whose run.json says qlora: its last/ is evaluated on the NF4 base unless --no-quantize.
+    const runDir = tmp();
+    const last = adapterOnly(runDir, 'last');
+    fs.writeFileSync(path.join(runDir, 'run.json'), JSON.stringify({ options: { method: 'qlora' } }));
+    const auto = evalLoss('--adapter', last);
+    expect(auto.quantized).toBe(true);
+    expect(auto.loss).toBe(q.loss);
+    expect(auto.err).toMatch(/run\.json says the adapter was trained with qlora: evaluating on the NF4 base/);
+    expect(evalLoss('--adapter', last, '--no-quantize').loss).toBe(float.loss);
   });
 });

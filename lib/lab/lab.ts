@@ -58,6 +58,8 @@ export interface Score {
   loss: number;
   /** Share of examples whose every completion token is the argmax: what greedy decoding would write. */
   exactMatch: number;
+  /** Positions the loss counted. */
+  tokens: number;
 }
 
 export interface RunResult {
@@ -156,9 +158,10 @@ export function score(model: CausalLM, examples: readonly Example[], exact = tru
       for (let v = 1; v < vocab; v++) if (l[t * vocab + v]! > l[t * vocab + best]!) best = v;
       all = best === want;
     }
-    if (all) hits++;
+    // An example with nothing to predict matches nothing.
+    if (all && r.tokens > 0) hits++;
   }
-  return { loss: tokens > 0 ? sum / tokens : NaN, exactMatch: examples.length ? hits / examples.length : NaN };
+  return { loss: tokens > 0 ? sum / tokens : NaN, exactMatch: examples.length ? hits / examples.length : NaN, tokens };
 }
 
 function hostBytes(): number {
