@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -31,11 +32,14 @@ struct OperandHold {
   int64_t lrows = 0, lcols = 0;
 };
 
+// `numel` is a checked product (at most kMaxSize), so the sums below cannot wrap.
 void read_nf4(const Napi::Object& q, int64_t numel, NF4View& v, const char* op, const char* label = nullptr) {
   v.block_size = i64(q, "blockSize", op);
-  if (v.block_size < 2 || (v.block_size & (v.block_size - 1))) throw_range(q.Env(), std::string(op) + ": NF4 blockSize must be a power of two");
-  v.packed = static_cast<const uint8_t*>(storage(q, "packed", sz((numel + 1) / 2, 1), op, false, label)->data());
-  v.absmax = static_cast<const float*>(storage(q, "absmax", sz((numel + v.block_size - 1) / v.block_size, 4), op, false, label)->data());
+  if (v.block_size < 2 || v.block_size > kMaxSize || (v.block_size & (v.block_size - 1)))
+    throw_range(q.Env(), std::string(op) + ": NF4 blockSize must be a power of two");
+  v.packed = static_cast<const uint8_t*>(storage(q, "packed", static_cast<size_t>((numel + 1) / 2), op, false, label)->data());
+  v.absmax = static_cast<const float*>(
+      storage(q, "absmax", static_cast<size_t>((numel + v.block_size - 1) / v.block_size) * 4, op, false, label)->data());
 }
 
 void read_operand(const Napi::Object& args, const char* key, OperandHold& h, const char* op) {
@@ -44,18 +48,18 @@ void read_operand(const Napi::Object& args, const char* key, OperandHold& h, con
   if (!v.IsObject()) throw_type(env, std::string(op) + ": '" + key + "' must be an operand object");
   Napi::Object o = v.As<Napi::Object>();
   int64_t rows = i64(o, "rows", op), cols = i64(o, "cols", op);
-  if (rows < 0 || cols < 0) throw_range(env, std::string(op) + ": '" + key + "' has a negative dimension");
+  const int64_t numel = product(env, op, key, {rows, cols});
   h.op.trans = flag(o, "trans", op);
   h.op.ld = cols;
   Napi::Value q = o.Get("nf4");
   if (q.IsObject()) {
-    read_nf4(q.As<Napi::Object>(), rows * cols, h.nf4, op, key);
+    read_nf4(q.As<Napi::Object>(), numel, h.nf4, op, key);
     h.op.nf4 = &h.nf4;
   } else {
     h.op.dtype = dtype(o, "dtype", op);
     if (h.op.dtype != DType::F32 && h.op.dtype != DType::BF16 && h.op.dtype != DType::F16)
       throw_type(env, std::string(op) + ": '" + key + "' must be float32, bfloat16 or float16, got " + dtype_name(h.op.dtype));
-    h.op.data = storage(o, "s", sz(rows * cols, dtype_size(h.op.dtype)), op, false, key)->data();
+    h.op.data = storage(o, "s", static_cast<size_t>(numel) * dtype_size(h.op.dtype), op, false, key)->data();
   }
   h.lrows = h.op.trans ? cols : rows;
   h.lcols = h.op.trans ? rows : cols;
@@ -67,13 +71,29 @@ void expect_shape(Napi::Env env, const char* op, const char* key, const OperandH
                          "] (after transpose), expected [" + std::to_string(rows) + ", " + std::to_string(cols) + "]");
 }
 
+// A value stored into an integer dtype must be one: converting NaN or an out-of-range double to an
+// integer is undefined behaviour in C++ (lib/ checks first, with the element named; this is the floor).
+void check_int_value(Napi::Env env, const char* op, DType dt, double v) {
+  double lo, hi;
+  switch (dt) {
+    case DType::I32: lo = -2147483648.0, hi = 2147483647.0; break;
+    case DType::I64: lo = -9223372036854775808.0, hi = 9223372036854774784.0; break;
+    case DType::U8: lo = 0.0, hi = 255.0; break;
+    default: return;
+  }
+  if (!(v >= lo && v <= hi) || v != std::trunc(v))
+    throw_range(env, std::string(op) + ": " + std::to_string(v) + " is not an integer in " + dtype_name(dt) + "'s range");
+}
+
 Napi::Value Fill(const Napi::CallbackInfo& info) {
   const char* op = "fill";
   auto o = object_arg(info, 0, op);
   DType dt = dtype(o, "dtype", op);
   int64_t n = i64(o, "n", op);
-  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), fill, dst, dt, n, num(o, "value", op)); });
+  const double value = num(o, "value", op);
+  check_int_value(info.Env(), op, dt, value);
+  void* dst = typed(o, "dst", n, dt, op);
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), fill, dst, dt, n, value); });
   return info.Env().Undefined();
 }
 
@@ -82,8 +102,12 @@ Napi::Value Arange(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   DType dt = dtype(o, "dtype", op);
   int64_t n = i64(o, "n", op);
-  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), arange, dst, dt, n, num(o, "start", op), num(o, "step", op)); });
+  const double start = num(o, "start", op), step = num(o, "step", op);
+  // Elements are truncated start + step * i; the ends bound every one of them.
+  if (n > 0)
+    for (double v : {start, start + step * static_cast<double>(n - 1)}) check_int_value(info.Env(), op, dt, std::trunc(v));
+  void* dst = typed(o, "dst", n, dt, op);
+  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), arange, dst, dt, n, start, step); });
   return info.Env().Undefined();
 }
 
@@ -92,8 +116,8 @@ Napi::Value Cast(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   DType from = dtype(o, "from", op), to = dtype(o, "to", op);
   int64_t n = i64(o, "n", op);
-  const void* src = storage(o, "src", sz(n, dtype_size(from)), op)->data();
-  void* dst = storage(o, "dst", sz(n, dtype_size(to)), op)->data();
+  const void* src = typed(o, "src", n, from, op);
+  void* dst = typed(o, "dst", n, to, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), cast, src, from, dst, to, n); });
   return info.Env().Undefined();
 }
@@ -102,7 +126,7 @@ Napi::Value Rand(const Napi::CallbackInfo& info, bool normal) {
   const char* op = normal ? "randn" : "rand";
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
-  float* dst = ptr<float>(o, "dst", n, op);
+  float* dst = ptr<float>(o, "dst", {n}, op);
   uint64_t seed = static_cast<uint64_t>(i64(o, "seed", op)), offset = static_cast<uint64_t>(i64(o, "offset", op));
   float p0 = static_cast<float>(num(o, "p0", op)), p1 = static_cast<float>(num(o, "p1", op));
   guarded(info.Env(), [&] {
@@ -130,10 +154,10 @@ Napi::Value Gemm(const Napi::CallbackInfo& info) {
   g.a = a.op;
   g.b = b.op;
   g.ldc = g.n;
-  g.c = ptr<float>(o, "c", g.m * g.n, op);
+  g.c = ptr<float>(o, "c", {g.m, g.n}, op);
   g.alpha = static_cast<float>(num(o, "alpha", op));
   g.beta = static_cast<float>(num(o, "beta", op));
-  g.bias = ptr<float>(o, "bias", g.n, op, true);
+  g.bias = ptr<float>(o, "bias", {g.n}, op, true);
   guarded(env, [&] { LK_CALL(on_gpu(info.Env()), gemm, g); });
   return env.Undefined();
 }
@@ -165,11 +189,11 @@ Napi::Value LoraForward(const Napi::CallbackInfo& info) {
   if (x.op.trans || w.op.trans) throw_type(env, std::string(op) + ": x and w are taken as stored");
   L.x = x.op;
   L.w = w.op;
-  L.bias = ptr<float>(o, "bias", L.out, op, true);
-  L.a = ptr<float>(o, "a", L.r * L.in, op);
-  L.b = ptr<float>(o, "b", L.out * L.r, op);
-  L.y = ptr<float>(o, "y", L.m * L.out, op);
-  L.xa = ptr<float>(o, "xa", L.m * L.r, op);
+  L.bias = ptr<float>(o, "bias", {L.out}, op, true);
+  L.a = ptr<float>(o, "a", {L.r, L.in}, op);
+  L.b = ptr<float>(o, "b", {L.out, L.r}, op);
+  L.y = ptr<float>(o, "y", {L.m, L.out}, op);
+  L.xa = ptr<float>(o, "xa", {L.m, L.r}, op);
   guarded(env, [&] { LK_CALL(on_gpu(info.Env()), lora_forward, L); });
   return env.Undefined();
 }
@@ -192,14 +216,14 @@ Napi::Value LoraBackward(const Napi::CallbackInfo& info) {
   L.dy = dy.op;
   L.x = x.op;
   L.w = w.op;
-  L.a = ptr<float>(o, "a", L.r * L.in, op);
-  L.b = ptr<float>(o, "b", L.out * L.r, op);
-  L.xa = ptr<float>(o, "xa", L.m * L.r, op);
-  L.dx = ptr<float>(o, "dx", L.m * L.in, op, true);
-  L.da = ptr<float>(o, "da", L.r * L.in, op, true);
-  L.db = ptr<float>(o, "db", L.out * L.r, op, true);
-  L.dbias = ptr<float>(o, "dbias", L.out, op, true);
-  L.dw = ptr<float>(o, "dw", L.out * L.in, op, true);
+  L.a = ptr<float>(o, "a", {L.r, L.in}, op);
+  L.b = ptr<float>(o, "b", {L.out, L.r}, op);
+  L.xa = ptr<float>(o, "xa", {L.m, L.r}, op);
+  L.dx = ptr<float>(o, "dx", {L.m, L.in}, op, true);
+  L.da = ptr<float>(o, "da", {L.r, L.in}, op, true);
+  L.db = ptr<float>(o, "db", {L.out, L.r}, op, true);
+  L.dbias = ptr<float>(o, "dbias", {L.out}, op, true);
+  L.dw = ptr<float>(o, "dw", {L.out, L.in}, op, true);
   guarded(env, [&] { LK_CALL(on_gpu(info.Env()), lora_backward, L); });
   return env.Undefined();
 }
@@ -210,11 +234,57 @@ Napi::Value Nf4Quantize(const Napi::CallbackInfo& info) {
   DType dt = dtype(o, "dtype", op);
   int64_t n = i64(o, "n", op), bs = i64(o, "blockSize", op);
   if (bs < 2 || (bs & (bs - 1))) throw_range(info.Env(), std::string(op) + ": blockSize must be a power of two");
-  const void* src = storage(o, "src", sz(n, dtype_size(dt)), op)->data();
-  uint8_t* packed = ptr<uint8_t>(o, "packed", (n + 1) / 2, op);
-  float* absmax = ptr<float>(o, "absmax", (n + bs - 1) / bs, op);
+  const void* src = typed(o, "src", n, dt, op);
+  uint8_t* packed = ptr<uint8_t>(o, "packed", {(n + 1) / 2}, op);
+  float* absmax = ptr<float>(o, "absmax", {(n + bs - 1) / bs}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), nf4_quantize, src, dt, n, bs, packed, absmax); });
   return info.Env().Undefined();
+}
+
+// Index of the first NaN or infinity among n elements of a float dtype in host memory, or -1: the
+// exponent bits are all ones exactly for those.
+int64_t first_non_finite(const uint8_t* p, DType dt, int64_t n) {
+  for (int64_t i = 0; i < n; ++i) {
+    if (dt == DType::F32) {
+      uint32_t u;
+      std::memcpy(&u, p + 4 * i, 4);
+      if ((u & 0x7f800000u) == 0x7f800000u) return i;
+    } else {
+      uint16_t u;
+      std::memcpy(&u, p + 2 * i, 2);
+      const uint16_t e = dt == DType::BF16 ? 0x7f80 : 0x7c00;
+      if ((u & e) == e) return i;
+    }
+  }
+  return -1;
+}
+
+// {src, dtype, n} of a float dtype -> the index of its first NaN or infinity, or -1. A GPU storage is
+// read back in chunks.
+Napi::Value FirstNonFinite(const Napi::CallbackInfo& info) {
+  const char* op = "firstNonFinite";
+  Napi::Env env = info.Env();
+  auto o = object_arg(info, 0, op);
+  DType dt = dtype(o, "dtype", op);
+  if (dt != DType::F32 && dt != DType::BF16 && dt != DType::F16) throw_type(env, std::string(op) + ": 'dtype' must be a float dtype");
+  int64_t n = i64(o, "n", op);
+  const auto* src = static_cast<const uint8_t*>(typed(o, "src", n, dt, op));
+  const int64_t elem = static_cast<int64_t>(dtype_size(dt));
+  if (!on_gpu(env)) return Napi::Number::New(env, static_cast<double>(first_non_finite(src, dt, n)));
+  int64_t found = -1;
+#ifdef LORAKIT_WITH_GPU
+  guarded(env, [&] {
+    const int64_t chunk = (int64_t{16} << 20) / elem;
+    std::vector<uint8_t> host(static_cast<size_t>(std::min(n, chunk) * elem));
+    for (int64_t first = 0; first < n && found < 0; first += chunk) {
+      const int64_t len = std::min(chunk, n - first);
+      gpu::copy_to_host(host.data(), src + first * elem, static_cast<size_t>(len * elem));
+      const int64_t i = first_non_finite(host.data(), dt, len);
+      if (i >= 0) found = first + i;
+    }
+  });
+#endif
+  return Napi::Number::New(env, static_cast<double>(found));
 }
 
 Napi::Value Nf4Dequantize(const Napi::CallbackInfo& info) {
@@ -224,7 +294,7 @@ Napi::Value Nf4Dequantize(const Napi::CallbackInfo& info) {
   int64_t n = i64(o, "n", op);
   NF4View q;
   read_nf4(o, n, q, op);
-  void* dst = storage(o, "dst", sz(n, dtype_size(dt)), op)->data();
+  void* dst = typed(o, "dst", n, dt, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), nf4_dequantize, q, n, dst, dt); });
   return info.Env().Undefined();
 }
@@ -233,9 +303,9 @@ Napi::Value AbsmaxQuantize(const Napi::CallbackInfo& info) {
   const char* op = "nf4.quantize(doubleQuant)";
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
-  const float* absmax = ptr<float>(o, "absmax", n, op);
-  uint8_t* codes = ptr<uint8_t>(o, "codes", n, op);
-  float* scales = ptr<float>(o, "scales", (n + 255) / 256, op);
+  const float* absmax = ptr<float>(o, "absmax", {n}, op);
+  uint8_t* codes = ptr<uint8_t>(o, "codes", {n}, op);
+  float* scales = ptr<float>(o, "scales", {(n + 255) / 256}, op);
   float offset = 0.f;
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), absmax_quantize, absmax, n, codes, scales, &offset); });
   return Napi::Number::New(info.Env(), offset);
@@ -246,10 +316,10 @@ Napi::Value AbsmaxDequantize(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   NestedAbsmax q;
   q.n = i64(o, "n", op);
-  q.codes = ptr<uint8_t>(o, "codes", q.n, op);
-  q.scales = ptr<float>(o, "scales", (q.n + 255) / 256, op);
+  q.codes = ptr<uint8_t>(o, "codes", {q.n}, op);
+  q.scales = ptr<float>(o, "scales", {(q.n + 255) / 256}, op);
   q.offset = static_cast<float>(num(o, "offset", op));
-  float* absmax = ptr<float>(o, "absmax", q.n, op);
+  float* absmax = ptr<float>(o, "absmax", {q.n}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), absmax_dequantize, q, absmax); });
   return info.Env().Undefined();
 }
@@ -268,10 +338,10 @@ Napi::Value AdamWStep(const Napi::CallbackInfo& info) {
     auto t = e.As<Napi::Object>();
     AdamWTensor& a = ts[i];
     a.numel = i64(t, "numel", op);
-    a.param = ptr<float>(t, "param", a.numel, op);
-    a.grad = ptr<float>(t, "grad", a.numel, op);
-    a.exp_avg = ptr<float>(t, "expAvg", a.numel, op);
-    a.exp_avg_sq = ptr<float>(t, "expAvgSq", a.numel, op);
+    a.param = ptr<float>(t, "param", {a.numel}, op);
+    a.grad = ptr<float>(t, "grad", {a.numel}, op);
+    a.exp_avg = ptr<float>(t, "expAvg", {a.numel}, op);
+    a.exp_avg_sq = ptr<float>(t, "expAvgSq", {a.numel}, op);
     a.lr = num(t, "lr", op);
     a.beta1 = num(t, "beta1", op);
     a.beta2 = num(t, "beta2", op);
@@ -338,7 +408,7 @@ Napi::Value GradNorm(const Napi::CallbackInfo& info) {
     if (!e.IsObject()) throw_type(env, std::string(op) + ": grads[" + std::to_string(i) + "] must be an object");
     auto t = e.As<Napi::Object>();
     numels[i] = i64(t, "numel", op);
-    ptrs[i] = ptr<float>(t, "s", numels[i], op);
+    ptrs[i] = ptr<float>(t, "s", {numels[i]}, op);
   }
   double norm = guarded(env, [&] { return LK_CALL(on_gpu(env), grad_norm, ptrs.data(), numels.data(), static_cast<int64_t>(ptrs.size())); });
   return Napi::Number::New(env, norm);
@@ -392,6 +462,7 @@ void register_ops(Napi::Env env, Napi::Object exports) {
   fn("loraBackward", LoraBackward);
   fn("nf4Quantize", Nf4Quantize);
   fn("nf4Dequantize", Nf4Dequantize);
+  fn("firstNonFinite", FirstNonFinite);
   fn("absmaxQuantize", AbsmaxQuantize);
   fn("absmaxDequantize", AbsmaxDequantize);
   fn("adamwStep", AdamWStep);

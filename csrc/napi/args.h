@@ -5,6 +5,7 @@
 #include <napi.h>
 
 #include <cstdint>
+#include <initializer_list>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -68,12 +69,27 @@ inline void gpu_select(int device) {
 #endif
 }
 
-inline size_t sz(int64_t n, size_t elem) { return static_cast<size_t>(n) * elem; }
+// The largest element count or byte size a call may name: 2^53, the largest integer JavaScript holds
+// exactly, and more than any storage holds.
+constexpr int64_t kMaxSize = int64_t{1} << 53;
 
+// dims[0] * dims[1] * ... * elem, or an ERR_OUT_OF_RANGE error naming `what` when a factor is negative
+// or the product passes kMaxSize. Every size a kernel trusts is a product of numbers from JavaScript,
+// compared with a storage's bytes: a product that wrapped around int64 passed that comparison (a
+// [4096, 2^52] shape needed "0 bytes") and sent the kernel far past the end of its buffers.
+int64_t product(Napi::Env env, const char* op, const char* what, std::initializer_list<int64_t> dims, int64_t elem = 1);
+
+// The live storage at `key` with room for the product of `dims` elements of T.
 template <typename T>
-T* ptr(const Napi::Object& o, const char* key, int64_t n, const char* op, bool optional = false) {
-  Storage* s = storage(o, key, sz(n, sizeof(T)), op, optional);
+T* ptr(const Napi::Object& o, const char* key, std::initializer_list<int64_t> dims, const char* op, bool optional = false) {
+  const int64_t bytes = product(o.Env(), op, key, dims, static_cast<int64_t>(sizeof(T)));
+  Storage* s = storage(o, key, static_cast<size_t>(bytes), op, optional);
   return s ? static_cast<T*>(s->data()) : nullptr;
+}
+
+// The live storage at `key` with room for n elements of dtype dt.
+inline void* typed(const Napi::Object& o, const char* key, int64_t n, DType dt, const char* op) {
+  return ptr<uint8_t>(o, key, {n, static_cast<int64_t>(dtype_size(dt))}, op);
 }
 
 // Kernels throw lorakit::Error for conditions only they can see; JavaScript gets an Error with its code.

@@ -14,9 +14,9 @@ Napi::Value SvdLeft(const Napi::CallbackInfo& info) {
   if (m < 1 || n < 1) throw_range(env, std::string(op) + ": 'm' and 'n' must be positive");
   if (k < 1 || k > std::min(m, n))
     throw_range(env, std::string(op) + ": 'k' must be in [1, min(m, n) = " + std::to_string(std::min(m, n)) + "], got " + std::to_string(k));
-  const float* w = ptr<float>(o, "w", m * n, op);
-  double* u = ptr<double>(o, "u", m * k, op);
-  double* s = ptr<double>(o, "s", k, op);
+  const float* w = ptr<float>(o, "w", {m, n}, op);
+  double* u = ptr<double>(o, "u", {m, k}, op);
+  double* s = ptr<double>(o, "s", {k}, op);
   guarded(env, [&] { LK_CALL(on_gpu(info.Env()), svd_left, w, m, n, u, s, k); });
   return env.Undefined();
 }

@@ -18,20 +18,20 @@ NormArgs norm_args(const Napi::Object& o, const char* op, bool backward, bool ce
   a.rows = i64(o, "rows", op);
   a.dim = i64(o, "dim", op);
   positive(o, op, {{"rows", a.rows}, {"dim", a.dim}});
-  const int64_t n = a.rows * a.dim;
-  a.x = ptr<float>(o, "x", n, op);
-  a.w = ptr<float>(o, "w", a.dim, op);
-  a.rstd = ptr<float>(o, "rstd", a.rows, op);
-  if (centered) a.mean = ptr<float>(o, "mean", a.rows, op);
+  const int64_t n = product(o.Env(), op, "x", {a.rows, a.dim});
+  a.x = ptr<float>(o, "x", {n}, op);
+  a.w = ptr<float>(o, "w", {a.dim}, op);
+  a.rstd = ptr<float>(o, "rstd", {a.rows}, op);
+  if (centered) a.mean = ptr<float>(o, "mean", {a.rows}, op);
   if (!backward) {
     a.eps = static_cast<float>(num(o, "eps", op));
-    a.b = centered ? ptr<float>(o, "b", a.dim, op, true) : nullptr;
-    a.y = ptr<float>(o, "y", n, op);
+    a.b = centered ? ptr<float>(o, "b", {a.dim}, op, true) : nullptr;
+    a.y = ptr<float>(o, "y", {n}, op);
   } else {
-    a.dy = ptr<float>(o, "dy", n, op);
-    a.dx = ptr<float>(o, "dx", n, op, true);
-    a.dw = ptr<float>(o, "dw", a.dim, op, true);
-    if (centered) a.db = ptr<float>(o, "db", a.dim, op, true);
+    a.dy = ptr<float>(o, "dy", {n}, op);
+    a.dx = ptr<float>(o, "dx", {n}, op, true);
+    a.dw = ptr<float>(o, "dw", {a.dim}, op, true);
+    if (centered) a.db = ptr<float>(o, "db", {a.dim}, op, true);
   }
   return a;
 }
@@ -63,8 +63,8 @@ Napi::Value Rope(const Napi::CallbackInfo& info) {
   positive(o, op, {{"tokens", a.tokens}, {"heads", a.heads}, {"headDim", a.head_dim}});
   if (a.head_dim % 2) throw_range(o.Env(), std::string(op) + ": 'headDim' must be even, got " + std::to_string(a.head_dim));
   if (a.seq < 1) throw_range(o.Env(), std::string(op) + ": 'seq' must be positive");
-  a.x = ptr<float>(o, "x", a.tokens * a.heads * a.head_dim, op);
-  a.pos = ptr<int64_t>(o, "pos", a.tokens, op, true);
+  a.x = ptr<float>(o, "x", {a.tokens, a.heads, a.head_dim}, op);
+  a.pos = ptr<int64_t>(o, "pos", {a.tokens}, op, true);
   a.theta = static_cast<float>(num(o, "theta", op));
   a.inverse = flag(o, "inverse", op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), rope, a); });
@@ -86,13 +86,13 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
     throw_range(o.Env(), std::string(op) + ": query heads (" + std::to_string(a.hq) + ") must be a positive multiple of kv heads (" +
                              std::to_string(a.hkv) + ")");
   a.scale = static_cast<float>(num(o, "scale", op));
-  const int64_t nq = a.batch * a.seq * a.hq * a.d, nkv = a.batch * a.seq * a.hkv * a.d;
-  a.q = ptr<float>(o, "q", nq, op);
-  a.k = ptr<float>(o, "k", nkv, op);
-  a.v = ptr<float>(o, "v", nkv, op);
-  a.out = ptr<float>(o, "out", nq, op);
-  a.lse = ptr<float>(o, "lse", a.batch * a.hq * a.seq, op);
-  a.starts = ptr<int64_t>(o, "starts", a.batch * a.seq, op, true);
+  const int64_t nq = product(o.Env(), op, "q", {a.batch, a.seq, a.hq, a.d}), nkv = product(o.Env(), op, "k", {a.batch, a.seq, a.hkv, a.d});
+  a.q = ptr<float>(o, "q", {nq}, op);
+  a.k = ptr<float>(o, "k", {nkv}, op);
+  a.v = ptr<float>(o, "v", {nkv}, op);
+  a.out = ptr<float>(o, "out", {nq}, op);
+  a.lse = ptr<float>(o, "lse", {a.batch, a.hq, a.seq}, op);
+  a.starts = ptr<int64_t>(o, "starts", {a.batch, a.seq}, op, true);
   // A bad document start would index outside the row, so it is checked here, on a host copy for a GPU.
   std::vector<int64_t> host_starts;
   const int64_t* starts = a.starts;
@@ -112,10 +112,10 @@ Napi::Value Attention(const Napi::CallbackInfo& info) {
         throw_range(o.Env(), std::string(op) + ": starts[" + std::to_string(i) + "] = " + std::to_string(starts[i]) +
                                  " must lie in [0, its position in the row]");
   if (Backward) {
-    a.dout = ptr<float>(o, "dout", nq, op);
-    a.dq = ptr<float>(o, "dq", nq, op);
-    a.dk = ptr<float>(o, "dk", nkv, op);
-    a.dv = ptr<float>(o, "dv", nkv, op);
+    a.dout = ptr<float>(o, "dout", {nq}, op);
+    a.dq = ptr<float>(o, "dq", {nq}, op);
+    a.dk = ptr<float>(o, "dk", {nkv}, op);
+    a.dv = ptr<float>(o, "dv", {nkv}, op);
   }
   guarded(info.Env(), [&] {
     if (Backward) LK_CALL(on_gpu(info.Env()), attention_backward, a);
@@ -129,8 +129,8 @@ Napi::Value Gelu(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
   positive(o, op, {{"n", n}});
-  const float* x = ptr<float>(o, "x", n, op);
-  float* y = ptr<float>(o, "y", n, op);
+  const float* x = ptr<float>(o, "x", {n}, op);
+  float* y = ptr<float>(o, "y", {n}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_forward, x, y, n); });
   return info.Env().Undefined();
 }
@@ -140,9 +140,9 @@ Napi::Value GeluBackward(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
   positive(o, op, {{"n", n}});
-  const float* dy = ptr<float>(o, "dy", n, op);
-  const float* x = ptr<float>(o, "x", n, op);
-  float* dx = ptr<float>(o, "dx", n, op);
+  const float* dy = ptr<float>(o, "dy", {n}, op);
+  const float* x = ptr<float>(o, "x", {n}, op);
+  float* dx = ptr<float>(o, "dx", {n}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_backward, dy, x, dx, n); });
   return info.Env().Undefined();
 }
@@ -152,9 +152,9 @@ Napi::Value Swiglu(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
   positive(o, op, {{"n", n}});
-  const float* gate = ptr<float>(o, "gate", n, op);
-  const float* up = ptr<float>(o, "up", n, op);
-  float* y = ptr<float>(o, "y", n, op);
+  const float* gate = ptr<float>(o, "gate", {n}, op);
+  const float* up = ptr<float>(o, "up", {n}, op);
+  float* y = ptr<float>(o, "y", {n}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_forward, gate, up, y, n); });
   return info.Env().Undefined();
 }
@@ -164,11 +164,11 @@ Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
   positive(o, op, {{"n", n}});
-  const float* dy = ptr<float>(o, "dy", n, op);
-  const float* gate = ptr<float>(o, "gate", n, op);
-  const float* up = ptr<float>(o, "up", n, op);
-  float* dgate = ptr<float>(o, "dgate", n, op);
-  float* dup = ptr<float>(o, "dup", n, op);
+  const float* dy = ptr<float>(o, "dy", {n}, op);
+  const float* gate = ptr<float>(o, "gate", {n}, op);
+  const float* up = ptr<float>(o, "up", {n}, op);
+  float* dgate = ptr<float>(o, "dgate", {n}, op);
+  float* dup = ptr<float>(o, "dup", {n}, op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_backward, dy, gate, up, dgate, dup, n); });
   return info.Env().Undefined();
 }
@@ -179,14 +179,14 @@ Napi::Value Embedding(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op), dim = i64(o, "dim", op), vocab = i64(o, "vocab", op);
   positive(o, op, {{"n", n}, {"dim", dim}, {"vocab", vocab}});
-  const int64_t* ids = ptr<int64_t>(o, "ids", n, op);
+  const int64_t* ids = ptr<int64_t>(o, "ids", {n}, op);
   if (Backward) {
-    const float* dout = ptr<float>(o, "dout", n * dim, op);
-    float* dtable = ptr<float>(o, "dtable", vocab * dim, op);
+    const float* dout = ptr<float>(o, "dout", {n, dim}, op);
+    float* dtable = ptr<float>(o, "dtable", {vocab, dim}, op);
     guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_backward, ids, dout, dtable, n, dim, vocab); });
   } else {
-    const float* table = ptr<float>(o, "table", vocab * dim, op);
-    float* out = ptr<float>(o, "out", n * dim, op);
+    const float* table = ptr<float>(o, "table", {vocab, dim}, op);
+    float* out = ptr<float>(o, "out", {n, dim}, op);
     guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_forward, ids, table, out, n, dim, vocab); });
   }
   return info.Env().Undefined();
@@ -199,8 +199,8 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
   int64_t rows = i64(o, "rows", op), vocab = i64(o, "vocab", op);
   positive(o, op, {{"rows", rows}, {"vocab", vocab}});
   if (vocab < 1) throw_range(env, std::string(op) + ": 'vocab' must be positive");
-  float* logits = ptr<float>(o, "logits", rows * vocab, op);
-  const int64_t* labels = ptr<int64_t>(o, "labels", rows, op);
+  float* logits = ptr<float>(o, "logits", {rows, vocab}, op);
+  const int64_t* labels = ptr<int64_t>(o, "labels", {rows}, op);
   int64_t ignore = i64(o, "ignoreIndex", op), count = 0;
   float scale = static_cast<float>(num(o, "gradScale", op));
   bool grad = flag(o, "wantGrad", op);
@@ -220,8 +220,11 @@ Napi::Value Copy2d(const Napi::CallbackInfo& info) {
   positive(o, op, {{"rows", rows}, {"cols", cols}, {"srcOffset", soff}, {"dstOffset", doff}});
   if (sld < cols || dld < cols) throw_range(o.Env(), std::string(op) + ": row strides must be at least 'cols'");
   if (rows == 0 || cols == 0) return info.Env().Undefined();
-  const float* src = ptr<float>(o, "src", soff + (rows - 1) * sld + cols, op) + soff;
-  float* dst = ptr<float>(o, "dst", doff + (rows - 1) * dld + cols, op) + doff;
+  // The elements up to the last one read or written: offset + (rows - 1) * ld + cols. The offset and
+  // cols are below 2^54 (i64) and the checked product below 2^53, so the sum cannot wrap.
+  const auto extent = [&](const char* key, int64_t off, int64_t ld) { return off + product(o.Env(), op, key, {rows - 1, ld}) + cols; };
+  const float* src = ptr<float>(o, "src", {extent("src", soff, sld)}, op) + soff;
+  float* dst = ptr<float>(o, "dst", {extent("dst", doff, dld)}, op) + doff;
   bool acc = flag(o, "accumulate", op);
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), copy2d, src, sld, dst, dld, rows, cols, acc); });
   return info.Env().Undefined();
@@ -232,8 +235,8 @@ Napi::Value Axpy(const Napi::CallbackInfo& info) {
   auto o = object_arg(info, 0, op);
   int64_t n = i64(o, "n", op);
   positive(o, op, {{"n", n}});
-  const float* x = ptr<float>(o, "x", n, op);
-  float* y = ptr<float>(o, "y", n, op);
+  const float* x = ptr<float>(o, "x", {n}, op);
+  float* y = ptr<float>(o, "y", {n}, op);
   float alpha = static_cast<float>(num(o, "alpha", op));
   guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), axpy, alpha, x, y, n); });
   return info.Env().Undefined();

@@ -1,3 +1,4 @@
+#include <cmath>
 #include <cstring>
 
 #include "addon.h"
@@ -181,7 +182,8 @@ int64_t i64(const Napi::Object& o, const char* key, const char* op) {
     return r;
   }
   double d = num(o, key, op);
-  if (d != static_cast<double>(static_cast<int64_t>(d)) || d < -9.0e15 || d > 9.0e15)
+  // The range first: converting a NaN or a double beyond int64 to int64 is undefined behaviour.
+  if (!(d >= -9.0e15 && d <= 9.0e15) || d != std::trunc(d))
     throw_range(o.Env(), std::string(op) + ": '" + key + "' must be an integer, got " + std::to_string(d));
   return static_cast<int64_t>(d);
 }
@@ -197,6 +199,24 @@ DType dtype(const Napi::Object& o, const char* key, const char* op) {
   int64_t d = i64(o, key, op);
   if (d < 0 || d > static_cast<int64_t>(DType::U8)) throw_range(o.Env(), std::string(op) + ": unknown dtype code " + std::to_string(d));
   return static_cast<DType>(d);
+}
+
+int64_t product(Napi::Env env, const char* op, const char* what, std::initializer_list<int64_t> dims, int64_t elem) {
+  int64_t p = elem;
+  bool over = false;
+  for (int64_t d : dims) {
+    if (d < 0) throw_range(env, std::string(op) + ": a size of '" + what + "' is negative (" + std::to_string(d) + ")");
+    // Division instead of a multiply that could wrap; a zero factor still has every other one checked.
+    if (d > kMaxSize || (d != 0 && p > kMaxSize / d)) over = true;
+    else p *= d;
+  }
+  if (over || p > kMaxSize) {
+    std::string factors;
+    for (int64_t d : dims) factors += (factors.empty() ? "" : " x ") + std::to_string(d);
+    throw_range(env, std::string(op) + ": '" + what + "' would need " + factors + (elem > 1 ? " elements of " + std::to_string(elem) + " bytes" : "") +
+                         ", more than the 2^53 a call can address; the sizes are wrong");
+  }
+  return p;
 }
 
 Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional, const char* label) {

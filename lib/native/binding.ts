@@ -155,6 +155,8 @@ export interface Addon {
   ): void;
   nf4Quantize(a: { src: AddonStorage; dtype: number; n: number; blockSize: number; packed: AddonStorage; absmax: AddonStorage }): void;
   nf4Dequantize(a: AddonNF4 & { n: number; dst: AddonStorage; dtype: number }): void;
+  /** The index of the first NaN or infinity of a float storage, or -1. */
+  firstNonFinite(a: { src: AddonStorage; dtype: number; n: number }): number;
   absmaxQuantize(a: { absmax: AddonStorage; n: number; codes: AddonStorage; scales: AddonStorage }): number;
   absmaxDequantize(a: { codes: AddonStorage; scales: AddonStorage; offset: number; n: number; absmax: AddonStorage }): void;
   adamwStep(a: { tensors: AddonAdamWTensor[]; step: number; gradScale: number }): void;

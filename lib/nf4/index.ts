@@ -23,6 +23,8 @@ export interface QuantizeOptions {
   blockSize?: number;
   /** Quantize the absmax values too (8-bit, blocks of 256): about 0.37 fewer bits per parameter. */
   doubleQuant?: boolean;
+  /** Names the tensor in errors (a weight's name); 't' by default. */
+  name?: string;
 }
 
 /** A quantized tensor. It owns its tensors: dispose() frees them all. */
@@ -61,6 +63,9 @@ export class NF4Tensor {
     this.blockSize = parts.blockSize;
     this.shape = Object.freeze([...parts.shape]);
     this.dtype = parts.dtype;
+    // TypeScript's readonly is not enforced at run time: a rewritten shape or block size would size
+    // the native work from numbers the packed storage does not match.
+    Object.freeze(this);
   }
 
   get numel(): number {
@@ -117,6 +122,7 @@ export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
   if (o.doubleQuant !== undefined && typeof o.doubleQuant !== 'boolean')
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'doubleQuant' must be a boolean, got ${describe(o.doubleQuant)}`);
   const n = x.numel;
+  rejectNonFinite(op, x, typeof o.name === 'string' ? o.name : 't');
   const blocks = Math.ceil(n / blockSize);
   const packed = Tensor.empty([Math.ceil(n / 2)], 'uint8', x.device, op);
   const absmax = Tensor.empty([blocks], 'float32', x.device, op);
@@ -142,6 +148,27 @@ export function quantize(t: Tensor, options?: QuantizeOptions): NF4Tensor {
   } finally {
     absmax.dispose();
   }
+}
+
+/**
+ * NaN and infinities are rejected rather than coded. bitsandbytes' quantize_4bit codes them without a
+ * word: a block holding +inf gets absmax inf, its finite values scale to 0 * inf and dequantize to NaN,
+ * and the inf itself (inf / inf is NaN, which its code search sends to code 0, -1.0) comes back as -inf.
+ * No weight worth fine-tuning holds one, so an error naming the first is more use than that.
+ */
+function rejectNonFinite(op: string, x: Tensor, name: string): void {
+  const i = native().firstNonFinite({ src: x.storage(op, name), dtype: DTYPE_CODE[x.dtype], n: x.numel });
+  if (i < 0) return;
+  const index: number[] = [];
+  for (let rest = i, d = x.ndim - 1; d >= 0; d--) {
+    index.unshift(rest % x.shape[d]!);
+    rest = Math.floor(rest / x.shape[d]!);
+  }
+  throw new LorakitRangeError(
+    'ERR_OUT_OF_RANGE',
+    `${op}: '${name}' (a ${x.dtype} tensor of shape [${x.shape.join(', ')}]) holds NaN or an infinity at element ${i} ([${index.join(', ')}]); ` +
+      'NF4 codes only finite values (bitsandbytes would turn that block into NaN and -inf), so replace or clip it before quantizing',
+  );
 }
 
 function checkQuantized(op: string, arg: string, q: unknown): NF4Tensor {

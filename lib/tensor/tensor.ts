@@ -102,19 +102,34 @@ function allocate(op: string, bytes: number, device: Device): AddonStorage {
 
 /** An n-dimensional, contiguous, row-major array in native memory. */
 export class Tensor {
-  readonly shape: readonly number[];
-  readonly dtype: DType;
-  readonly device: Device;
+  // Private and read through getters: TypeScript's `readonly` is not enforced at run time, and a shape
+  // rewritten after allocation would make every op size its work from numbers the storage does not have.
+  readonly #shape: readonly number[];
+  readonly #dtype: DType;
+  readonly #device: Device;
   #store: SharedStorage | null;
 
   /** @internal Use tensor(), zeros(), ... to make tensors. */
   constructor(store: SharedStorage, shape: readonly number[], dtype: DType, device: Device) {
     this.#store = store;
-    this.shape = Object.freeze([...shape]);
-    this.dtype = dtype;
-    this.device = device;
+    this.#shape = Object.freeze([...shape]);
+    this.#dtype = dtype;
+    this.#device = device;
+    // No own property can then shadow the getters (Object.defineProperty(t, 'shape', ...) throws).
+    Object.preventExtensions(this);
     registry.register(this, store, this);
     liveTensors++;
+  }
+
+  /** The dimensions, a frozen array: assigning to it or to `shape` throws in strict mode. */
+  get shape(): readonly number[] {
+    return this.#shape;
+  }
+  get dtype(): DType {
+    return this.#dtype;
+  }
+  get device(): Device {
+    return this.#device;
   }
 
   /** @internal Allocates an uninitialised tensor. */
@@ -223,6 +238,7 @@ export class Tensor {
   /** Sets every element to `value`, in place. */
   fill(value: number): this {
     if (typeof value !== 'number') throw new LorakitTypeError('ERR_INVALID_ARG', `Tensor.fill: value must be a number, got ${describe(value)}`);
+    if (isIntDType(this.dtype)) checkInteger('Tensor.fill', 'value', value, this.dtype);
     native().fill({ dst: this.storage('Tensor.fill', 'this'), dtype: DTYPE_CODE[this.dtype], n: this.numel, value });
     return this;
   }
@@ -295,26 +311,48 @@ function flatten(op: string, data: NumberData, shape: readonly number[], out: (n
   for (const d of data) flatten(op, d, shape, out, dim + 1);
 }
 
+type IntDType = 'int32' | 'int64' | 'uint8';
+
+const INT_RANGE: Readonly<Record<IntDType, readonly [bigint, bigint]>> = {
+  int32: [-(2n ** 31n), 2n ** 31n - 1n],
+  int64: [-(2n ** 63n), 2n ** 63n - 1n],
+  uint8: [0n, 255n],
+};
+
+function isIntDType(d: DType): d is IntDType {
+  return d in INT_RANGE;
+}
+
+/**
+ * `v` as an integer of `dtype`, or an error naming it (`what`: 'element 3', 'value'), the value and the
+ * dtype's range. A TypedArray store would wrap or truncate it silently (2n ** 70n into int64 is 0n,
+ * NaN into int32 is 0).
+ */
+export function checkInteger(op: string, what: string, v: number | bigint, dtype: IntDType): bigint {
+  const [lo, hi] = INT_RANGE[dtype];
+  const range = `${dtype} holds integers in [${lo}, ${hi}]`;
+  if (typeof v === 'number' && !Number.isInteger(v))
+    throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: ${what} (${v}) is not an integer; ${range}`);
+  const b = BigInt(v);
+  if (b < lo || b > hi) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: ${what} (${v}) is not representable as ${dtype}: ${range}`);
+  return b;
+}
+
 /** Writes numbers into a fresh tensor of `dtype` (floats through float32, rounding to nearest even). */
 function fromNumbers(op: string, values: (number | bigint)[], shape: number[], dtype: DType, device: Device): Tensor {
-  if (dtype === 'int64') {
-    const arr = new BigInt64Array(values.length);
-    values.forEach((v, i) => {
-      if (typeof v === 'number' && !Number.isInteger(v))
-        throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: int64 element ${i} is not an integer: ${v}`);
-      arr[i] = BigInt(v);
-    });
-    return upload(op, arr, shape, 'int64', device);
-  }
-  const nums = values.map(Number);
-  if (dtype === 'int32' || dtype === 'uint8') {
-    const arr = dtype === 'int32' ? Int32Array.from(nums) : Uint8Array.from(nums);
-    nums.forEach((v, i) => {
-      if (arr[i] !== v) throw new LorakitRangeError('ERR_INVALID_ARG', `${op}: element ${i} (${v}) is not representable as ${dtype}`);
-    });
+  if (isIntDType(dtype)) {
+    const arr = typedArrayFor(dtype, values.length);
+    if (arr instanceof BigInt64Array) values.forEach((v, i) => (arr[i] = checkInteger(op, `element ${i}`, v, dtype)));
+    else {
+      const [lo, hi] = INT_RANGE[dtype].map(Number) as [number, number];
+      values.forEach((v, i) => {
+        // Numbers in range skip the BigInt round trip: token ids arrive by the million.
+        arr[i] = typeof v === 'number' && Number.isInteger(v) && v >= lo && v <= hi ? v : Number(checkInteger(op, `element ${i}`, v, dtype));
+      });
+    }
     return upload(op, arr, shape, dtype, device);
   }
-  const f = upload(op, Float32Array.from(nums), shape, 'float32', device);
+  const f = upload(op, Float32Array.from(values, Number), shape, 'float32', device);
   if (dtype === 'float32') return f;
   try {
     return f.to(dtype);
@@ -379,6 +417,7 @@ export function full(shape: readonly number[], value: number, options: TensorOpt
   const dtype = options.dtype ?? 'float32';
   if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `${op}: unknown dtype ${describe(dtype)}`);
   if (typeof value !== 'number') throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: value must be a number, got ${describe(value)}`);
+  if (isIntDType(dtype)) checkInteger(op, 'value', value, dtype);
   const t = Tensor.empty(shape, dtype, device, op);
   native().fill({ dst: t.storage(), dtype: DTYPE_CODE[dtype], n: t.numel, value });
   return t;
@@ -398,6 +437,10 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
   const dtype = options.dtype ?? (Number.isInteger(start) && Number.isInteger(step) ? 'int64' : 'float32');
   const device = checkDevice(op, options.device);
   if (!isDType(dtype)) throw new LorakitTypeError('ERR_DTYPE', `${op}: unknown dtype ${describe(dtype)}`);
+  // The ends are enough: the values between them are in range too.
+  if (isIntDType(dtype) && n > 0)
+    for (const [what, v] of [['start', start], ['the last value', start + step * (n - 1)]] as const)
+      checkInteger(op, what, Math.trunc(v), dtype);
   const t = Tensor.empty([n], dtype, device, op);
   native().arange({ dst: t.storage(), dtype: DTYPE_CODE[dtype], n, start, step });
   return t;
