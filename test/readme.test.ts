@@ -98,3 +98,41 @@ describe('the set-up instructions', () => {
     expect(asked.filter((p) => !named.has(p))).toEqual([]);
   });
 });
+
+describe('the command lines', () => {
+  const cli = path.join(root, 'dist', 'cli', 'index.js');
+  const lorakit = (args: string[]) => execFileSync(process.execPath, [cli, ...args], { encoding: 'utf8', timeout: 60000 });
+  // Each `lorakit ...` line of the shell blocks, continuation lines joined and comments dropped.
+  const lines = blocks()
+    .filter((b) => b.lang === 'sh')
+    .flatMap((b) => b.code.replace(/\\\n\s*/g, ' ').split('\n'))
+    .map((l) => l.replace(/\s+#.*$/, '').trim())
+    .filter((l) => l.startsWith('lorakit '));
+
+  test('every `lorakit` line names a subcommand whose --help lists each option the line uses', () => {
+    expect(lines.length).toBeGreaterThanOrEqual(10);
+    const unknown: string[] = [];
+    for (const line of lines) {
+      const words = line.match(/"[^"]*"|\S+/g)!.slice(1);
+      const firstOption = words.findIndex((w) => w.startsWith('-'));
+      const command = firstOption < 0 ? words : words.slice(0, firstOption);
+      const help = lorakit([...command, '--help']);
+      expect(help).toMatch(new RegExp(`^lorakit ${command[0]}\\b`, 'm'));
+      for (const option of words.filter((w) => w.startsWith('--'))) {
+        const name = option.slice(2).replace(/[.*+?^${}()|[\]\\]/g, '\\$&');
+        // yargs lists a one-letter option as -r.
+        const listed = new RegExp(name.length === 1 ? `(^|\\s)-${name}[,\\s]` : `--${name}(?![\\w-])`, 'm');
+        if (!listed.test(help)) unknown.push(`${line}: ${option}`);
+      }
+    }
+    expect(unknown).toEqual([]);
+  });
+
+  test('`lorakit inspect` on a model folder prints the architecture its config.json gives', () => {
+    const line = lines.find((l) => l.startsWith('lorakit inspect '))!;
+    const out = lorakit(line.split(/\s+/).slice(1).map((w) => (w === './SmolLM-135M' ? model : w)));
+    const config = JSON.parse(fs.readFileSync(path.join(model, 'config.json'), 'utf8'));
+    expect(out).toContain(`llama: ${config.num_hidden_layers} layers, hidden ${config.hidden_size}`);
+    expect(out).toContain(`vocab ${config.vocab_size}`);
+  });
+});
