@@ -342,3 +342,42 @@ describe('inspect and eval', () => {
     expect(evalLoss('--adapter', last, '--no-quantize').loss).toBe(float.loss);
   });
 });
+
+describe('plan says what fits', () => {
+  test('7B on an RTX 4090: the largest batch and sequence per method, and the assumptions', () => {
+    const r = run('plan', '--params', '7B', '--gpu', 'RTX 4090', '--json');
+    expect(r.code).toBe(0);
+    const p = JSON.parse(r.out);
+    // Llama-2-7B as published, and the plan's documented byte counts worked out by hand.
+    const [h, layers, inter, vocab, heads] = [4096, 32, 11008, 32000, 32];
+    expect(p.params).toBe(6_738_415_616);
+    const linear = layers * (4 * h * h + 3 * h * inter);
+    const lora = layers * 16 * (4 * (h + h) + 2 * (h + inter) + (inter + h));
+    const nf4 = 0.5 + 1 / 64 + 4 / (64 * 256);
+    const state = { full: 16 * p.params, lora: 2 * p.params + 16 * lora, qlora: nf4 * linear + 2 * (p.params - linear) + 16 * lora };
+    const perLayer = 2 * (4 * h + 2 * h + 2 * h + 4 * inter) + 4 * heads;
+    const perToken = (ckpt: boolean) => (ckpt ? layers * 2 * h + perLayer : layers * perLayer) + 6 * vocab;
+    const usable = 0.9 * 24 * 2 ** 30;
+    expect(p.usableBytes).toBeCloseTo(usable, 0);
+    expect(p.fits).toHaveLength(6);
+    for (const f of p.fits as { method: 'full' | 'lora' | 'qlora'; checkpointing: boolean; maxBatchSize: number; maxSeqLen: number; maxSeqLenBatch1: number }[]) {
+      const tokens = Math.max(0, Math.floor((usable - state[f.method]) / perToken(f.checkpointing)));
+      expect(f.maxBatchSize).toBe(Math.floor(tokens / 2048));
+      expect(f.maxSeqLenBatch1).toBe(Math.min(4096, tokens));
+      expect(f.maxSeqLen).toBe(Math.min(4096, Math.floor(tokens / 8)));
+    }
+    const qlora = p.fits.find((f: { method: string; checkpointing: boolean }) => f.method === 'qlora' && f.checkpointing);
+    expect(qlora.maxBatchSize).toBeGreaterThanOrEqual(8);
+    expect(p.fits.find((f: { method: string }) => f.method === 'full').maxSeqLenBatch1).toBe(0);
+    // The plan agrees with itself: the hinted batch fits, one more does not.
+    const at = (batch: number) =>
+      JSON.parse(run('plan', '--params', '7B', '--gpu', 'RTX 4090', '--gradient-checkpointing', '--batch-size', String(batch), '--json').out).methods.find((m: { method: string }) => m.method === 'qlora').fits;
+    expect(at(qlora.maxBatchSize)).toBe(true);
+    expect(at(qlora.maxBatchSize + 1)).toBe(false);
+    expect(p.assumptions.bytesPerParameter).toMatch(/full 16 .*NF4/);
+    const text = run('plan', '--params', '7B', '--gpu', 'RTX 4090').out;
+    expect(text).toMatch(new RegExp(`qlora +with gradient checkpointing +batch up to ${qlora.maxBatchSize} at 2,048 tokens`));
+    expect(text).toMatch(/full +with gradient checkpointing +nothing: weights\+grads\+optimizer alone exceed the memory/);
+    expect(text).toMatch(/assumptions: bytes per parameter: full 16/);
+  });
+});

@@ -98,6 +98,17 @@ export interface MethodPlan {
   fits: boolean | null;
 }
 
+/** What fits of one method, with or without gradient checkpointing, in the usable memory. */
+export interface FitHint {
+  method: MethodPlan['method'];
+  checkpointing: boolean;
+  /** Largest micro-batch at the plan's sequence length; 0 when not even one sequence fits. */
+  maxBatchSize: number;
+  /** Largest sequence at the plan's batch size and at batch 1 (at most the model's positions); 0 when none. */
+  maxSeqLen: number;
+  maxSeqLenBatch1: number;
+}
+
 export interface Plan {
   params: number;
   /** Trainable adapter parameters at rank r on every linear layer. */
@@ -110,7 +121,27 @@ export interface Plan {
   memoryBytes: number | null;
   usableBytes: number | null;
   methods: MethodPlan[];
+  /**
+   * With a memory size: for each method, with and without gradient checkpointing, the largest batch and
+   * sequence that fit (activations grow linearly in batch x sequence under memory-efficient attention).
+   */
+  fits: FitHint[] | null;
 }
+
+/** The assumptions behind every estimate, said with each plan. */
+export const ASSUMPTIONS = {
+  bytesPerParameter:
+    `full ${BYTES.full} (bf16 weights 2 + gradients 2, fp32 master weights 4, AdamW moments 4 + 4); ` +
+    `LoRA: frozen base ${BYTES.frozenBf16} (bf16) + adapter ${BYTES.adapter} (fp32 weights, gradients and both moments); ` +
+    `QLoRA: linear weights ${BYTES.nf4.toFixed(4)} (NF4 4 bits + an 8-bit absmax per 64 weights + an fp32 scale per 256 absmax), the rest bf16, adapter ${BYTES.adapter}`,
+  activations:
+    'bf16, memory-efficient attention (no seq x seq scores kept); per token and layer 2·(4·hidden + 2·q + 2·kv + m·intermediate) + 4·heads bytes ' +
+    '(m = 4 for a gated MLP, 2 for GPT-2), plus 6·vocab per token for the logits; with gradient checkpointing, 2·hidden per token and layer plus one layer\'s full set',
+  usableShare: `${Math.round(USABLE_SHARE * 100)}% of the memory; the rest is CUDA context, kernel workspaces and allocator slack`,
+} as const;
+
+/** Largest n >= 0 with n * perUnit <= budget (0 when the budget is negative). */
+const most = (budget: number, perUnit: number) => Math.max(0, Math.floor(budget / perUnit));
 
 /**
  * Activation memory kept for the backward pass, in bytes, without gradient checkpointing, bf16 activations
@@ -151,8 +182,22 @@ export function plan(c: ModelConfig, o: { batchSize?: number; seqLen?: number; r
     ['lora', BYTES.frozenBf16 * params + adapter],
     ['qlora', BYTES.nf4 * linear + BYTES.frozenBf16 * (params - linear) + adapter],
   ];
+  const fits =
+    usable === null
+      ? null
+      : states.flatMap(([method, stateBytes]) =>
+          [true, false].map((ckpt): FitHint => {
+            const perToken = activationBytes(c, 1, 1, ckpt);
+            const tokens = most(usable - stateBytes, perToken);
+            return {
+              method, checkpointing: ckpt, maxBatchSize: Math.floor(tokens / seqLen),
+              maxSeqLen: Math.min(c.maxPositions, Math.floor(tokens / batchSize)), maxSeqLenBatch1: Math.min(c.maxPositions, tokens),
+            };
+          }),
+        );
   return {
     params, loraParams, r, batchSize, seqLen, checkpointing, activationBytes: act, memoryBytes, usableBytes: usable,
     methods: states.map(([method, stateBytes]) => ({ method, stateBytes, activationBytes: act, totalBytes: stateBytes + act, fits: usable === null ? null : stateBytes + act <= usable })),
+    fits,
   };
 }

@@ -1,7 +1,7 @@
 import type { Argv } from 'yargs';
 import { LorakitTypeError } from '../../errors';
 import { readModelConfig } from '../../io/config';
-import { assumedLlama, gpuMemory, parseMemory, parseParams, plan, USABLE_SHARE } from '../../sweep/plan';
+import { ASSUMPTIONS, assumedLlama, gpuMemory, parseMemory, parseParams, plan, USABLE_SHARE } from '../../sweep/plan';
 import { print, runCommand } from '../run';
 
 const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
@@ -9,7 +9,7 @@ const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : 
 export function planCommand(y: Argv): Argv {
   return y.command(
     'plan',
-    'Estimate the memory of full fine-tuning, LoRA and QLoRA of a model, and whether each fits a GPU',
+    'Estimate the memory of full fine-tuning, LoRA and QLoRA of a model, whether each fits a GPU, and what batch and sequence length do',
     (a) =>
       a
         .option('model', { type: 'string', describe: 'a Hugging Face model folder (its config.json gives the shape)' })
@@ -31,13 +31,26 @@ export function planCommand(y: Argv): Argv {
         const gpu = argv.gpu === undefined ? null : gpuMemory(argv.gpu);
         const memoryBytes = gpu?.bytes ?? (argv.memory === undefined ? null : parseMemory(argv.memory));
         const p = plan(config, { batchSize: argv.batchSize, seqLen: argv.seqLen, r: argv.r, memoryBytes, checkpointing: argv.gradientCheckpointing });
-        if (argv.json) return print(JSON.stringify({ ...p, assumption, gpu: gpu?.name ?? null }, null, 2));
+        if (argv.json) return print(JSON.stringify({ ...p, assumption, assumptions: ASSUMPTIONS, gpu: gpu?.name ?? null }, null, 2));
         if (assumption) print(assumption);
         print(`${config.modelType}: ${p.params.toLocaleString('en-US')} parameters, ${config.numLayers} layers, hidden ${config.hiddenSize}; LoRA r=${p.r} on every linear layer: ${p.loraParams.toLocaleString('en-US')} trainable`);
         print(`activations for batch ${p.batchSize} x ${p.seqLen} tokens (bf16, memory-efficient attention, ${p.checkpointing ? 'gradient checkpointing' : 'no gradient checkpointing'}): ${size(p.activationBytes)}`);
         for (const m of p.methods)
           print(`  ${m.method.padEnd(5)}  weights+grads+optimizer ${size(m.stateBytes).padStart(12)}  total ${size(m.totalBytes).padStart(12)}${m.fits === null ? '' : m.fits ? '  fits' : '  does not fit'}`);
         if (p.usableBytes !== null) print(`fit: within ${Math.round(USABLE_SHARE * 100)}% of ${gpu ? `${gpu.name}'s ` : ''}${size(p.memoryBytes!)} (${size(p.usableBytes)}); the rest is CUDA context and allocator slack`);
+        if (p.fits) {
+          print(`what fits in ${size(p.usableBytes!)} (r=${p.r}):`);
+          const n = (x: number) => x.toLocaleString('en-US');
+          for (const f of p.fits) {
+            const how = `  ${f.method.padEnd(5)}  ${f.checkpointing ? 'with gradient checkpointing   ' : 'without gradient checkpointing'}  `;
+            if (f.maxSeqLenBatch1 === 0) print(`${how}nothing: weights+grads+optimizer alone exceed the memory`);
+            else if (f.maxBatchSize >= 1)
+              print(`${how}batch up to ${n(f.maxBatchSize)} at ${n(p.seqLen)} tokens; at batch ${p.batchSize}, sequences up to ${n(f.maxSeqLen)} tokens`);
+            else print(`${how}not one sequence of ${n(p.seqLen)} tokens; at batch 1, sequences up to ${n(f.maxSeqLenBatch1)} tokens${f.maxSeqLenBatch1 === config.maxPositions ? " (the model's limit)" : ''}`);
+          }
+        }
+        print(`assumptions: bytes per parameter: ${ASSUMPTIONS.bytesPerParameter}.`);
+        print(`  activations: ${ASSUMPTIONS.activations}; usable: ${ASSUMPTIONS.usableShare}.`);
       }),
   );
 }
