@@ -447,8 +447,9 @@ export function arange(start: number, end?: number, step = 1, options: TensorOpt
 }
 
 /**
- * Live tensors and their native bytes, for leak hunting; the freed large host blocks kept for reuse (at
- * most LORAKIT_HOST_CACHE_MB, default 1024); and each GPU's allocator.
+ * Live tensors and their native bytes, for leak hunting; the freed host blocks kept for reuse by the next
+ * tensor of their size class (large ones up to LORAKIT_HOST_CACHE_MB, default 1024; those under 64 KiB up
+ * to 64 MiB); and each GPU's allocator.
  */
 export function memory(): {
   tensors: number;
