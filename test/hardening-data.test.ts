@@ -2,17 +2,22 @@
  * Issue #11, the data slice: sequences longer than the model's context, data files read in chunks, hostile
  * chat templates and tokenizer regexes, and target_modules that name no module of the model.
  */
+import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LorakitError, LorakitTypeError, lora } from '../lib';
-import { loadExamples } from '../lib/data';
+import { ByteTokenizer, LorakitError, LorakitTypeError, lora } from '../lib';
+import { loadExamples, type Example } from '../lib/data';
 import { loadModel } from '../lib/models';
 import { loadTokenizer } from '../lib/tokenizer';
+import { train } from '../lib/train/trainer';
 import { expectError } from './helpers/errors';
 import { byteLevelJson } from './helpers/tokenizers';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
+// The shipped model: a real byte-level BPE tokenizer, and a context of 256 positions.
+const DEFAULT = path.join(__dirname, '../assets/default');
+const CLI = path.resolve(__dirname, '../dist/cli/index.js');
 
 let tmp: string;
 beforeAll(() => {
@@ -42,6 +47,107 @@ function dataFile(name: string, text: string): string {
 }
 
 const chat = (content: string) => JSON.stringify({ messages: [{ role: 'user', content: 'hi' }, { role: 'assistant', content }] }) + '\n';
+
+/** `ids` cut into consecutive pieces of at most `n`: the reference for splitting. */
+function chunks<T>(ids: readonly T[], n: number): T[][] {
+  const out: T[][] = [];
+  for (let k = 0; k < ids.length; k += n) out.push(ids.slice(k, k + n));
+  return out;
+}
+
+/** Positions whose next token carries a loss, as the model counts them (it shifts labels by one). */
+const lossTokens = (examples: readonly Example[]) => examples.reduce((n, ex) => n + ex.labels.slice(1).filter((l) => l !== -100).length, 0);
+
+describe('sequences longer than the context', () => {
+  test('a JSONL line of 120 KB is split at the context, with one warning; the pieces are the whole line\'s tokens', () => {
+    const tok = loadTokenizer(DEFAULT);
+    let huge = '';
+    for (let i = 0; huge.length < 120_000; i++) huge += `line ${i} of a document far longer than any context. `;
+    const completion = 'a completion '.repeat(40);
+    const file = dataFile('long.jsonl', [{ text: huge }, { text: 'short' }, { prompt: 'q', completion }].map((l) => JSON.stringify(l)).join('\n') + '\n');
+    const warnings: string[] = [];
+    const examples = loadExamples(file, tok, { maxLength: 256, onWarning: (m) => warnings.push(m) });
+    // The reference: the unsplit examples, cut into pieces of 256.
+    const whole = loadExamples(file, tok);
+    expect(whole.map((e) => e.inputIds.length > 256)).toEqual([true, false, true]);
+    const expected = whole.flatMap((ex) => chunks(ex.inputIds, 256).map((ids, k) => ({ inputIds: ids, labels: chunks(ex.labels, 256)[k]! })));
+    expect(examples).toEqual(expected);
+    expect(Math.max(...examples.map((e) => e.inputIds.length))).toBe(256);
+    expect(whole[0]!.inputIds).toEqual(tok.encode(huge));
+    const pieces = expected.length - 1;
+    expect(warnings).toEqual([`${file}: 2 of 3 examples had more than 256 tokens, the longest sequence allowed; each was split into pieces of at most 256 tokens (${pieces} pieces), each read as its own sequence`]);
+  });
+
+  test('eval splits at the model\'s context and says so: the count of scored tokens is that of the pieces', () => {
+    // 2007 ids: 7 pieces of 256 and one of 215; each piece's first token has no prediction.
+    const long = Array.from({ length: 2007 }, (_, i) => (i * 31) % 1000);
+    const file = dataFile('ids.jsonl', `${JSON.stringify({ input_ids: long })}\n${JSON.stringify({ input_ids: [1, 2, 3, 4] })}\n`);
+    const r = spawnSync(process.execPath, [CLI, 'eval', '--model', DEFAULT, '--data', file, '--json'], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(0);
+    const out = JSON.parse(r.stdout);
+    expect(out.tokens).toBe(lossTokens([...chunks(long, 256), [1, 2, 3, 4]].map((ids) => ({ inputIds: ids, labels: ids }))));
+    expect(out.tokens).toBe(2007 - 8 + 3);
+    expect(out.examples).toBe(9);
+    expect(r.stderr.match(/warning/g)).toHaveLength(1);
+    expect(r.stderr).toContain(`lorakit eval: warning: ${file}: 1 of 2 examples had more than 256 tokens, the longest sequence allowed; it was split into pieces of at most 256 tokens (8 pieces)`);
+  });
+
+  test('train splits its training and eval data at the model\'s context, one warning for each file', async () => {
+    // tiny-llama takes 64 positions.
+    const long = Array.from({ length: 150 }, (_, i) => 20 + (i % 32));
+    const short = Array.from({ length: 24 }, (_, i) => (20 + i * 7) % 512);
+    const lines = (n: number) => [...Array.from({ length: n }, () => JSON.stringify({ input_ids: short })), JSON.stringify({ input_ids: long })].join('\n') + '\n';
+    const data = dataFile('train.jsonl', lines(16));
+    const evalData = dataFile('eval.jsonl', lines(2));
+    const h = train({ model: LLAMA, data, evalData, batchSize: 2, seqLen: 32, steps: 1, progress: 'none', out: path.join(freshDir(), 'run'), seed: 1 });
+    const logs: string[] = [];
+    h.on('log', (l: string) => logs.push(l));
+    const r = await h.done;
+    expect(logs.filter((l) => l.includes('warning:') && l.includes('longest sequence allowed'))).toEqual([
+      `warning: ${data}: 1 of 17 examples had more than 64 tokens, the longest sequence allowed; it was split into pieces of at most 64 tokens (3 pieces), each read as its own sequence`,
+      `warning: ${evalData}: 1 of 3 examples had more than 64 tokens, the longest sequence allowed; it was split into pieces of at most 64 tokens (3 pieces), each read as its own sequence`,
+    ]);
+    const evalTokens = lossTokens([short, short, ...chunks(long, 64)].map((ids) => ({ inputIds: ids, labels: ids })));
+    expect(r.evals.filter((e) => e.split === 'eval').map((e) => e.tokens)).toEqual([evalTokens, evalTokens]);
+  });
+});
+
+describe('data files are read in chunks', () => {
+  // Multi-byte characters, CRLF line ends, blank and whitespace-only lines, no final line break.
+  const TEXT = 'héllo wörld\r\nsecond line ☃\n\n  \n\tdoc two 𝄞 \r\n \t\r\n\r\nlast\r\nlines\r';
+  const JSONL = ['{"text": "ä"}', '', '{"prompt": "☃ q", "completion": "𝄞"}\r', '  ', '{"text": "end"}'].join('\n');
+  // The reference: the whole file read at once, split as the format says.
+  const wholeTxt = (text: string) => text.split(/\r?\n(?:[ \t]*\r?\n)+/).map((d) => d.replace(/^(?:[ \t]*\r?\n)+|(?:\r?\n[ \t]*)+$/g, '')).filter((d) => d.trim() !== '');
+  const tok = new ByteTokenizer({ bos: true, eos: true });
+
+  test('any chunk size gives the examples of reading the whole file', () => {
+    const txt = dataFile('d.txt', TEXT);
+    const jsonl = dataFile('d.jsonl', JSONL);
+    const docs = wholeTxt(TEXT);
+    expect(docs).toEqual(['héllo wörld\r\nsecond line ☃', '\tdoc two 𝄞 ', 'last\r\nlines\r']);
+    const txtExpected = docs.map((d) => ({ inputIds: tok.encode(d), labels: tok.encode(d) }));
+    const records = JSONL.split('\n').filter((l) => l.trim() !== '').map((l) => JSON.parse(l));
+    const p = tok.encode(records[1].prompt), c = tok.encode(records[1].completion, { addSpecialTokens: false });
+    const jsonlExpected = [
+      { inputIds: tok.encode('ä'), labels: tok.encode('ä') },
+      { inputIds: [...p, ...c, tok.eosTokenId!], labels: [...p.map(() => -100), ...c, tok.eosTokenId!] },
+      { inputIds: tok.encode('end'), labels: tok.encode('end') },
+    ];
+    for (const chunkBytes of [1, 2, 3, 5, 7, 64, 1 << 20]) {
+      expect(loadExamples(txt, tok, { chunkBytes })).toEqual(txtExpected);
+      expect(loadExamples(jsonl, tok, { chunkBytes })).toEqual(jsonlExpected);
+    }
+  });
+
+  test('a line (or a text document) over the bound is an error naming the file and the line', () => {
+    const line = JSON.stringify({ text: 'x'.repeat(200) });
+    const jsonl = dataFile('big.jsonl', `{"text": "a"}\n${line}\n`);
+    expectError(() => loadExamples(jsonl, new ByteTokenizer(), { maxLineBytes: 150, chunkBytes: 16 }), LorakitError, 'ERR_INVALID_ARG', `${jsonl}:2: the line is longer than 150 bytes`);
+    expect(loadExamples(jsonl, new ByteTokenizer(), { maxLineBytes: line.length, chunkBytes: 16 })).toHaveLength(2);
+    const txt = dataFile('big.txt', `a\n\n${'word '.repeat(20)}\n`.repeat(1) + `${'more '.repeat(20)}\n`.repeat(3));
+    expectError(() => loadExamples(txt, new ByteTokenizer(), { maxLineBytes: 250, chunkBytes: 16 }), LorakitError, 'ERR_INVALID_ARG', `${txt}:3: the document starting at this line is longer than 250 bytes`);
+  });
+});
 
 describe('hostile model folders', () => {
   const CHATML = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";

@@ -4,11 +4,11 @@
  * `"labels"`) or `{"messages": [{"role", "content"}, ...]}` (loss on the assistant messages only).
  * Every malformed line is an error naming the file and the line number.
  */
-import * as fs from 'node:fs';
 import { LorakitError } from '../errors';
-import { ioError, isObject, show } from '../io/config';
+import { isObject, show } from '../io/config';
 import { type Tokenizer } from '../tokenizer/tokenizer';
 import { parseMessages, tokenizeChat, type ChatMessage } from './chat';
+import { readLines, type ReadOptions } from './lines';
 
 /** A tokenized sequence; labels are aligned with the ids (-100 where no loss is taken). */
 export interface Example {
@@ -37,18 +37,14 @@ function isTokenIds(x: unknown): x is number[] {
   return Array.isArray(x) && x.every((v) => Number.isSafeInteger(v) && v >= 0);
 }
 
-/** @internal Parses a JSONL file into records with their line numbers (blank lines are skipped). */
-export function parseJsonl(file: string): LineRecord[] {
-  let text: string;
-  try {
-    text = fs.readFileSync(file, 'utf8');
-  } catch (e) {
-    throw ioError('readJsonl', 'read', file, e);
-  }
-  const out: LineRecord[] = [];
-  text.split('\n').forEach((raw, i) => {
-    const line = i + 1;
-    if (raw.trim() === '') return;
+/**
+ * @internal The records of a JSONL file with their line numbers (blank lines are skipped), read line by line:
+ * the file is never in memory whole.
+ */
+export function* jsonlRecords(file: string, options: ReadOptions = {}): Generator<LineRecord> {
+  let any = false;
+  for (const { text: raw, number: line } of readLines('readJsonl', file, options)) {
+    if (raw.trim() === '') continue;
     let j: unknown;
     try {
       j = JSON.parse(raw);
@@ -56,10 +52,15 @@ export function parseJsonl(file: string): LineRecord[] {
       throw lineError(file, line, `not valid JSON (${(e as Error).message})`);
     }
     if (!isObject(j)) throw lineError(file, line, `expected a JSON object, got ${show(j)}`);
-    out.push({ line, record: parseRecord(j, (msg) => lineError(file, line, msg)) });
-  });
-  if (out.length === 0) throw new LorakitError('ERR_INVALID_ARG', `${file}: the file holds no examples`);
-  return out;
+    any = true;
+    yield { line, record: parseRecord(j, (msg) => lineError(file, line, msg)) };
+  }
+  if (!any) throw new LorakitError('ERR_INVALID_ARG', `${file}: the file holds no examples`);
+}
+
+/** @internal Parses a JSONL file into records with their line numbers (blank lines are skipped). */
+export function parseJsonl(file: string): LineRecord[] {
+  return [...jsonlRecords(file)];
 }
 
 function parseRecord(j: Record<string, unknown>, fail: (msg: string) => LorakitError): DataRecord {

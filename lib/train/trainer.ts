@@ -18,7 +18,7 @@ import { AdamW } from './adamw';
 import { evaluateAsync } from './evaluate';
 import { loadOptimizer, readState, saveCheckpoint, saveWeights, writeFolderAtomically, type TrainerState } from './checkpoint';
 import { prepareOut, removeStaleTemporaries, runCheckpoints } from './outdir';
-import { ioError, isObject, writeJsonFile } from '../io/config';
+import { ioError, isObject, readModelConfig, writeJsonFile } from '../io/config';
 import { makeDir } from '../io/fs';
 import { PACKAGE_ROOT } from '../native/binding';
 import { Progress, type ProgressMode } from './progress';
@@ -289,12 +289,15 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     for (const note of prepareOut(op, o.out, o.overwrite, { model: o.model, data: o.data, 'eval data': o.evalData, 'retain data': o.retainData })) log(note);
   }
   const tokenizer = tokenizerFor(o.model, log);
-  const all = loadExamples(o.data, tokenizer);
+  // Every file's examples longer than the model's context are split there: evaluation takes a whole example
+  // at a time, and its attention costs memory quadratic in the length.
+  const reading = { maxLength: readModelConfig(o.model).maxPositions, onWarning: (m: string) => log(`warning: ${m}`) };
+  const all = loadExamples(o.data, tokenizer, reading);
   const split = o.evalData ? { train: all, heldOut: [] } : holdOut(all, o.evalSplit, o.seed);
   const evalSets: [string, Example[]][] = [];
   if (split.heldOut.length) evalSets.push(['heldout', split.heldOut]);
-  if (o.evalData) evalSets.push(['eval', loadExamples(o.evalData, tokenizer)]);
-  if (o.retainData) evalSets.push(['retain', loadExamples(o.retainData, tokenizer)]);
+  if (o.evalData) evalSets.push(['eval', loadExamples(o.evalData, tokenizer, reading)]);
+  if (o.retainData) evalSets.push(['retain', loadExamples(o.retainData, tokenizer, reading)]);
   const padId = tokenizer.padTokenId ?? tokenizer.eosTokenId ?? 0;
   const batcher = new Batcher(split.train, { seqLen: o.seqLen, batchSize: o.batchSize, pack: o.pack, seed: o.seed, padId });
   const microPerStep = o.gradAccum;

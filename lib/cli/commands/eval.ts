@@ -3,6 +3,7 @@ import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
 import { readJsonl, type Example } from '../../data/jsonl';
 import { loadExamples } from '../../data/load';
+import { readModelConfig } from '../../io/config';
 import { score } from '../../lab/lab';
 import { loadAdapter } from '../../lora/adapter';
 import { loadModel } from '../../models';
@@ -74,7 +75,12 @@ export function evalCommand(y: Argv): Argv {
         if (max !== undefined && !(Number.isInteger(max) && max >= 1)) throw new LorakitTypeError('ERR_INVALID_ARG', `eval: --max-examples must be an integer >= 1, got ${max}`);
         // input_ids lines need no tokenizer; anything else loads the model's (which names what is missing).
         const idsOnly = path.extname(argv.data) === '.jsonl' && readJsonl(argv.data).every((r) => r.kind === 'ids');
-        const all = loadExamples(argv.data, idsOnly ? null : loadTokenizer(argv.model));
+        // Examples longer than the model's context are split: one forward pass over the whole would need memory
+        // quadratic in its length.
+        const all = loadExamples(argv.data, idsOnly ? null : loadTokenizer(argv.model), {
+          maxLength: readModelConfig(argv.model).maxPositions,
+          onWarning: (m) => process.stderr.write(`lorakit eval: warning: ${m}\n`),
+        });
         const examples = max === undefined ? all : all.slice(0, max);
         const record = argv.adapter ? trainingRecord(argv.adapter) : null;
         const quantize = argv.quantize ?? record?.method === 'qlora';
