@@ -168,7 +168,7 @@ export function resolveOptions(o: TrainOptions): Resolved {
   const r = positiveInt('r', o.r ?? 16);
   if (o.steps != null && o.epochs != null) throw fail(`give 'steps' or 'epochs', not both`);
   const target = o.target ?? 'all-linear';
-  if (typeof target === 'string' && !(target in TARGETS) && !/^[\w.,|\\()*+?-]+$/.test(target)) throw fail(`'target' ${describe(target)} is not all-linear, attention, mlp or module names`);
+  if (typeof target === 'string' && !Object.hasOwn(TARGETS, target) && !/^[\w.,|\\()*+?-]+$/.test(target)) throw fail(`'target' ${describe(target)} is not all-linear, attention, mlp or module names`);
   const full = method === 'full';
   return {
     model: o.model,
@@ -317,7 +317,11 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     else {
       // A preset, a comma-separated list of module names, or (with regex characters) PEFT's regex form.
       const t = o.target;
-      const target = typeof t !== 'string' ? t : t in TARGETS ? TARGETS[t]! : /^[\w.,]+$/.test(t) ? t.split(',').filter(Boolean) : t;
+      // The attention and mlp presets name both families' modules; each model gets those it has, since
+      // addAdapter refuses names that match nothing.
+      const has = (n: string) => [...model.linears.keys()].some((k) => k === n || k.endsWith(`.${n}`));
+      const preset = typeof t === 'string' && Object.hasOwn(TARGETS, t) ? TARGETS[t] : undefined;
+      const target = typeof t !== 'string' ? t : preset ? (preset === 'all-linear' ? preset : preset.filter(has)) : /^[\w.,]+$/.test(t) ? t.split(',').filter(Boolean) : t;
       addAdapter(model, { r: o.r, loraAlpha: o.alpha, loraDropout: o.dropout, targetModules: target, useRslora: o.rslora, initLoraWeights: o.init, seed: o.seed });
     }
     if (o.method !== 'full') for (const l of model.linears.values()) if (l.adapter) l.adapter.dropout = o.dropout;
