@@ -8,8 +8,9 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { ByteTokenizer, LorakitError, LorakitTypeError, lora } from '../lib';
 import { loadExamples, type Example } from '../lib/data';
+import { tokenizeChat, type ChatMessage } from '../lib/data/chat';
 import { loadModel } from '../lib/models';
-import { loadTokenizer } from '../lib/tokenizer';
+import { loadTokenizer, type Tokenizer } from '../lib/tokenizer';
 import { train } from '../lib/train/trainer';
 import { expectError } from './helpers/errors';
 import { byteLevelJson } from './helpers/tokenizers';
@@ -109,6 +110,33 @@ describe('sequences longer than the context', () => {
     ]);
     const evalTokens = lossTokens([short, short, ...chunks(long, 64)].map((ids) => ({ inputIds: ids, labels: ids })));
     expect(r.evals.filter((e) => e.split === 'eval').map((e) => e.tokens)).toEqual([evalTokens, evalTokens]);
+  });
+});
+
+describe('long conversations', () => {
+  test('a conversation of many turns is tokenized once, not once per assistant message; its labels are the assistant turns', () => {
+    const TEMPLATE = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '<|endoftext|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";
+    const hub = loadTokenizer(modelDir({ chat_template: TEMPLATE, eos_token: '<|endoftext|>' }));
+    // Counts the characters the chat code has tokenized.
+    let chars = 0;
+    const counting: Tokenizer = {
+      vocabSize: hub.vocabSize, bosTokenId: hub.bosTokenId, eosTokenId: hub.eosTokenId, padTokenId: hub.padTokenId,
+      chatTemplate: hub.chatTemplate, chatTemplateFile: hub.chatTemplateFile, modelMaxLength: hub.modelMaxLength,
+      encode: (text, o) => ((chars += text.length), hub.encode(text, o)),
+      decode: (ids, o) => hub.decode(ids, o),
+      tokenToId: (t) => hub.tokenToId(t),
+    };
+    const messages: ChatMessage[] = Array.from({ length: 120 }, (_, i) =>
+      i % 2 ? { role: 'assistant', content: `hello world, answer ${i}.` } : { role: 'user', content: `the question ${i}, hello?` });
+    const ex = tokenizeChat(messages, counting, 'chat');
+    const text = messages.map((m) => `<|${m.role}|>${m.content}<|endoftext|>`).join('');
+    expect(hub.decode(ex.inputIds)).toBe(text);
+    // The reference: what is trained is each assistant message and the eos after it.
+    const trained = ex.inputIds.filter((_, k) => ex.labels[k] !== -100);
+    expect(hub.decode(trained)).toBe(messages.filter((m) => m.role === 'assistant').map((m) => `${m.content}<|endoftext|>`).join(''));
+    // Once for the whole text, and once more piece by piece; each of the 60 assistant messages tokenizing all
+    // before it would be 30 times the text.
+    expect(chars).toBeLessThanOrEqual(2 * text.length);
   });
 });
 

@@ -164,6 +164,8 @@ function startsWith(ids: readonly number[], prefix: readonly number[]): boolean 
  */
 class Boundaries {
   private readonly decoded = new Map<number, number>();
+  /** The latest boundary found exact: ids[:k] spell text[:c]. */
+  private last = { c: 0, k: 0 };
 
   constructor(
     private readonly tokenizer: Tokenizer,
@@ -182,8 +184,21 @@ class Boundaries {
   }
 
   private exact(c: number): number | null {
+    // Spans come in order, so the text since the latest exact boundary is tokenized first: when its tokens
+    // follow that boundary in ids, ids[:k] spell text[:c]. Tokenizing each whole prefix instead made a long
+    // conversation quadratic (each assistant message tokenized everything before it again).
+    const { c: c0, k: k0 } = this.last;
+    if (c >= c0) {
+      const piece = this.tokenizer.encode(this.text.slice(c0, c), { addSpecialTokens: false });
+      if (piece.every((id, j) => this.ids[k0 + j] === id)) return this.found(c, k0 + piece.length);
+    }
     const prefix = this.tokenizer.encode(this.text.slice(0, c), { addSpecialTokens: false });
-    return startsWith(this.ids, prefix) ? prefix.length : null;
+    return startsWith(this.ids, prefix) ? this.found(c, prefix.length) : null;
+  }
+
+  private found(c: number, k: number): number {
+    this.last = { c, k };
+    return k;
   }
 
   /**
