@@ -203,8 +203,8 @@ describe('hostile model folders', () => {
     }
     // From chat_template.jinja, that file is named.
     const dir = modelDir({});
-    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), nested);
-    expectError(() => loadExamples(data, loadTokenizer(dir)), LorakitError, 'ERR_TOKENIZER', `the chat template in '${path.join(dir, 'chat_template.jinja')}' did not finish`);
+    fs.writeFileSync(path.join(dir, 'chat_template.jinja'), '{% for i in range(100000000) %}{% endfor %}' + CHATML);
+    expectError(() => loadExamples(data, loadTokenizer(dir)), LorakitError, 'ERR_TOKENIZER', `the chat template in '${path.join(dir, 'chat_template.jinja')}' asked for range(100000000)`);
     // range() within the budget works as Jinja's does, steps included.
     const ranged = loadTokenizer(modelDir({ chat_template: "{% for i in range(3) %}{{ i }}{% endfor %}{% for i in range(10, 0, -4) %}{{ i }}{% endfor %}" + CHATML }));
     expect(ranged.decode(loadExamples(data, ranged)[0]!.inputIds)).toBe('012' + '1062' + '<|user|>hi<|assistant|>hello');
