@@ -13,6 +13,7 @@ import { loadExamples } from '../lib/data/load';
 import { loadAdapter } from '../lib/lora/adapter';
 import { loadModel } from '../lib/models';
 import { evaluate } from '../lib/train/evaluate';
+import { configurations, parseSpec } from '../lib/sweep/spec';
 import { readSafetensors } from './helpers/reference';
 
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
@@ -379,5 +380,20 @@ describe('plan says what fits', () => {
     expect(text).toMatch(new RegExp(`qlora +with gradient checkpointing +batch up to ${qlora.maxBatchSize} at 2,048 tokens`));
     expect(text).toMatch(/full +with gradient checkpointing +nothing: weights\+grads\+optimizer alone exceed the memory/);
     expect(text).toMatch(/assumptions: bytes per parameter: full 16/);
+  });
+});
+
+describe('the sweep spec is documented with an example that is a valid spec', () => {
+  test('`lorakit sweep --help` and the README show the same example, and it parses', () => {
+    const help = run('sweep', '--help');
+    expect(help.code).toBe(0);
+    const example = /\n(\{\n[\s\S]*?\n\})\n/.exec(help.out)![1]!;
+    const readme = fs.readFileSync(path.join(__dirname, '..', 'README.md'), 'utf8');
+    expect(readme).toContain(`\`\`\`json\n${example}\n\`\`\``);
+    const spec = parseSpec(JSON.parse(example), '/data');
+    expect(spec.seeds).toEqual([1, 2, 3]);
+    expect(spec.base.data).toBe('/data/train.jsonl');
+    expect(configurations(spec).map((c) => c.label)).toEqual(['r=8 lr=0.0001', 'r=8 lr=0.0003', 'r=32 lr=0.0001', 'r=32 lr=0.0003']);
+    for (const field of ['base:', 'axes:', 'seeds:', 'out:', 'parallel:', 'mode "random"']) expect(help.out).toContain(field);
   });
 });

@@ -69,10 +69,48 @@ describe('statistics, against hand-worked values', () => {
   test('Holm adjustment and the seeds estimate', () => {
     // Sorted 0.01, 0.03, 0.04: 3 * 0.01, max(0.03, 2 * 0.03), max(0.06, 1 * 0.04).
     expect(holm([0.01, 0.04, 0.03])).toEqual([0.03, 0.06, 0.06].map((x) => expect.closeTo(x, 12)));
-    // 2 * ((1.95996 + 0.84162) * 1 / 0.5)^2 = 2 * 5.60317^2 = 62.79 -> 63 seeds each.
-    expect(seedsNeeded(0.5, 1)).toBe(63);
-    expect(seedsNeeded(-2, 1)).toBe(4); // 2 * 1.4008^2 = 3.92
+    // The normal approximation 2 * ((1.95996 + 0.84162) * 1 / 0.5)^2 = 62.79 says 63; the t quantiles at
+    // 2n - 2 degrees of freedom add one.
+    expect(seedsNeeded(0.5, 1)).toBe(64);
     expect(seedsNeeded(0, 1)).toBe(Infinity);
+    expect(seedsNeeded(0.5, 1, { atLeast: 100 })).toBe(100);
+  });
+
+  test('the seeds estimate has the power it claims: Welch at that many seeds separates the difference 80% of the time', () => {
+    // Monte Carlo, the reference no formula shares: normal runs, the true difference and spread given.
+    const z = normals(4242);
+    const power = (diff: number, n: number, alpha: number, trials = 1500) => {
+      let hits = 0;
+      for (let k = 0; k < trials; k++) {
+        const a = Array.from({ length: n }, () => z()), b = Array.from({ length: n }, () => diff + z());
+        if (welch(a, b)!.p < alpha) hits++;
+      }
+      return hits / trials;
+    };
+    for (const [diff, alpha] of [[1.5, 0.05], [3, 0.05], [1.5, 0.05 / 3]] as const) {
+      const n = seedsNeeded(diff, 1, { alpha });
+      expect(power(diff, n, alpha)).toBeGreaterThan(0.77);
+      // And not far more than needed: one seed fewer falls short of (or near) 80%.
+      expect(power(diff, n - 1, alpha)).toBeLessThan(0.83);
+    }
+  });
+
+  test('a pair that n seeds failed to separate is never told that n (or fewer) would', () => {
+    // Two seeds 0.6 apart with spread 0.14: Welch p = 0.051, inside the noise; the normal formula said ~2.
+    const [c] = compareAll([{ id: 'a', values: [1.0, 1.2] }, { id: 'b', values: [1.6, 1.8] }]);
+    expect(c!.insideNoise).toBe(true);
+    expect(c!.seedsNeeded).toBeGreaterThan(2);
+    expect(c!.note).toMatch(new RegExp(`~${c!.seedsNeeded} seeds each would separate`));
+    // Equal means: nothing to estimate from, and the note says so.
+    const [same] = compareAll([{ id: 'a', values: [1, 2, 3] }, { id: 'b', values: [3, 2, 1] }]);
+    expect(same!.seedsNeeded).toBeNull();
+    expect(same!.note).toMatch(/more than 3 seeds each/);
+    // Across random noise sweeps: every estimate exceeds the seeds tried.
+    for (let k = 0; k < 50; k++) {
+      const z = normals(77 + k);
+      const groups = ['a', 'b', 'c'].map((id) => ({ id, values: Array.from({ length: 3 }, () => z()) }));
+      for (const cmp of compareAll(groups)) if (cmp.insideNoise && cmp.seedsNeeded !== null) expect(cmp.seedsNeeded).toBeGreaterThan(3);
+    }
   });
 
   test('with one seed, noise cannot be told from effect', () => {

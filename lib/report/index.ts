@@ -189,7 +189,7 @@ function sweepSection(r: SweepReport): string {
     body += `<h3>Comparisons (Welch's t-test, Holm-corrected, 5% level)</h3>`;
     body += table(
       ['a', 'b', 'difference', 'p', 'adjusted p', 'seeds needed', 'verdict'],
-      r.comparisons.map((c) => [label.get(c.a) ?? c.a, label.get(c.b) ?? c.b, signed(c.diff), c.p === null ? '–' : formatNumber(c.p, 2), c.pAdjusted === null ? '–' : formatNumber(c.pAdjusted, 2), c.seedsNeeded === null ? '–' : String(c.seedsNeeded), c.note]),
+      r.comparisons.map((c) => [label.get(c.a) ?? c.a, label.get(c.b) ?? c.b, signed(c.diff), c.p === null ? '–' : formatNumber(c.p, 2), c.pAdjusted === null ? '–' : formatNumber(c.pAdjusted, 2), c.seedsNeeded !== null ? String(c.seedsNeeded) : c.p !== null && c.insideNoise ? `> ${c.seedsTried}` : '–', c.note]),
     );
   }
   if (r.caveat) body += note(`Note: ${r.caveat}`);

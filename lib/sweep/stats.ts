@@ -1,7 +1,7 @@
 /**
  * The statistics a sweep reports: means with Student-t confidence intervals over seeds, Welch's t-test
  * between configurations (Holm-corrected, because a sweep makes many comparisons at once), and a
- * power-style estimate of the seeds needed to separate two configurations.
+ * power analysis of the seeds needed to separate two configurations.
  */
 
 export function mean(xs: readonly number[]): number {
@@ -126,17 +126,37 @@ export function holm(ps: readonly number[]): number[] {
   return adjusted;
 }
 
-const Z_975 = 1.959963984540054;
-const Z_80 = 0.8416212335729143;
-
 /**
- * Seeds per configuration for an 80%-power, 5%-level two-sided test to separate means `diff` apart with
- * per-run standard deviation `pooledSd`: n = 2·((z_0.975 + z_0.8)·sd/Δ)², the normal approximation, at least 2.
- * Infinity when the difference is zero.
+ * Seeds per configuration for a two-sided Welch test at level `alpha` to separate means `diff` apart with
+ * probability `power`, when each run's standard deviation is `pooledSd`. The power analysis of a two-sample
+ * t-test: n = 2·((t_{1-α/2} + t_{power})·sd/Δ)², with the t quantiles at the 2n - 2 degrees of freedom of n
+ * seeds each (the normal approximation's z quantiles undercount small n).
+ * At least `atLeast`: a sweep that just failed to separate the pair with n seeds needs more than n.
+ * Infinity when there is nothing to estimate from (no difference, or no spread measured).
  */
-export function seedsNeeded(diff: number, pooledSd: number): number {
-  if (diff === 0) return Infinity;
-  return Math.max(2, Math.ceil(2 * ((Z_975 + Z_80) * pooledSd / Math.abs(diff)) ** 2));
+export function seedsNeeded(diff: number, pooledSd: number, options: { alpha?: number; power?: number; atLeast?: number } = {}): number {
+  const { alpha = 0.05, power = 0.8, atLeast = 2 } = options;
+  if (diff === 0 || !Number.isFinite(diff) || !Number.isFinite(pooledSd)) return Infinity;
+  const ratio = pooledSd / Math.abs(diff);
+  // Past 1000 degrees of freedom t is within 0.1% of the normal, and its quantiles are slow to compute there.
+  const quantiles = new Map<number, number>();
+  const need = (n: number) => {
+    const df = Math.min(2 * n - 2, 1000);
+    if (!quantiles.has(df)) quantiles.set(df, tQuantile(1 - alpha / 2, df) + tQuantile(power, df));
+    return 2 * (quantiles.get(df)! * ratio) ** 2;
+  };
+  // need(n) falls as n grows (so do the t quantiles) and never below its value at the capped degrees of
+  // freedom: that bounds the answer from below, need(lo) from above, and bisection finds the smallest n
+  // with need(n) <= n between them.
+  let lo = Math.max(2, atLeast, Math.ceil(need(1e9)) - 1);
+  if (need(lo) <= lo) return lo;
+  let hi = Math.ceil(need(lo));
+  while (hi - lo > 1) {
+    const mid = Math.floor((lo + hi) / 2);
+    if (need(mid) <= mid) hi = mid;
+    else lo = mid;
+  }
+  return hi;
 }
 
 /** The pooled standard deviation of two samples (weighted by degrees of freedom). */
@@ -154,8 +174,14 @@ export interface Comparison {
   pAdjusted: number | null;
   /** True when the difference could be seed noise (adjusted p >= alpha, or too few seeds to tell). */
   insideNoise: boolean;
-  /** Seeds per configuration an 80%-power test would need for this difference; null with one seed. */
+  /**
+   * Seeds per configuration an 80%-power test at the Holm-corrected level would need for the observed
+   * difference and spread, always more than were tried; null with one seed, or when there is nothing to
+   * estimate from (equal means): then more than `seedsTried` is all that is known.
+   */
   seedsNeeded: number | null;
+  /** Seeds of the smaller side. */
+  seedsTried: number;
   note: string;
 }
 
@@ -168,12 +194,18 @@ export function compareAll(groups: readonly { id: string; values: readonly numbe
   return pairs.map((pair) => {
     const { a, b, w } = pair;
     const diff = mean(a.values) - mean(b.values);
+    const tried = Math.min(a.values.length, b.values.length);
     if (w === null)
-      return { a: a.id, b: b.id, diff, p: null, pAdjusted: null, insideNoise: true, seedsNeeded: null, note: 'one seed: noise cannot be told from effect' };
+      return { a: a.id, b: b.id, diff, p: null, pAdjusted: null, insideNoise: true, seedsNeeded: null, seedsTried: tried, note: 'one seed: noise cannot be told from effect' };
     const pAdj = adjusted[tested.indexOf(pair)]!;
-    const need = seedsNeeded(diff, pooledSd(a.values, b.values));
+    // Holm tests the smallest p at alpha / m: the level a pair must clear when it is the only real one.
+    const need = seedsNeeded(diff, pooledSd(a.values, b.values), { alpha: alpha / tested.length, atLeast: tried + 1 });
     const inside = !(pAdj < alpha);
-    const note = inside ? `inside the noise${Number.isFinite(need) ? `; ~${need} seeds each would separate a difference this size` : ''}` : 'separated';
-    return { a: a.id, b: b.id, diff, p: w.p, pAdjusted: pAdj, insideNoise: inside, seedsNeeded: need, note };
+    const note = !inside
+      ? 'separated'
+      : Number.isFinite(need)
+        ? `inside the noise; ~${need} seeds each would separate a difference this size (80% power at the corrected level, from the observed difference and spread)`
+        : `inside the noise; no difference to estimate from: more than ${tried} seeds each`;
+    return { a: a.id, b: b.id, diff, p: w.p, pAdjusted: pAdj, insideNoise: inside, seedsNeeded: Number.isFinite(need) ? need : null, seedsTried: tried, note };
   });
 }

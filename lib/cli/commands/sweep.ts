@@ -40,6 +40,24 @@ export function formatReport(r: SweepReport): string[] {
   return lines;
 }
 
+/** The spec format, with an example, for `lorakit sweep --help` (the README shows the same example). */
+export const SPEC_EXAMPLE = `{
+  "base": { "model": "./SmolLM-135M", "data": "train.jsonl", "evalData": "val.jsonl",
+            "retainData": "web.txt", "method": "lora", "steps": 300, "batchSize": 8 },
+  "axes": { "r": [8, 32], "lr": [0.0001, 0.0003] },
+  "seeds": [1, 2, 3],
+  "out": "sweep-out"
+}`;
+
+const SPEC_HELP = [
+  'The spec is a JSON file:',
+  SPEC_EXAMPLE,
+  'base: the training job every run shares: any `lorakit train` option in camelCase (model and data required; out, seed and resume belong to the sweep). Paths are relative to the spec\'s folder.',
+  'axes: lists of values to vary: r, lr, method, rslora, target, alpha, dropout, init, and dataSize (train on the first N examples). mode "grid" (the default) runs every combination; mode "random" with "samples": N runs a fixed random N of them.',
+  'seeds: every configuration runs once per seed (three or more to compare configurations). out: the runs go to out/runs/<config>/seed-<s>/ and the report to out/sweep.json; a sweep run again skips finished runs. parallel: runs at a time, each in its own process (default 1).',
+  'The report compares every pair of configurations on the final eval (else held-out) loss with Welch\'s t-test, Holm-corrected, and for a pair inside the noise estimates the seeds each that would separate it (a power analysis of the observed difference and spread).',
+].join('\n\n');
+
 export function sweepCommand(y: Argv): Argv {
   return y.command(
     'sweep <spec>',
@@ -48,7 +66,8 @@ export function sweepCommand(y: Argv): Argv {
       a
         .positional('spec', { type: 'string', demandOption: true, describe: 'a JSON sweep spec (paths in it are relative to its folder)' })
         .option('json', { type: 'boolean', default: false, describe: 'print the report as one JSON object' })
-        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
+        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' })
+        .epilogue(SPEC_HELP),
     async (argv) => {
       await runCommandAsync('lorakit sweep: ', async () => {
         const spec = readSpec(argv.spec as string);
