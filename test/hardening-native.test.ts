@@ -4,6 +4,7 @@
 // before the fix runs in a child process, so that a segfault fails its test instead of killing jest.
 import { spawnSync } from 'node:child_process';
 import * as path from 'node:path';
+import { inspect } from 'node:util';
 import { LorakitRangeError, arange, full, memory, nf4, tensor, zeros } from '../lib';
 import { NF4_CODE } from '../lib/nf4';
 
@@ -62,6 +63,8 @@ describe('metadata cannot be rewritten (issue #11, item 5)', () => {
       (t.shape as number[])[0] = 6;
     }).toThrow(TypeError);
     expect([t.shape, t.numel, t.nbytes]).toEqual([[2, 3], 6, 24]);
+    // Getters do not print: a tensor says what it is through toString instead of as `Tensor {}`.
+    expect(inspect(t)).toBe('Tensor(float32, [2, 3], cpu)');
     t.dispose();
   });
 });

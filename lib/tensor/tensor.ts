@@ -280,6 +280,11 @@ export class Tensor {
   toString(): string {
     return `Tensor(${this.dtype}, [${this.shape.join(', ')}], ${this.device}${this.disposed ? ', disposed' : ''})`;
   }
+
+  // console.log and util.inspect show no getters: without this a tensor would print as `Tensor {}`.
+  [Symbol.for('nodejs.util.inspect.custom')](): string {
+    return this.toString();
+  }
 }
 
 type NumberData = number | bigint | NumberData[];
