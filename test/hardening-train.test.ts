@@ -37,9 +37,9 @@ const base = (o: Partial<TrainOptions>): TrainOptions => ({ model: LLAMA, data: 
 const readJsonl = (f: string) => fs.readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
 /** Runs the CLI to its end (killed after `limitMs`), returning its exit code, output and duration. */
-function cli(args: string[], limitMs = 60_000): Promise<{ code: number | null; signal: string | null; out: string; err: string; ms: number }> {
+function cli(args: string[], limitMs = 60_000, cwd?: string): Promise<{ code: number | null; signal: string | null; out: string; err: string; ms: number }> {
   const t0 = Date.now();
-  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'] });
+  const child = spawn(process.execPath, [CLI, ...args], { stdio: ['ignore', 'pipe', 'pipe'], cwd });
   let out = '', err = '';
   child.stdout.on('data', (d: Buffer) => (out += d.toString()));
   child.stderr.on('data', (d: Buffer) => (err += d.toString()));
@@ -279,6 +279,13 @@ describe('--config files and options without --model', () => {
     expect(steps[0].lr).toBeCloseTo(1e-6, 12);
     const run = JSON.parse(fs.readFileSync(path.join(out, 'run.json'), 'utf8'));
     expect(run.options).toMatchObject({ model: path.resolve(DEFAULT), lr: 1e-6, batchSize: 2, seqLen: 32, evalData, retainData: retain, r: 8 });
+
+    // Without --out, the shipped job replaces its own earlier run (`npm start` twice).
+    const small = ['train', '--steps', '1', '--batch-size', '2', '--seq-len', '32', '--eval-data', evalData, '--retain-data', retain, '--progress', 'lines'];
+    expect((await cli(small, 60_000, dir)).code).toBe(0);
+    const again = await cli(small, 60_000, dir);
+    expect(again.code).toBe(0);
+    expect(again.err).toContain(`--overwrite: removed the earlier run in lorakit-default-run (checkpoint-1, last, best, metrics.jsonl, run.json); other files there are kept`);
 
     const resumed = await cli(['train', '--resume', path.join(out, 'checkpoint-2'), '--lr', '0.1', '--seed', '3']);
     expect(resumed.code).toBe(1);

@@ -387,6 +387,8 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     const baseline = new Map<string, number>(Object.entries(resumeState?.baselines ?? {}));
     let retainWarned = false;
     let interrupts = 0;
+    // True while a step's micro-batches run: a stop then waits for the step's end.
+    let inStep = false;
     // An eval is cut short by a stop: the checkpoint it delays does not need it.
     const stopping = () => stopRequested() || interrupts > 0;
     const runEvals = async (step: number): Promise<number | null> => {
@@ -455,7 +457,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
     const onSigint = () => {
       interrupts++;
       if (interrupts === 1) {
-        log(`Ctrl-C: stopping after step ${Math.min(step + 1, totalSteps)} to save a checkpoint; press Ctrl-C again to exit at once without saving (${saved()})`);
+        log(`Ctrl-C: stopping ${inStep ? `after step ${step + 1}` : 'now'} to save a checkpoint; press Ctrl-C again to exit at once without saving (${saved()})`);
         return;
       }
       progress.line(`second Ctrl-C: exiting now, step ${step} not saved; ${saved()}`);
@@ -479,6 +481,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
         }
         const lr = learningRate(step, totalSteps, o.lr, warmup, o.schedule);
         model.zeroGrad();
+        inStep = true;
         let lossSum = 0, tokens = 0;
         for (let m = 0; m < microPerStep; m++) {
           const epoch = Math.floor(micro / batcher.batchesPerEpoch);
@@ -510,6 +513,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
           throw e;
         }
         step++;
+        inStep = false;
         tokensSeen += tokens;
         const elapsed = (Date.now() - start) / 1000;
         const tps = tokensSeen / Math.max(elapsed, 1e-3);

@@ -83,7 +83,8 @@ export function trainCommand(y: Argv): Argv {
         .option('seed', { type: 'number', describe: 'seed for data order, initialisation and dropout [default: 42]' })
         .option('resume', { type: 'string', describe: 'a checkpoint folder to continue from (with --steps to extend the run)' })
         .option('progress', { choices: ['auto', 'bar', 'lines', 'none'] as const, describe: 'progress output on stderr [default: auto]' })
-        .option('config', { type: 'string', describe: 'a .json, .yaml or .yml file of these options (camelCase, kebab-case or the Hugging Face names); options given on the command line win' }),
+        .option('config', { type: 'string', describe: 'a .json, .yaml or .yml file of these options (camelCase, kebab-case or the Hugging Face names); options given on the command line win' })
+        .epilog('Ctrl-C stops after the current step and saves a checkpoint; a second Ctrl-C exits at once (code 130), naming the last checkpoint.'),
     async (argv) => {
       await runCommandAsync('lorakit ', async () => {
         const fromFile = typeof argv.config === 'string' ? readTrainConfig(argv.config) : {};
@@ -98,7 +99,9 @@ export function trainCommand(y: Argv): Argv {
           options = { model: '', data: '', ...job } as TrainOptions;
         } else if (job.model === undefined && job.data === undefined) {
           // No model and no data: the shipped job, with every option given applied to it.
-          options = { ...defaultJob('lorakit-default-run'), ...job } as TrainOptions;
+          // The shipped job's own folder is replaced run after run (`npm start` twice); a folder the user
+          // names is not.
+          options = { ...defaultJob('lorakit-default-run'), overwrite: job.out === undefined, ...job } as TrainOptions;
           const changed = Object.keys(job).filter((k) => k !== 'progress');
           print(`lorakit train: no --model/--data given, so running the small job shipped with lorakit (${DEFAULT_DIR})${changed.length ? ` with ${changed.map(flag).join(', ')} as given` : ''}`);
         } else if (job.model === undefined || job.data === undefined) {
