@@ -61,7 +61,7 @@ function alive(pid: number): boolean {
   }
 }
 
-/** Removes the temporary folders and files of writers that are no longer running; returns their names. */
+/** Removes the temporary folders and files of writers that are no longer running; returns lines for the log. */
 export function removeStaleTemporaries(op: string, dir: string): string[] {
   const gone: string[] = [];
   for (const f of list(op, dir).sort()) {
@@ -70,7 +70,7 @@ export function removeStaleTemporaries(op: string, dir: string): string[] {
     remove(op, path.join(dir, f));
     gone.push(f);
   }
-  return gone;
+  return gone.length ? [`removed ${gone.length} temporary file(s) left by an interrupted run in ${dir}: ${gone.join(', ')}`] : [];
 }
 
 /**
@@ -84,9 +84,7 @@ export function prepareOut(op: string, out: string, overwrite: boolean, inputs: 
     if (input !== null && name === 'model' && isSameOrInside(out, input))
       throw new LorakitError('ERR_IO', `${op}: --out '${out}' is inside the model folder '${input}'; choose an output folder apart from the model`);
   makeDir(op, out);
-  const notes: string[] = [];
-  const stale = removeStaleTemporaries(op, out);
-  if (stale.length) notes.push(`removed ${stale.length} temporary file(s) left by an interrupted run in ${out}: ${stale.join(', ')}`);
+  const notes = removeStaleTemporaries(op, out);
   const checkpoints = list(op, out).filter((f) => CHECKPOINT.test(f) && fs.existsSync(path.join(out, f, STATE_FILE)));
   const runFiles = RUN_FILES.filter((f) => fs.existsSync(path.join(out, f)));
   const found = [...checkpoints.sort((a, b) => Number(a.slice(11)) - Number(b.slice(11))), ...runFiles];

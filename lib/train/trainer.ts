@@ -283,8 +283,7 @@ async function run(options: TrainOptions, emitter: EventEmitter, stopRequested: 
   const runId = resumeState?.runId ?? `${new Date().toISOString().replace(/[-:.]/g, '')}-${process.pid}-${Math.random().toString(36).slice(2, 8)}`;
   if (resumeState) {
     makeDir(op, o.out);
-    const stale = removeStaleTemporaries(op, o.out);
-    if (stale.length) log(`removed ${stale.length} temporary file(s) left by an interrupted run in ${o.out}: ${stale.join(', ')}`);
+    for (const note of removeStaleTemporaries(op, o.out)) log(note);
   } else {
     for (const note of prepareOut(op, o.out, o.overwrite, { model: o.model, data: o.data, 'eval data': o.evalData, 'retain data': o.retainData })) log(note);
   }
