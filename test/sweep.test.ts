@@ -144,6 +144,10 @@ describe('sweep specs', () => {
     expect(configurations(parseSpec({ ...good, base: { ...good.base, steps: 6 } }, '/tmp/x'))[0]!.id).not.toBe(configs[0]!.id);
   });
 
+  test('a base job may set every training option the sweep does not set per run', () => {
+    expect(parseSpec({ ...good, base: { ...good.base, saveTotalLimit: 2, saveEvery: 0 } }, '/tmp/x').base).toMatchObject({ saveTotalLimit: 2, saveEvery: 0 });
+  });
+
   test.each([
     [{ ...good, axes: { rr: [1] } }, /'axes\.rr': is not an axis/],
     [{ ...good, axes: { r: [8, 'x'] } }, /'axes\.r\[1\]': must be an integer >= 1/],
@@ -155,6 +159,7 @@ describe('sweep specs', () => {
     [{ ...good, mode: 'random' }, /'samples': must be an integer >= 1 in random mode/],
     [{ ...good, base: { ...good.base, seed: 3 } }, /'base\.seed': is set by the sweep/],
     [{ ...good, base: { ...good.base, learningRate: 3 } }, /'base\.learningRate': is not a training option/],
+    [{ ...good, base: { ...good.base, overwrite: true } }, /'base\.overwrite': is set by the sweep for each run/],
     [{ ...good, base: { ...good.base, batchSize: 0 } }, /configuration .*'batchSize' must be an integer >= 1/],
     [{ ...good, parallel: 0 }, /'parallel'/],
     [{ ...good, out: 3 }, /'out'/],

@@ -3,6 +3,7 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
+import { nearestName } from '../suggest';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
@@ -17,17 +18,6 @@ const COMMANDS: [string, (y: Argv) => Argv][] = [
   ['train', trainCommand], ['inspect', inspectCommand], ['eval', evalCommand], ['merge', mergeCommand], ['analyze', analyzeCommand],
   ['sweep', sweepCommand], ['plan', planCommand], ['lab', labCommand], ['bench', benchCommand],
 ];
-
-/** Levenshtein distance: how many single-character edits turn `a` into `b`. */
-export function editDistance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur[j] = Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1));
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
@@ -45,13 +35,8 @@ export function unknownOptions(args: readonly string[], known: Iterable<string>)
     if (!a.startsWith('--') || a.length < 3) continue;
     const name = kebab(a.slice(2).split('=')[0]!);
     if (names.has(name) || (name.startsWith('no-') && names.has(name.slice(3)))) continue;
-    let nearest: string | null = null, best = Infinity;
-    for (const n of names) {
-      const d = editDistance(name, n);
-      if (d < best) [best, nearest] = [d, n];
-    }
-    // Within a third of the name's length: farther than that, the suggestion is a guess.
-    out.push({ flag: `--${name}`, nearest: nearest !== null && best <= Math.max(2, Math.floor(name.length / 3)) ? `--${nearest}` : null });
+    const nearest = nearestName(name, names);
+    out.push({ flag: `--${name}`, nearest: nearest === null ? null : `--${nearest}` });
   }
   return out;
 }

@@ -10,6 +10,7 @@ import { ioError, isObject, readJsonFile, show } from '../io/config';
 import { makeDir, writeTextFile } from '../io/fs';
 import { seededPermutation } from '../data';
 import { resolveOptions, type TrainOptions } from '../train/trainer';
+import { TRAIN_OPTION_KEYS } from '../train/config';
 
 export interface Axes {
   r?: number[];
@@ -49,11 +50,10 @@ export interface Configuration {
 
 const AXES: readonly AxisName[] = ['r', 'lr', 'method', 'rslora', 'target', 'alpha', 'dropout', 'init', 'dataSize'];
 const TOP = ['base', 'axes', 'mode', 'samples', 'seeds', 'out', 'parallel'];
-// Every TrainOptions key a base job may set; out, seed and resume belong to the sweep.
-const BASE_KEYS = [
-  'model', 'data', 'method', 'r', 'alpha', 'target', 'rslora', 'init', 'dropout', 'lr', 'steps', 'epochs', 'batchSize', 'gradAccum', 'seqLen', 'warmup',
-  'schedule', 'weightDecay', 'maxGradNorm', 'pack', 'evalSplit', 'evalData', 'retainData', 'evalEvery', 'saveEvery', 'device', 'progress',
-];
+// Every TrainOptions key a base job may set, but those the sweep sets for each run (out, seed, resume,
+// overwrite): one list of training options (TRAIN_OPTION_KEYS), so a new option is a sweep axis' base too.
+const SWEEP_OWNED = ['out', 'seed', 'resume', 'overwrite'];
+const BASE_KEYS: readonly string[] = TRAIN_OPTION_KEYS.filter((k) => !SWEEP_OWNED.includes(k));
 const PATH_KEYS = ['model', 'data', 'evalData', 'retainData'] as const;
 
 function fail(where: string, msg: string): LorakitTypeError {
@@ -85,7 +85,7 @@ export function parseSpec(raw: unknown, dir = '.'): SweepSpec {
   const base = raw.base;
   if (!isObject(base)) throw fail(`'base'`, `must be an object of training options, got ${show(base)}`);
   for (const k of Object.keys(base)) {
-    if (k === 'out' || k === 'seed' || k === 'resume') throw fail(`'base.${k}'`, `is set by the sweep (use the spec's ${k === 'seed' ? "'seeds'" : "'out'"})`);
+    if (SWEEP_OWNED.includes(k)) throw fail(`'base.${k}'`, k === 'seed' || k === 'out' ? `is set by the sweep (use the spec's '${k === 'seed' ? 'seeds' : 'out'}')` : 'is set by the sweep for each run');
     if (!BASE_KEYS.includes(k)) throw fail(`'base.${k}'`, 'is not a training option');
   }
   for (const k of ['model', 'data'] as const) if (typeof base[k] !== 'string' || base[k] === '') throw fail(`'base.${k}'`, `must be a path, got ${show(base[k])}`);

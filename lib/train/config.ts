@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { LorakitError } from '../errors';
 import { ioError, isObject } from '../io/config';
+import { nearestName } from '../suggest';
 
 /** Every key of TrainOptions; an options object with any other key is refused rather than ignored. */
 export const TRAIN_OPTION_KEYS = [
@@ -47,17 +48,6 @@ export const TRAIN_ALIASES: Readonly<Record<string, TrainOptionKey>> = {
 
 const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
-/** Levenshtein distance, for suggesting the option a misspelt key meant. */
-function distance(a: string, b: string): number {
-  let prev = Array.from({ length: b.length + 1 }, (_, j) => j);
-  for (let i = 1; i <= a.length; i++) {
-    const cur = [i];
-    for (let j = 1; j <= b.length; j++) cur.push(Math.min(prev[j]! + 1, cur[j - 1]! + 1, prev[j - 1]! + (a[i - 1] === b[j - 1] ? 0 : 1)));
-    prev = cur;
-  }
-  return prev[b.length]!;
-}
-
 /** The option a key stands for, or null when it names none. */
 export function trainOptionKey(key: string): TrainOptionKey | null {
   if ((TRAIN_OPTION_KEYS as readonly string[]).includes(key)) return key as TrainOptionKey;
@@ -69,14 +59,8 @@ export function trainOptionKey(key: string): TrainOptionKey | null {
 
 /** Says which option an unknown key may have meant (as `--kebab-name`), or '' when none is near. */
 export function nearestTrainOption(key: string): string {
-  const names = [...TRAIN_OPTION_KEYS.map(kebab), ...Object.keys(TRAIN_ALIASES)];
-  const k = kebab(key);
-  let best = '', d = Infinity;
-  for (const n of names) {
-    const e = distance(k, n);
-    if (e < d) [d, best] = [e, n];
-  }
-  return d <= Math.max(2, Math.floor(k.length / 3)) ? `; did you mean '${best}'?` : '';
+  const best = nearestName(kebab(key), [...TRAIN_OPTION_KEYS.map(kebab), ...Object.keys(TRAIN_ALIASES)]);
+  return best === null ? '' : `; did you mean '${best}'?`;
 }
 
 /**
