@@ -113,6 +113,45 @@ describe('sequences longer than the context', () => {
   });
 });
 
+describe('every reader of examples stops at the context (the siblings of eval and train)', () => {
+  // 150 ids on models of 64 positions: pieces of 64, 64 and 22, each losing its first prediction.
+  const long = Array.from({ length: 150 }, (_, i) => 20 + (i % 32));
+
+  test('the library evaluate() reads a long example in pieces, on GPT-2 (learned positions) and Llama (RoPE)', async () => {
+    const { evaluate } = await import('../lib/train/evaluate');
+    const { tensor } = await import('../lib');
+    for (const dir of [path.join(__dirname, 'fixtures/peft/tiny-gpt2'), LLAMA]) {
+      using model = loadModel(dir);
+      const r = evaluate(model, [{ inputIds: long, labels: long }]);
+      expect(r.tokens).toBe(150 - 3);
+      // The reference: each piece run by hand, the losses weighted by their predictions.
+      let sum = 0;
+      for (const ids of chunks(long, 64)) {
+        using t = tensor(BigInt64Array.from(ids, BigInt), [1, ids.length]);
+        sum += model.forward(t, { labels: t }).loss * (ids.length - 1);
+      }
+      expect(r.loss).toBeCloseTo(sum / 147, 5);
+    }
+  });
+
+  test('merge --data runs only the first record, cut at the context', () => {
+    const data = dataFile('probe.jsonl', `${JSON.stringify({ input_ids: long })}\n${JSON.stringify({ input_ids: [1, 2] })}\n`);
+    const out = path.join(freshDir(), 'merged');
+    const r = spawnSync(process.execPath, [CLI, 'merge', '--model', LLAMA, '--adapter', LLAMA, '--out', out, '--data', data], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toContain(`the first example of probe.jsonl (64 tokens)`);
+  });
+
+  test('analyze reads long retain and data examples in pieces, and says so', () => {
+    const data = dataFile('retain.jsonl', `${JSON.stringify({ input_ids: long })}\n`);
+    const r = spawnSync(process.execPath, [CLI, 'analyze', '--base', LLAMA, '--adapter', LLAMA, '--retain', data, '--json'], { encoding: 'utf8', timeout: 120_000 });
+    expect(r.status).toBe(0);
+    expect(JSON.parse(r.stdout).forgetting).toMatchObject({ examples: 3, tokens: 147 });
+    expect(r.stderr).toBe(`lorakit analyze: warning: ${data}: 1 of 1 examples had more than 64 tokens, the longest sequence allowed; it was split into pieces of at most 64 tokens (3 pieces), each read as its own sequence\n`);
+  });
+});
+
 describe('long conversations', () => {
   test('a conversation of many turns is tokenized once, not once per assistant message; its labels are the assistant turns', () => {
     const TEMPLATE = "{% for m in messages %}{{ '<|' + m.role + '|>' + m.content + '<|endoftext|>' }}{% endfor %}{% if add_generation_prompt %}{{ '<|assistant|>' }}{% endif %}";

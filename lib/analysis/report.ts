@@ -6,7 +6,8 @@
  */
 import * as path from 'node:path';
 import { LorakitError, LorakitTypeError } from '../errors';
-import { readJsonl, type Example } from '../data/jsonl';
+import { jsonlRecords, type Example } from '../data/jsonl';
+import { readModelConfig } from '../io/config';
 import { loadExamples } from '../data/load';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';
@@ -39,6 +40,8 @@ export interface AnalyzeRunOptions {
   epsilon?: number;
   /** The rank whose energy share a full checkpoint's update spectra report (default 16); an adapter's is its LoRA rank. */
   rank?: number;
+  /** Told when a data or retain example is longer than the model's context and is read in pieces. */
+  onWarning?: (message: string) => void;
 }
 
 /** Intruder totals at each threshold of a sweep. */
@@ -110,9 +113,12 @@ export interface AnalyzeReport {
 }
 
 /** Examples of a file, tokenized with the model folder's tokenizer unless every line is input_ids. */
-export function readExamples(file: string, modelDir: string): Example[] {
-  const idsOnly = path.extname(file).toLowerCase() === '.jsonl' && readJsonl(file).every((r) => r.kind === 'ids');
-  const examples = loadExamples(file, idsOnly ? null : loadTokenizer(modelDir));
+export function readExamples(file: string, modelDir: string, onWarning?: (message: string) => void): Example[] {
+  const idsOnly = path.extname(file).toLowerCase() === '.jsonl' && [...jsonlRecords(file)].every((r) => r.record.kind === 'ids');
+  const examples = loadExamples(file, idsOnly ? null : loadTokenizer(modelDir), {
+    maxLength: readModelConfig(modelDir).maxPositions,
+    onWarning,
+  });
   if (examples.length === 0) throw new LorakitError('ERR_INVALID_ARG', `${file}: the file holds no examples`);
   return examples;
 }
@@ -293,11 +299,11 @@ export function analyzeRun(options: AnalyzeRunOptions): AnalyzeReport {
     quantization: quantizationErrors(baseModel),
   };
   if (options.retain !== undefined) {
-    const s = lossShift(options.retain, readExamples(options.retain, base), baseModel, tuned);
+    const s = lossShift(options.retain, readExamples(options.retain, base, options.onWarning), baseModel, tuned);
     report.forgetting = { file: s.file, examples: s.examples, tokens: s.tokens, baseLoss: s.lossA, tunedLoss: s.lossB, rise: s.lossB - s.lossA };
   }
   if (options.data !== undefined) {
-    const examples = readExamples(options.data, base);
+    const examples = readExamples(options.data, base, options.onWarning);
     using nf4 = loadModel(base, { quantize: true });
     const s = lossShift(options.data, examples, baseModel, nf4);
     report.quantization.data = { file: s.file, examples: s.examples, tokens: s.tokens, floatLoss: s.lossA, nf4Loss: s.lossB, rise: s.lossB - s.lossA, ...meanTokenKL(baseModel, nf4, examples) };

@@ -58,7 +58,12 @@ function* readDocuments(file: string, options: ReadOptions): Generator<string> {
   yield* end(ended);
 }
 
-function split(ex: Example, max: number): Example[] {
+/**
+ * An example cut into consecutive pieces of at most `max` tokens, each its own sequence (labels cut at the
+ * same places): how an example longer than the model's context is read, in training and evaluation alike.
+ */
+export function splitExample(ex: Example, max: number): Example[] {
+  if (ex.inputIds.length <= max) return [ex];
   const pieces: Example[] = [];
   for (let k = 0; k < ex.inputIds.length; k += max) pieces.push({ inputIds: ex.inputIds.slice(k, k + max), labels: ex.labels.slice(k, k + max) });
   return pieces;
@@ -89,7 +94,7 @@ export function loadExamples(file: string, tokenizer: Tokenizer | null, options:
     examples++;
     if (ex.inputIds.length <= max) return void out.push(ex);
     long++;
-    out.push(...split(ex, max));
+    out.push(...splitExample(ex, max));
   };
   if (ext === '.jsonl') {
     for (const { line, record } of jsonlRecords(file, read)) add(tokenizeRecord(record, tokenizer, `${file}:${line}`));

@@ -1,6 +1,7 @@
 import { LorakitRangeError } from '../errors';
 import { type CausalLM } from '../models/causal-lm';
 import { type Example } from '../data/jsonl';
+import { splitExample } from '../data/load';
 import { tensor } from '../tensor/tensor';
 
 export interface EvalResult {
@@ -12,7 +13,7 @@ export interface EvalResult {
   examples: number;
 }
 
-/** Loss of the model on the examples, one sequence at a time (no packing). */
+/** Loss of the model on the examples, one sequence at a time (no packing), each cut at the model's context. */
 export function evaluate(model: CausalLM, examples: readonly Example[]): EvalResult {
   const acc = { sum: 0, tokens: 0 };
   examples.forEach((ex, i) => evaluateOne(model, ex, i, acc));
@@ -34,17 +35,19 @@ export async function evaluateAsync(model: CausalLM, examples: readonly Example[
 }
 
 function evaluateOne(model: CausalLM, ex: Example, i: number, acc: { sum: number; tokens: number }): void {
-  const n = ex.inputIds.length;
-  if (n > model.config.maxPositions && model.config.ropeTheta === null)
-    throw new LorakitRangeError('ERR_SHAPE', `evaluate: example ${i + 1} has ${n} tokens; the model takes at most ${model.config.maxPositions}`);
   const bad = ex.inputIds.find((id) => id >= model.config.vocabSize);
   if (bad !== undefined) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `evaluate: example ${i + 1} has token id ${bad}, outside the model's vocabulary of ${model.config.vocabSize}`);
-  using ids = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, n], { device: model.device });
-  using labels = tensor(BigInt64Array.from(ex.labels, BigInt), [1, n], { device: model.device });
-  const r = model.forward(ids, { labels });
-  if (r.tokens > 0) {
-    acc.sum += r.loss * r.tokens;
-    acc.tokens += r.tokens;
+  // Past the model's context an example is read in pieces, as loadExamples cuts it: attention over the
+  // whole would cost memory quadratic in its length (and positions the model never learned).
+  for (const piece of splitExample(ex, model.config.maxPositions)) {
+    const n = piece.inputIds.length;
+    using ids = tensor(BigInt64Array.from(piece.inputIds, BigInt), [1, n], { device: model.device });
+    using labels = tensor(BigInt64Array.from(piece.labels, BigInt), [1, n], { device: model.device });
+    const r = model.forward(ids, { labels });
+    if (r.tokens > 0) {
+      acc.sum += r.loss * r.tokens;
+      acc.tokens += r.tokens;
+    }
   }
 }
 

@@ -96,7 +96,8 @@ export function analyzeCommand(y: Argv): Argv {
         // Checked before the (long) analysis: the report must not land on, or inside, anything it reads.
         if (argv.report !== undefined)
           assertOutputApart('analyze', argv.report, { '--base': argv.base, '--adapter': argv.adapter, '--tuned': argv.tuned, '--data': argv.data, '--retain': argv.retain }, '--report');
-        const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank });
+        const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank,
+          onWarning: (m) => process.stderr.write(`lorakit analyze: warning: ${m}\n`) });
         if (argv.report !== undefined) {
           const where = `report written to ${writeReport(argv.report, { title: `lorakit analyze: ${path.basename(report.tuned.dir)} against ${path.basename(report.base)}`, analysis: report })}`;
           // With --json, stdout stays one JSON object: where the report went is said on stderr.

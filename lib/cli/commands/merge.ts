@@ -4,7 +4,8 @@ import * as path from 'node:path';
 import { ioError, readJsonFile, writeJsonFile, isObject } from '../../io/config';
 import { assertOutputApart, makeDir } from '../../io/fs';
 import { writeSafetensors } from '../../io/safetensors';
-import { readJsonl, tokenize } from '../../data/jsonl';
+import { jsonlRecords, tokenize, type LineRecord } from '../../data/jsonl';
+import { splitExample } from '../../data/load';
 import { loadAdapter } from '../../lora/adapter';
 import { loadModel } from '../../models';
 import { loadTokenizer } from '../../tokenizer';
@@ -73,8 +74,11 @@ export function mergeCommand(y: Argv): Argv {
         let probe;
         let probeName: string;
         if (argv.data) {
-          const records = readJsonl(argv.data).slice(0, 1);
-          const ex = tokenize(records, records[0]!.kind === 'ids' ? null : loadTokenizer(argv.model), argv.data)[0]!;
+          // Only the first record is read (the file may be large), and only its first context's worth of
+          // tokens is run.
+          // (An empty file throws, naming itself, before the iterator is done.)
+          const record = (jsonlRecords(argv.data).next().value as LineRecord).record;
+          const ex = splitExample(tokenize([record], record.kind === 'ids' ? null : loadTokenizer(argv.model), argv.data)[0]!, model.config.maxPositions)[0]!;
           probe = tensor(BigInt64Array.from(ex.inputIds, BigInt), [1, ex.inputIds.length]);
           probeName = `the first example of ${path.basename(argv.data)} (${ex.inputIds.length} tokens)`;
         } else {
