@@ -223,3 +223,31 @@ describe('memory (issue #11, item 11)', () => {
     again.dispose();
   });
 });
+
+describe('a quantized load names the weight that holds a non-finite value', () => {
+  test('loadModel({ quantize: true }) on a checkpoint with an inf in one projection', async () => {
+    const fs = await import('node:fs');
+    const os = await import('node:os');
+    const { openSafetensors, writeSafetensors } = await import('../lib/io');
+    const { loadModel } = await import('../lib/models');
+    const src = path.join(__dirname, 'fixtures/peft/tiny-llama');
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-nf4-inf-'));
+    try {
+      fs.copyFileSync(path.join(src, 'config.json'), path.join(dir, 'config.json'));
+      const file = openSafetensors(path.join(src, 'model.safetensors'));
+      const bad = 'model.layers.1.self_attn.v_proj.weight';
+      const tensors = Object.fromEntries(file.keys().map((k) => [k, file.load(k)]));
+      file.close();
+      const old = tensors[bad]!;
+      const values = old.toFloat32Array();
+      values[5] = Infinity;
+      tensors[bad] = tensor(values, [...old.shape]);
+      old.dispose();
+      writeSafetensors(path.join(dir, 'model.safetensors'), tensors);
+      for (const t of Object.values(tensors)) t.dispose();
+      expect(() => loadModel(dir, { quantize: true })).toThrow(`'${bad}'`);
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true });
+    }
+  });
+});

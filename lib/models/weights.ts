@@ -85,7 +85,7 @@ export class CheckpointWeights {
     if (storedTransposed) w = transpose2d(w);
     if (this.#quant && (!this.#quant.modules || this.#quant.modules.some((m) => module === m || module.endsWith(`.${m}`)))) {
       try {
-        return quantize(w, { blockSize: this.#quant.blockSize, doubleQuant: this.#quant.doubleQuant });
+        return quantize(w, { blockSize: this.#quant.blockSize, doubleQuant: this.#quant.doubleQuant, name });
       } finally {
         w.dispose();
       }
