@@ -67,6 +67,28 @@ describe('the dispatcher', () => {
     expect(r.status).toBe(0);
   });
 
+  test('a lorakit error is one line and exit code 1; any other error is a bug and keeps its stack', async () => {
+    const { runCommand } = await import('../lib/cli/run');
+    const { LorakitError } = await import('../lib');
+    const writes: string[] = [];
+    const write = jest.spyOn(process.stderr, 'write').mockImplementation((s: string | Uint8Array) => (writes.push(String(s)), true));
+    const code = process.exitCode;
+    try {
+      runCommand('merge', () => {
+        throw new LorakitError('ERR_IO', "cannot write '/x'");
+      });
+      expect(writes).toEqual(["lorakit merge: cannot write '/x'\n"]);
+      expect(process.exitCode).toBe(1);
+      const bug = new TypeError('undefined is not a function');
+      expect(() => runCommand('merge', () => { throw bug; })).toThrow(bug);
+      expect(bug.stack).toMatch(/^TypeError: undefined is not a function\n +at /);
+      expect(writes).toHaveLength(1);
+    } finally {
+      write.mockRestore();
+      process.exitCode = code;
+    }
+  });
+
   test('an unknown option names the nearest one and the command help', () => {
     const r = run('merge', '--model', LLAMA, '--adpter', LLAMA, '--out', path.join(tmp(), 'o'));
     expect(r.code).toBe(2);
