@@ -1,0 +1,304 @@
+/**
+ * GGUF export, checked in the real runtime: node-llama-cpp (llama.cpp's prebuilt CPU binary) loads each
+ * exported file, and its tokens and greedy continuations are compared with lorakit's tokenizer and the
+ * argmax of lorakit's own forward pass. The encoders (f16, Q8_0) are checked against float64 references.
+ */
+import { spawnSync } from 'node:child_process';
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { exportGguf, quantizeQ8_0, dequantizeQ8_0, toHalf, fromHalf, permuteRows } from '../lib/export';
+import { loadModel, type CausalLM } from '../lib/models';
+import { randomModel } from '../lib/models/random';
+import { addAdapter, saveAdapter, loadAdapter } from '../lib/lora';
+import { loadTokenizer } from '../lib/tokenizer';
+import { writeSafetensors } from '../lib/io/safetensors';
+import { tensor } from '../lib/tensor/tensor';
+import { randn } from '../lib/tensor/random';
+import { LorakitError, LorakitTypeError } from '../lib/errors';
+import { expectError } from './helpers/errors';
+
+const ROOT = path.resolve(__dirname, '..');
+const DEFAULT = path.join(ROOT, 'assets', 'default');
+const RUNNER = path.join(ROOT, 'test', 'fixtures', 'export', 'run-llama.mjs');
+const N = 32;
+
+const STRINGS = [
+  'Hello world',
+  'The red key opens the blue door.',
+  '  leading, trailing   and   inner   spaces  ',
+  'tabs\tand\nnew\n\n\nlines\r\n',
+  'héllo wörld, naïve café: 日本語 and emoji 🙂👍🏽',
+  '<|endoftext|>text after a special token<|endoftext|>',
+  "numbers 1234567 and 3.14, don't we'll I'M",
+];
+
+// node-llama-cpp ships a prebuilt CPU binary per platform; elsewhere the runtime checks cannot run.
+const binary = path.join(ROOT, 'node_modules', '@node-llama-cpp', `${process.platform}-${process.arch}`);
+const runtimeMissing = fs.existsSync(binary) ? '' : `node-llama-cpp has no prebuilt binary for ${process.platform}-${process.arch} (${binary} missing)`;
+if (runtimeMissing)
+  console.warn(`\n!!! test/export.test.ts: ${runtimeMissing}: exported GGUF files are NOT loaded in llama.cpp here; only the encoders are tested\n`);
+const runtime = runtimeMissing ? describe.skip : describe;
+
+let work: string;
+beforeAll(() => {
+  work = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-export-'));
+});
+afterAll(() => fs.rmSync(work, { recursive: true, force: true }));
+
+interface LlamaAnswer {
+  tokenize: number[][];
+  continuations: number[][];
+  distributions: [number, number][][][];
+  bos: number | null;
+  eos: number | null;
+  addBos: boolean;
+  decodeSeconds: number;
+  decodeTokens: number;
+}
+
+function runLlama(request: Record<string, unknown>): LlamaAnswer {
+  const req = path.join(work, `req-${process.hrtime.bigint()}.json`);
+  fs.writeFileSync(req, JSON.stringify(request));
+  const r = spawnSync(process.execPath, [RUNNER, req], { encoding: 'utf8', maxBuffer: 1 << 28, timeout: 120_000 });
+  if (r.status !== 0) throw new Error(`node-llama-cpp runner failed (${r.status}):\n${r.stderr}`);
+  return JSON.parse(r.stdout) as LlamaAnswer;
+}
+
+/**
+ * lorakit's greedy continuation: the argmax of a full forward pass over the growing sequence, with the
+ * gap between the two largest logits at each step (a gap within float error is a tie either runtime may
+ * break its own way).
+ */
+function greedy(model: CausalLM, prompt: number[], n: number): { tokens: number[]; gaps: number[] } {
+  const ids = [...prompt];
+  const tokens: number[] = [], gaps: number[] = [];
+  const V = model.config.vocabSize;
+  for (let s = 0; s < n; s++) {
+    using input = tensor(BigInt64Array.from(ids, BigInt), [1, ids.length]);
+    using logits = model.forward(input, { returnLogits: true }).logits!;
+    const all = logits.toFloat32Array();
+    const last = all.subarray((ids.length - 1) * V, ids.length * V);
+    let best = 0;
+    for (let i = 1; i < V; i++) if (last[i]! > last[best]!) best = i;
+    let second = -Infinity;
+    for (let i = 0; i < V; i++) if (i !== best) second = Math.max(second, last[i]!);
+    tokens.push(best);
+    gaps.push(last[best]! - second);
+    ids.push(best);
+  }
+  return { tokens, gaps };
+}
+
+/** Equal continuations; a first difference is accepted only where lorakit's top two logits tie within 1e-4, and said. */
+function expectSameContinuation(label: string, ours: { tokens: number[]; gaps: number[] }, theirs: number[]): void {
+  const first = ours.tokens.findIndex((t, i) => t !== theirs[i]);
+  if (first >= 0 && ours.gaps[first]! < 1e-4) {
+    console.warn(`${label}: continuations part at step ${first}, where lorakit's top two logits tie (gap ${ours.gaps[first]!.toExponential(2)}); the steps before it agree`);
+    expect(theirs.slice(0, first)).toEqual(ours.tokens.slice(0, first));
+    return;
+  }
+  expect(theirs).toEqual(ours.tokens);
+}
+
+/** Replaces every weight of a random model by N(0, std²) draws (norm weights 1 + N(0, 0.1²)), and saves it with `tokenizer`. */
+function saveRandomModel(dir: string, config: Record<string, unknown>, files: Record<string, unknown>, std: number): void {
+  fs.mkdirSync(dir);
+  using model = randomModel(config);
+  const weights = model.exportWeights('float32');
+  const out: Record<string, ReturnType<typeof randn>> = {};
+  let seed = 100;
+  for (const [name, t] of Object.entries(weights)) {
+    const norm = /(norm|ln_\d+|ln_f)\.weight$/.test(name);
+    out[name] = randn(t.shape, { seed: seed++, std: norm ? 0.1 : name.endsWith('.bias') ? 0.1 : std, mean: norm ? 1 : 0 });
+    t.dispose();
+  }
+  writeSafetensors(path.join(dir, 'model.safetensors'), out, { format: 'pt' });
+  for (const t of Object.values(out)) t.dispose();
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  for (const [f, v] of Object.entries(files)) fs.writeFileSync(path.join(dir, f), JSON.stringify(v));
+}
+
+describe('encoders against float64 references', () => {
+  test('f16: round to nearest even, subnormals, overflow to inf', () => {
+    const cases: [number, number][] = [[1, 0x3c00], [-2, 0xc000], [65504, 0x7bff], [65520, 0x7c00], [2 ** -24, 0x0001], [2 ** -25, 0x0000], [3 * 2 ** -26, 0x0001], [1 + 2 ** -11, 0x3c00], [1 + 3 * 2 ** -11, 0x3c02], [0.1, 0x2e66]];
+    for (const [x, h] of cases) expect([x, toHalf(x)]).toEqual([x, h]);
+    for (let h = 0; h < 0x7c00; h += 37) expect(toHalf(fromHalf(h))).toBe(h);
+  });
+
+  test('Q8_0: the block layout, scale and rounding of ggml, and its error bound', () => {
+    const x = new Float32Array(96);
+    for (let i = 0; i < x.length; i++) x[i] = Math.sin(i * 1.7) * (i < 32 ? 1 : i < 64 ? 1e-3 : 0);
+    const q = quantizeQ8_0(x);
+    expect(q.length).toBe(3 * 34);
+    const view = new DataView(q.buffer);
+    for (let b = 0; b < 3; b++) {
+      let amax = 0;
+      for (let j = 0; j < 32; j++) amax = Math.max(amax, Math.abs(x[b * 32 + j]!));
+      const d = amax / 127;
+      // The stored scale is d in f16 (within f16's relative precision); codes are round(x/d).
+      expect(Math.abs(fromHalf(view.getUint16(b * 34, true)) - d)).toBeLessThanOrEqual(d * 2 ** -11);
+      for (let j = 0; j < 32; j++) {
+        const want = d ? Math.round(Math.abs(x[b * 32 + j]! / d)) * Math.sign(x[b * 32 + j]!) : 0;
+        expect([b, j, view.getInt8(b * 34 + 2 + j)]).toEqual([b, j, want + 0]);
+      }
+    }
+    const back = dequantizeQ8_0(q);
+    for (let i = 0; i < 64; i++) {
+      const amax = i < 32 ? 1 : 1e-3;
+      expect(Math.abs(back[i]! - x[i]!)).toBeLessThanOrEqual((amax / 127) * 0.5 + amax * 2 ** -10);
+    }
+    expect(Array.from(back.subarray(64))).toEqual(new Array(32).fill(0));
+  });
+
+  test('the q/k row permutation takes each head from halves to interleaved pairs', () => {
+    // 2 heads of 4 rows, 1 column: head rows [a0 a1 b0 b1] become [a0 b0 a1 b1].
+    const w = Float32Array.from([0, 1, 2, 3, 10, 11, 12, 13]);
+    expect(Array.from(permuteRows(w, 8, 1, 2))).toEqual([0, 2, 1, 3, 10, 12, 11, 13]);
+  });
+});
+
+describe('export errors', () => {
+  test('an output that is an input, an unknown dtype, a q8_0 adapter and a missing adapter are refused', () => {
+    expectError(() => exportGguf({ model: DEFAULT, out: path.join(DEFAULT, 'model.gguf') }), LorakitError, 'ERR_IO', /overlaps --model/);
+    expectError(() => exportGguf({ model: DEFAULT, out: path.join(work, 'x.gguf'), dtype: 'q4' as never }), LorakitTypeError, 'ERR_INVALID_ARG', /f32, f16, bf16 or q8_0, got "q4"/);
+    expectError(() => exportGguf({ model: DEFAULT, out: path.join(work, 'x.gguf'), format: 'lora' }), LorakitTypeError, 'ERR_INVALID_ARG', /no 'adapter' was given/);
+    expectError(() => exportGguf({ model: DEFAULT, adapter: DEFAULT, out: path.join(work, 'x.gguf'), format: 'lora', dtype: 'q8_0' }), LorakitTypeError, 'ERR_INVALID_ARG', /got dtype 'q8_0'/);
+    expectError(() => exportGguf({ model: DEFAULT, out: work }), LorakitError, 'ERR_IO', /is a folder/);
+    expect(fs.readdirSync(work).filter((f) => f.endsWith('.tmp'))).toEqual([]);
+  });
+
+  test('a tokenizer whose splitter llama.cpp does not reproduce is refused, naming it', () => {
+    const dir = path.join(work, 'odd-tokenizer');
+    fs.mkdirSync(dir);
+    for (const f of ['config.json', 'model.safetensors', 'tokenizer_config.json']) fs.copyFileSync(path.join(DEFAULT, f), path.join(dir, f));
+    const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
+    tok.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Split', pattern: { Regex: '\\s+' }, behavior: 'Isolated', invert: false }, { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false }] };
+    fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
+    expectError(() => exportGguf({ model: dir, out: path.join(work, 'odd.gguf') }), LorakitError, 'ERR_TOKENIZER', /pre_tokenizer .*Split.* is not one llama.cpp reproduces/);
+    expect(fs.existsSync(path.join(work, 'odd.gguf'))).toBe(false);
+  });
+});
+
+runtime('in node-llama-cpp', () => {
+  test('the shipped model: tokens, special ids and the greedy continuation equal lorakit\'s; q8_0 KL recorded', () => {
+    const f32 = path.join(work, 'default-f32.gguf'), q8 = path.join(work, 'default-q8_0.gguf');
+    exportGguf({ model: DEFAULT, out: f32 });
+    const q = exportGguf({ model: DEFAULT, out: q8, dtype: 'q8_0' });
+    expect(q.weightError!.relative).toBeLessThan(0.01);
+    const tok = loadTokenizer(DEFAULT);
+    const prompts = ['The red key', 'In the garden there is', 'Where is the'].map((s) => tok.encode(s));
+    using model = loadModel(DEFAULT);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N });
+    expect(a.tokenize).toEqual(STRINGS.map((s) => tok.encode(s, { addSpecialTokens: false })));
+    expect([a.bos, a.eos, a.addBos]).toEqual([tok.bosTokenId, tok.eosTokenId, true]);
+    prompts.forEach((_, i) => expectSameContinuation(`default f32 prompt ${i}`, ours[i]!, a.continuations[i]!));
+    // Q8_0 against f32, both in llama.cpp, along the f32 continuation of the first prompt.
+    const seq = [...prompts[0]!, ...a.continuations[0]!];
+    const ref = runLlama({ model: f32, distributions: [seq] }).distributions[0]!;
+    const b = runLlama({ model: q8, prompts, n: N, distributions: [seq] });
+    let kl = 0;
+    ref.forEach((pairs, s) => {
+      const qmap = new Map(b.distributions[0]![s]!);
+      for (const [t, p] of pairs) if (p > 0) kl += p * Math.log(p / Math.max(qmap.get(t) ?? 0, 1e-30));
+    });
+    kl /= ref.length;
+    const same = b.continuations.map((c, i) => c.findIndex((t, j) => t !== a.continuations[i]![j]));
+    console.log(`default model q8_0: weight error ${q.weightError!.relative.toExponential(3)} (relative), mean KL to f32 ${kl.toExponential(3)} nats over ${ref.length} positions, first differing continuation token per prompt ${JSON.stringify(same)} (-1: none)`);
+    expect(kl).toBeLessThan(1e-2);
+  }, 300_000);
+
+  test('an rsLoRA adapter: merged export and the LoRA GGUF on the base give lorakit\'s continuation', () => {
+    const adapter = path.join(work, 'adapter');
+    {
+      using m = loadModel(DEFAULT);
+      addAdapter(m, { r: 8, loraAlpha: 16, useRslora: true, targetModules: 'all-linear', initLoraWeights: false, seed: 3 });
+      saveAdapter(m, adapter);
+    }
+    const merged = path.join(work, 'merged.gguf'), base = path.join(work, 'base.gguf'), loraFile = path.join(work, 'adapter.gguf');
+    const r = exportGguf({ model: DEFAULT, adapter, out: merged });
+    expect(r.mergeError!.relative).toBeLessThan(1e-5);
+    exportGguf({ model: DEFAULT, out: base });
+    exportGguf({ model: DEFAULT, adapter, out: loraFile, format: 'lora' });
+    const tok = loadTokenizer(DEFAULT);
+    const prompts = ['The red key', 'Where is the'].map((s) => tok.encode(s));
+    using model = loadModel(DEFAULT);
+    loadAdapter(model, adapter);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    using plain = loadModel(DEFAULT);
+    const baseOnly = greedy(plain, prompts[0]!, N);
+    // The adapter must matter, or the comparisons below would not test it.
+    expect(ours[0]!.tokens).not.toEqual(baseOnly.tokens);
+    const m = runLlama({ model: merged, prompts, n: N });
+    const l = runLlama({ model: base, lora: loraFile, prompts, n: N });
+    prompts.forEach((_, i) => {
+      expectSameContinuation(`merged prompt ${i}`, ours[i]!, m.continuations[i]!);
+      expectSameContinuation(`lora prompt ${i}`, ours[i]!, l.continuations[i]!);
+    });
+  }, 300_000);
+
+  test('a Qwen2 fixture (q/k/v biases, Qwen2 splitter, chat special tokens, padded vocabulary)', () => {
+    const dir = path.join(work, 'qwen2');
+    const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
+    tok.pre_tokenizer = {
+      type: 'Sequence',
+      pretokenizers: [
+        { type: 'Split', pattern: { Regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" }, behavior: 'Isolated', invert: false },
+        { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false },
+      ],
+    };
+    tok.post_processor = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: false };
+    tok.added_tokens.push(
+      { id: 1024, content: '<|im_start|>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+      { id: 1025, content: '<|im_end|>', single_word: false, lstrip: false, rstrip: false, normalized: false, special: true },
+    );
+    const template = "{% for m in messages %}<|im_start|>{{ m.role }}\n{{ m.content }}<|im_end|>\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}";
+    const config = {
+      model_type: 'qwen2', hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
+      vocab_size: 1030, max_position_embeddings: 256, tie_word_embeddings: false, rope_theta: 1000000, rms_norm_eps: 1e-6, hidden_act: 'silu',
+      eos_token_id: 1025,
+    };
+    saveRandomModel(dir, config, {
+      'tokenizer.json': tok,
+      'tokenizer_config.json': { bos_token: null, eos_token: '<|im_end|>', pad_token: '<|endoftext|>', add_bos_token: false, chat_template: template },
+    }, 0.2);
+    const out = path.join(work, 'qwen2.gguf');
+    const r = exportGguf({ model: dir, out });
+    expect(r.architecture).toBe('qwen2');
+    expect(r.notes.join()).toMatch(/4 embedding rows have no token/);
+    const lk = loadTokenizer(dir);
+    const strings = [...STRINGS, '<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n'];
+    const prompts = ['The red key', '<|im_start|>user\nWhere is the door?<|im_end|>\n<|im_start|>assistant\n'].map((s) => lk.encode(s));
+    using model = loadModel(dir);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const a = runLlama({ model: out, tokenize: strings, prompts, n: N });
+    expect(a.tokenize).toEqual(strings.map((s) => lk.encode(s, { addSpecialTokens: false })));
+    expect([a.eos, a.addBos]).toEqual([1025, false]);
+    prompts.forEach((_, i) => expectSameContinuation(`qwen2 prompt ${i}`, ours[i]!, a.continuations[i]!));
+  }, 300_000);
+
+  test('a GPT-2 fixture (learned positions, Conv1D weights, tied head)', () => {
+    const dir = path.join(work, 'gpt2');
+    const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
+    tok.post_processor = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: true };
+    saveRandomModel(dir, { model_type: 'gpt2', n_layer: 2, n_embd: 64, n_head: 4, vocab_size: 1024, n_positions: 128, bos_token_id: 1023, eos_token_id: 1023 }, {
+      'tokenizer.json': tok,
+      'tokenizer_config.json': { bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', add_bos_token: false },
+    }, 0.2);
+    const out = path.join(work, 'gpt2.gguf');
+    expect(exportGguf({ model: dir, out, dtype: 'f16' }).architecture).toBe('gpt2');
+    const f32 = path.join(work, 'gpt2-f32.gguf');
+    exportGguf({ model: dir, out: f32 });
+    const lk = loadTokenizer(dir);
+    const prompts = ['The red key', 'Hello world, 123'].map((s) => lk.encode(s));
+    using model = loadModel(dir);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N });
+    expect(a.tokenize).toEqual(STRINGS.map((s) => lk.encode(s, { addSpecialTokens: false })));
+    prompts.forEach((_, i) => expectSameContinuation(`gpt2 prompt ${i}`, ours[i]!, a.continuations[i]!));
+    // The f16 file loads and runs too (its continuation may part from f32's where rounding moves a logit).
+    const h = runLlama({ model: out, prompts: [prompts[0]], n: 4 });
+    expect(h.continuations[0]!.length).toBe(4);
+  }, 300_000);
+});
