@@ -180,6 +180,34 @@ describe('export errors', () => {
   });
 });
 
+test('the CLI: a QLoRA adapter merged into the NF4 base reports that choice\'s merge error; an input is never overwritten', () => {
+  const adapter = path.join(work, 'cli-adapter');
+  {
+    using m = loadModel(DEFAULT);
+    addAdapter(m, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], initLoraWeights: false, seed: 5 });
+    saveAdapter(m, adapter);
+  }
+  const cli = path.join(ROOT, 'dist', 'cli', 'index.js');
+  const run = (...args: string[]) => spawnSync(process.execPath, [cli, 'export', ...args], { encoding: 'utf8' });
+  const out = path.join(work, 'cli.gguf');
+  const errs = (['original', 'nf4'] as const).map((into) => {
+    const r = run('--model', DEFAULT, '--adapter', adapter, '--out', out, '--qlora', '--merge-into', into, '--dtype', 'q8_0');
+    expect(r.stderr).toBe('');
+    expect(r.status).toBe(0);
+    expect(r.stdout).toMatch(/q8_0 weight error against float32, over every 2-D weight: relative \d/);
+    return Number(/relative ([\d.e+-]+)\n/.exec(r.stdout.split('\n').find((l) => l.startsWith('merge error'))! + '\n')![1]);
+  });
+  // Merging into the NF4 base requantizes every adapted weight, so it cannot match the unmerged NF4 model exactly.
+  expect(errs[1]).toBeGreaterThan(1e-4);
+  const head = fs.readFileSync(out).subarray(0, 8);
+  expect([head.toString('latin1', 0, 4), head.readUInt32LE(4)]).toEqual(['GGUF', 3]);
+  const before = fs.readFileSync(path.join(adapter, 'adapter_model.safetensors'));
+  const r = run('--model', DEFAULT, '--adapter', adapter, '--out', path.join(adapter, 'adapter_model.safetensors'), '--format', 'lora');
+  expect(r.status).toBe(1);
+  expect(r.stderr).toMatch(/overlaps --adapter/);
+  expect(fs.readFileSync(path.join(adapter, 'adapter_model.safetensors')).equals(before)).toBe(true);
+}, 120_000);
+
 runtime('in node-llama-cpp', () => {
   test('the shipped model: tokens, special ids and the greedy continuation equal lorakit\'s; q8_0 KL recorded', () => {
     const f32 = path.join(work, 'default-f32.gguf'), q8 = path.join(work, 'default-q8_0.gguf');
