@@ -13,10 +13,11 @@ import { planCommand } from './commands/plan';
 import { sweepCommand } from './commands/sweep';
 import { labCommand } from './commands/lab';
 import { benchCommand } from './commands/bench';
+import { exportCommand } from './commands/export';
 
 const COMMANDS: [string, (y: Argv) => Argv][] = [
   ['train', trainCommand], ['inspect', inspectCommand], ['eval', evalCommand], ['merge', mergeCommand], ['analyze', analyzeCommand],
-  ['sweep', sweepCommand], ['plan', planCommand], ['lab', labCommand], ['bench', benchCommand],
+  ['sweep', sweepCommand], ['plan', planCommand], ['lab', labCommand], ['bench', benchCommand], ['export', exportCommand],
 ];
 
 const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
