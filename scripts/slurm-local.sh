@@ -77,12 +77,10 @@ EOF
   chmod 400 /etc/munge/munge.key
   mkdir -p /run/munge && chown munge:munge /run/munge 2>/dev/null || true
   if ! munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-    if id munge >/dev/null 2>&1; then
-      su -s /bin/sh munge -c "munged --pid-file=$dir/munged.pid" || runuser -u munge -- munged
-    else
-      munged --force
-    fi
-    [ -f "$dir/munged.pid" ] || cp /run/munge/munged.pid "$dir/munged.pid" 2>/dev/null || true
+    # munged runs as its own user where the package made one; its pid file is kept so that stop ends it.
+    if id munge >/dev/null 2>&1; then runuser -u munge -- munged; else munged --force; fi
+    for _ in $(seq 50); do [ -s /run/munge/munged.pid ] && break; sleep 0.1; done
+    cp /run/munge/munged.pid "$dir/munged.pid"
   fi
   slurmctld -c
   slurmd -c

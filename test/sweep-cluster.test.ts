@@ -59,6 +59,8 @@ describe('SLURM: a sweep through sbatch on a one-node cluster', () => {
   });
 
   test('2 configurations x 3 seeds on the shipped model: one task killed mid-run, only it resubmitted, and the report equals the local sweep run for run', async () => {
+    // CI must run this test: there (LORAKIT_REQUIRE_SLURM=1, set by .ci/run) a cluster that fails to start fails it.
+    if (!up && process.env.LORAKIT_REQUIRE_SLURM === '1') throw new Error(`LORAKIT_REQUIRE_SLURM=1 but scripts/slurm-local.sh could not start SLURM: ${why}`);
     if (!up) return;
     const dir = tmp();
     const model = path.join(root, 'assets', 'default');
