@@ -149,7 +149,7 @@ export function sweepCommand(y: Argv): Argv {
         .option('partition', { type: 'string', describe: 'submit --slurm: the partition' })
         .option('time', { type: 'string', describe: 'submit --slurm: time limit of each run, as SLURM writes it (01:00:00)' })
         .option('max-parallel', { type: 'number', describe: 'submit --slurm: runs at once (the array\'s %K)' })
-        .option('sbatch-arg', { type: 'string', array: true, describe: 'submit --slurm: another sbatch option for the script (repeatable), e.g. --account=proj' })
+        .option('sbatch-arg', { type: 'string', array: true, describe: 'submit --slurm: another sbatch option for the script (repeatable, written with =: --sbatch-arg=--account=proj)' })
         .option('image', { type: 'string', describe: 'submit --k8s: a container image with lorakit on its PATH' })
         .option('namespace', { type: 'string', describe: 'submit --k8s: the namespace (default "default")' })
         .option('parallelism', { type: 'number', describe: 'submit --k8s: pods at once (default every run)' })
@@ -161,7 +161,8 @@ export function sweepCommand(y: Argv): Argv {
     async (argv) => {
       const named = ACTIONS.find((x) => x === argv.what);
       const action: Action = named ?? 'sweep';
-      await runCommandAsync(`lorakit sweep${named ? ` ${named}` : ''}: `, async () => {
+      // Errors read "lorakit sweep: ...": the library's own start with "sweep: ", and that is not said twice.
+      await runCommandAsync('lorakit sweep: ', async () => {
         if (named === undefined && argv.spec !== undefined) throw usage(`'${argv.what}' is not an action (${ACTIONS.join(', ')}); to run a spec here, name only the spec`);
         if (named !== undefined && argv.spec === undefined) throw usage(`${named} needs the spec: lorakit sweep ${named} spec.json`);
         for (const [k, actions] of Object.entries(OPTION_ACTIONS))
