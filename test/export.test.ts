@@ -218,13 +218,13 @@ runtime('in node-llama-cpp', () => {
     const prompts = ['The red key', 'In the garden there is', 'Where is the'].map((s) => tok.encode(s));
     using model = loadModel(DEFAULT);
     const ours = prompts.map((p) => greedy(model, p, N));
-    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N });
+    // Q8_0 against f32, both in llama.cpp, along lorakit's continuation of the first prompt.
+    const seq = [...prompts[0]!, ...ours[0]!.tokens];
+    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N, distributions: [seq] });
     expect(a.tokenize).toEqual(STRINGS.map((s) => tok.encode(s, { addSpecialTokens: false })));
     expect([a.bos, a.eos, a.addBos]).toEqual([tok.bosTokenId, tok.eosTokenId, true]);
     prompts.forEach((_, i) => expectSameContinuation(`default f32 prompt ${i}`, ours[i]!, a.continuations[i]!));
-    // Q8_0 against f32, both in llama.cpp, along the f32 continuation of the first prompt.
-    const seq = [...prompts[0]!, ...a.continuations[0]!];
-    const ref = runLlama({ model: f32, distributions: [seq] }).distributions[0]!;
+    const ref = a.distributions[0]!;
     const b = runLlama({ model: q8, prompts, n: N, distributions: [seq] });
     let kl = 0;
     ref.forEach((pairs, s) => {
