@@ -33,7 +33,7 @@ export interface K8sOptions {
 const DNS_LABEL = /^[a-z0-9]([-a-z0-9]*[a-z0-9])?$/;
 
 function bad(what: string, expected: string, got: unknown): LorakitTypeError {
-  return new LorakitTypeError('ERR_INVALID_ARG', `sweep submit --k8s: ${what} must be ${expected}, got ${JSON.stringify(got)}`);
+  return new LorakitTypeError('ERR_INVALID_ARG', `sweep: submit --k8s: ${what} must be ${expected}, got ${JSON.stringify(got)}`);
 }
 
 /** The Indexed Job (batch/v1) that runs every run of the sweep in `specFile`. */
@@ -53,7 +53,7 @@ export function indexedJob(spec: SweepSpec, specFile: string, o: K8sOptions): Re
   const needed: Record<string, string | undefined> = { 'the spec': specPath, "the spec's out": spec.out, 'base.model': spec.base.model, 'base.data': spec.base.data, 'base.evalData': spec.base.evalData, 'base.retainData': spec.base.retainData };
   for (const [what, p] of Object.entries(needed))
     if (p !== undefined && !isSameOrInside(path.resolve(p), mount))
-      throw new LorakitError('ERR_INVALID_ARG', `sweep submit --k8s: ${what} '${p}' is not inside the shared volume's mount '${mount}'; every pod reads and writes the sweep there (put it under --mount)`);
+      throw new LorakitError('ERR_INVALID_ARG', `sweep: submit --k8s: ${what} '${p}' is not inside the shared volume's mount '${mount}'; every pod reads and writes the sweep there (put it under --mount)`);
 
   const resources: Record<string, Record<string, string>> = {};
   if (o.gpusPerTask) resources.limits = { [gpuResource]: String(o.gpusPerTask) };
@@ -115,10 +115,14 @@ const importEsm = new Function('m', 'return import(m)') as (m: string) => Promis
 /** Creates the Job through the cluster's API with the official client; returns the created Job's uid. */
 export async function applyJob(manifest: Record<string, unknown>): Promise<string> {
   let k8s: typeof import('@kubernetes/client-node');
+  // client-node 2 rests on undici 8, which fails as it loads on older Node (and takes the process down with it).
+  const [major, minor] = process.versions.node.split('.').map(Number) as [number, number];
+  if (major < 22 || (major === 22 && minor < 19))
+    throw new LorakitError('ERR_IO', `sweep: submit --k8s: @kubernetes/client-node 2 needs Node >= 22.19, this is ${process.version}; apply the written manifest with kubectl apply -f`);
   try {
     k8s = (await importEsm('@kubernetes/client-node')) as typeof import('@kubernetes/client-node');
   } catch (e) {
-    throw new LorakitError('ERR_IO', `sweep submit --k8s: cannot load @kubernetes/client-node (${e instanceof Error ? e.message.split('\n')[0] : String(e)}; version 2 needs Node >= 22.19, this is ${process.version}); apply the written manifest with kubectl apply -f`);
+    throw new LorakitError('ERR_IO', `sweep: submit --k8s: cannot load @kubernetes/client-node (${e instanceof Error ? e.message.split('\n')[0] : String(e)}); apply the written manifest with kubectl apply -f`);
   }
   const kc = new k8s.KubeConfig();
   kc.loadFromDefault();
@@ -130,6 +134,6 @@ export async function applyJob(manifest: Record<string, unknown>): Promise<strin
   } catch (e) {
     const code = (e as { code?: number }).code;
     const why = code === 409 ? `a Job named ${meta.name} exists in namespace ${meta.namespace}: delete it (kubectl delete job ${meta.name} -n ${meta.namespace}) and submit again; finished runs are skipped` : e instanceof Error ? e.message.split('\n')[0] : String(e);
-    throw new LorakitError('ERR_IO', `sweep submit --k8s: the cluster at ${kc.getCurrentCluster()?.server ?? '(no cluster)'} refused the Job: ${why}`);
+    throw new LorakitError('ERR_IO', `sweep: submit --k8s: the cluster at ${kc.getCurrentCluster()?.server ?? '(no cluster)'} refused the Job: ${why}`);
   }
 }

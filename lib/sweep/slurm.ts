@@ -52,7 +52,7 @@ export interface SlurmOptions {
 }
 
 function checkOptions(o: SlurmOptions): void {
-  const bad = (what: string, expected: string, got: unknown) => new LorakitTypeError('ERR_INVALID_ARG', `sweep submit --slurm: ${what} must be ${expected}, got ${JSON.stringify(got)}`);
+  const bad = (what: string, expected: string, got: unknown) => new LorakitTypeError('ERR_INVALID_ARG', `sweep: submit --slurm: ${what} must be ${expected}, got ${JSON.stringify(got)}`);
   if (o.partition !== undefined && !/^[\w.,-]+$/.test(o.partition)) throw bad('--partition', 'a partition name (or a comma-separated list)', o.partition);
   for (const [k, v, min] of [['--gpus-per-task', o.gpusPerTask, 0], ['--cpus-per-task', o.cpusPerTask, 1], ['--max-parallel', o.maxParallel, 1]] as const)
     if (v !== undefined && !(Number.isInteger(v) && v >= min)) throw bad(k, `an integer >= ${min}`, v);
@@ -64,7 +64,7 @@ function checkOptions(o: SlurmOptions): void {
 /** The job-array script that runs `indices` of the sweep in `specFile`, one run per task, a log per task. */
 export function slurmScript(spec: SweepSpec, specFile: string, indices: readonly number[], o: SlurmOptions = {}): string {
   checkOptions(o);
-  if (indices.length === 0) throw new LorakitError('ERR_INVALID_ARG', 'sweep submit --slurm: no runs to submit');
+  if (indices.length === 0) throw new LorakitError('ERR_INVALID_ARG', 'sweep: submit --slurm: no runs to submit');
   const logs = path.join(spec.out, 'slurm', 'logs');
   const lines = [
     '#!/bin/bash',
@@ -129,7 +129,7 @@ export function submitSlurm(spec: SweepSpec, specFile: string, o: SlurmOptions &
   let queued = new Map<number, unknown>();
   if (!o.dryRun) {
     const q = queuedTasks(spec);
-    if (q.tasks === null) throw new LorakitError('ERR_IO', `sweep submit --slurm: cannot ask squeue what is queued: ${q.error}`);
+    if (q.tasks === null) throw new LorakitError('ERR_IO', `sweep: submit --slurm: cannot ask squeue what is queued: ${q.error}`);
     queued = q.tasks;
   }
   const indices = unfinished.filter((i) => !queued.has(i));
@@ -141,7 +141,7 @@ export function submitSlurm(spec: SweepSpec, specFile: string, o: SlurmOptions &
   writeTextFile('sweep', script, slurmScript(spec, specFile, indices, o));
   if (o.dryRun) return { indices, script, jobId: null, ...counts };
   const r = slurmTool('sbatch', ['--parsable', script]);
-  if (!r.ok) throw new LorakitError('ERR_IO', `sweep submit --slurm: sbatch refused ${script}: ${r.err}`);
+  if (!r.ok) throw new LorakitError('ERR_IO', `sweep: submit --slurm: sbatch refused ${script}: ${r.err}`);
   // --parsable prints "jobid" or "jobid;cluster".
   const jobId = r.out.trim().split(';')[0]!;
   const jobs = fs.existsSync(jobsFile(spec)) ? (readJsonFile('sweep', jobsFile(spec), 'ERR_IO') as { jobId: string; indices: number[] }[]) : [];
