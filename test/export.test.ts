@@ -101,6 +101,17 @@ function expectSameContinuation(label: string, ours: { tokens: number[]; gaps: n
   expect(theirs).toEqual(ours.tokens);
 }
 
+/** Mean over positions of KL(p || q) in nats, from node-llama-cpp's full next-token distributions. */
+function meanKL(p: [number, number][][], q: [number, number][][]): number {
+  expect(q.length).toBe(p.length);
+  let kl = 0;
+  p.forEach((pairs, s) => {
+    const qmap = new Map(q[s]!);
+    for (const [t, pt] of pairs) if (pt > 0) kl += pt * Math.log(pt / Math.max(qmap.get(t) ?? 0, 1e-30));
+  });
+  return kl / p.length;
+}
+
 /** Replaces every weight of a random model by N(0, std²) draws (norm weights 1 + N(0, 0.1²)), and saves it with `tokenizer`. */
 function saveRandomModel(dir: string, config: Record<string, unknown>, files: Record<string, unknown>, std: number): void {
   fs.mkdirSync(dir);
@@ -226,12 +237,7 @@ runtime('in node-llama-cpp', () => {
     prompts.forEach((_, i) => expectSameContinuation(`default f32 prompt ${i}`, ours[i]!, a.continuations[i]!));
     const ref = a.distributions[0]!;
     const b = runLlama({ model: q8, prompts, n: N, distributions: [seq] });
-    let kl = 0;
-    ref.forEach((pairs, s) => {
-      const qmap = new Map(b.distributions[0]![s]!);
-      for (const [t, p] of pairs) if (p > 0) kl += p * Math.log(p / Math.max(qmap.get(t) ?? 0, 1e-30));
-    });
-    kl /= ref.length;
+    const kl = meanKL(ref, b.distributions[0]!);
     const same = b.continuations.map((c, i) => c.findIndex((t, j) => t !== a.continuations[i]![j]));
     console.log(`default model q8_0: weight error ${q.weightError!.relative.toExponential(3)} (relative), mean KL to f32 ${kl.toExponential(3)} nats over ${ref.length} positions, first differing continuation token per prompt ${JSON.stringify(same)} (-1: none)`);
     expect(kl).toBeLessThan(1e-2);
@@ -314,19 +320,24 @@ runtime('in node-llama-cpp', () => {
       'tokenizer.json': tok,
       'tokenizer_config.json': { bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', add_bos_token: false },
     }, 0.2);
-    const out = path.join(work, 'gpt2.gguf');
-    expect(exportGguf({ model: dir, out, dtype: 'f16' }).architecture).toBe('gpt2');
+    const f16 = path.join(work, 'gpt2-f16.gguf'), bf16 = path.join(work, 'gpt2-bf16.gguf');
+    expect(exportGguf({ model: dir, out: f16, dtype: 'f16' }).architecture).toBe('gpt2');
+    exportGguf({ model: dir, out: bf16, dtype: 'bf16' });
     const f32 = path.join(work, 'gpt2-f32.gguf');
     exportGguf({ model: dir, out: f32 });
     const lk = loadTokenizer(dir);
     const prompts = ['The red key', 'Hello world, 123'].map((s) => lk.encode(s));
     using model = loadModel(dir);
     const ours = prompts.map((p) => greedy(model, p, N));
-    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N });
+    const seq = [...prompts[0]!, ...ours[0]!.tokens];
+    const a = runLlama({ model: f32, tokenize: STRINGS, prompts, n: N, distributions: [seq] });
     expect(a.tokenize).toEqual(STRINGS.map((s) => lk.encode(s, { addSpecialTokens: false })));
     prompts.forEach((_, i) => expectSameContinuation(`gpt2 prompt ${i}`, ours[i]!, a.continuations[i]!));
-    // The f16 file loads and runs too (its continuation may part from f32's where rounding moves a logit).
-    const h = runLlama({ model: out, prompts: [prompts[0]], n: 4 });
-    expect(h.continuations[0]!.length).toBe(4);
+    // f16 and bf16 files: their distributions stay close to f32's (a wrongly encoded weight would not).
+    const klHalf = meanKL(a.distributions[0]!, runLlama({ model: f16, distributions: [seq] }).distributions[0]!);
+    const klBf16 = meanKL(a.distributions[0]!, runLlama({ model: bf16, distributions: [seq] }).distributions[0]!);
+    console.log(`gpt2 fixture: mean KL to the f32 file, f16 ${klHalf.toExponential(3)}, bf16 ${klBf16.toExponential(3)} nats over ${seq.length} positions`);
+    expect(klHalf).toBeLessThan(1e-3);
+    expect(klBf16).toBeLessThan(1e-3);
   }, 300_000);
 });
