@@ -5,7 +5,8 @@ import yargs from 'yargs';
 import { readModelConfig } from '../lib/io/config';
 import { compareAll, holm, mean, seedsNeeded, summarize, tQuantile, tTwoSidedP, variance, welch } from '../lib/sweep/stats';
 import { configurations, parseSpec, type SweepSpec } from '../lib/sweep/spec';
-import { runSweep, trainOne, type RunOne } from '../lib/sweep/runner';
+import { gatherReport, listRuns, runIndex, runSweep, trainOne, type RunOne } from '../lib/sweep/runner';
+import { slurmScript } from '../lib/sweep/slurm';
 import { BYTES, assumedLlama, gpuMemory, parseMemory, plan } from '../lib/sweep/plan';
 import { formatReport } from '../lib/cli/commands/sweep';
 import { planCommand } from '../lib/cli/commands/plan';
@@ -269,6 +270,56 @@ describe('the runner', () => {
     expect(calls).toBe(1);
     expect(third).toMatchObject({ ran: 1, skipped: 3 });
     expect(fs.existsSync(results[3]!)).toBe(true);
+  });
+});
+
+describe('a sweep as a list of runs, one index at a time', () => {
+  const spec = () => parseSpec({ base: { model: LLAMA, data: sequences(40), steps: 5 }, axes: { r: [4, 8] }, seeds: [3, 1, 2], out: tmp() }, '/');
+  const fake = (calls: number[]): RunOne => async (o) => {
+    calls.push(o.seed!);
+    const z = normals(o.seed! * 31 + (o.r ?? 0));
+    return { start: { heldout: 3 }, final: { heldout: 2 + 0.1 * z() + (o.r === 8 ? -0.2 : 0) }, wallSec: 1, tokensPerSec: 100, peakRssBytes: 1e8, peakTensorBytes: 1e6, intruders: 1 };
+  };
+
+  test('indices follow the spec: configurations in order, each with its seeds in order', () => {
+    const s = spec();
+    expect(listRuns(s).map((r) => [r.index, r.config.label, r.seed, path.relative(s.out, r.dir)])).toEqual([
+      [0, 'r=4', 3, `runs/${configurations(s)[0]!.id}/seed-3`], [1, 'r=4', 1, `runs/${configurations(s)[0]!.id}/seed-1`], [2, 'r=4', 2, `runs/${configurations(s)[0]!.id}/seed-2`],
+      [3, 'r=8', 3, `runs/${configurations(s)[1]!.id}/seed-3`], [4, 'r=8', 1, `runs/${configurations(s)[1]!.id}/seed-1`], [5, 'r=8', 2, `runs/${configurations(s)[1]!.id}/seed-2`],
+    ]);
+  });
+
+  test('runIndex trains exactly its run, is a no-op when the result exists, and the gathered report equals the local sweep', async () => {
+    const s = spec(), calls: number[] = [];
+    expect(() => gatherReport(s)).toThrow(/6 of 6 runs have no result in .*: 0 \(r=4 seed 3\), 1 \(r=4 seed 1\)/);
+    const first = await runIndex(s, 4, { runOne: fake(calls) });
+    expect([first.ran, first.run.seed, calls]).toEqual([true, 1, [1]]);
+    expect(JSON.parse(fs.readFileSync(path.join(first.run.dir, 'result.json'), 'utf8'))).toEqual(first.record);
+    const again = await runIndex(s, 4, { runOne: fake(calls) });
+    expect([again.ran, calls]).toEqual([false, [1]]);
+    expect(again.record).toEqual(first.record);
+    await expect(runIndex(s, 6, { runOne: fake(calls) })).rejects.toMatchObject({ code: 'ERR_OUT_OF_RANGE', message: expect.stringMatching(/from 0 to 5 \(the sweep has 6 runs\), got 6/) });
+    expect(() => gatherReport(s)).toThrow(/5 of 6 runs have no result/);
+    for (const i of [5, 0, 3, 1, 2]) await runIndex(s, i, { runOne: fake(calls) });
+    const gathered = gatherReport(s);
+    const local = await runSweep({ ...s, out: tmp() }, { runOne: fake([]) });
+    expect(gathered.configs).toEqual(local.configs);
+    expect(gathered.comparisons).toEqual(local.comparisons);
+    expect(JSON.parse(fs.readFileSync(path.join(s.out, 'sweep.json'), 'utf8')).configs).toHaveLength(2);
+  });
+
+  test('the SLURM job-array script: one task per index, the options as #SBATCH lines, bad ones refused', () => {
+    const s = spec();
+    const text = slurmScript(s, '/x/spec.json', [0, 1, 2, 5], { partition: 'gpu', gpusPerTask: 1, cpusPerTask: 4, time: '1-02:00:00', maxParallel: 2, sbatchArgs: ['--account=proj'] });
+    const sbatch = text.split('\n').filter((l) => l.startsWith('#SBATCH'));
+    expect(sbatch.slice(1)).toEqual([
+      '#SBATCH --array=0-2,5%2', `#SBATCH --output="${s.out}/slurm/logs/%A_%a.log"`, '#SBATCH --ntasks=1', '#SBATCH --cpus-per-task=4',
+      '#SBATCH --partition=gpu', '#SBATCH --gpus-per-task=1', '#SBATCH --time=1-02:00:00', '#SBATCH --account=proj',
+    ]);
+    expect(text).toMatch(/sweep run '\/x\/spec\.json' --index "\$SLURM_ARRAY_TASK_ID"\n$/);
+    expect(() => slurmScript(s, '/x/spec.json', [0], { time: '1 hour' })).toThrow(/--time must be minutes, MM:SS, HH:MM:SS/);
+    expect(() => slurmScript(s, '/x/spec.json', [0], { sbatchArgs: ['rm -rf /'] })).toThrow(/--sbatch-arg must be one sbatch option/);
+    expect(() => slurmScript(s, '/x/spec.json', [0], { maxParallel: 0 })).toThrow(/--max-parallel must be an integer >= 1, got 0/);
   });
 });
 
