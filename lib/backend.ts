@@ -1,4 +1,4 @@
-import { loadedBackend, native } from './native/binding';
+import { devicesWithoutCode, loadedBackend, native } from './native/binding';
 
 export { gpuCount } from './native/binding';
 
@@ -11,6 +11,12 @@ export interface GpuDevice {
   totalBytes: number;
   multiprocessors: number;
   warpSize: number;
+  /**
+   * False for a device the loaded binary has no code for (a HIP build without its gfx architecture): no
+   * op can run on it; rebuild with LORAKIT_HIP_ARCHS naming it. Absent when the binary lists no
+   * architectures (CUDA builds, whose PTX the driver compiles for newer GPUs).
+   */
+  archInBuild?: boolean;
 }
 
 export interface BackendInfo {
@@ -30,7 +36,15 @@ export interface BackendInfo {
   /** GPUs found and usable; empty when the GPU addon is absent or its probe failed. */
   gpus: GpuDevice[];
   /** With a GPU: the runtime and driver versions, and which engine serves dense GEMMs. */
-  gpuRuntime?: { platform: 'cuda' | 'hip' | 'emulator'; runtime: string; driver: string; gemmEngine: string };
+  gpuRuntime?: {
+    platform: 'cuda' | 'hip' | 'emulator';
+    runtime: string;
+    driver: string;
+    /** 'cublaslt (libcublasLt.so.12 from /usr/local/cuda-12.4/lib64/libcublasLt.so.12)', or 'fallback (why)'. */
+    gemmEngine: string;
+    /** The architectures the binary has code for, where it lists them (HIP builds). */
+    builtArchs?: string[];
+  };
   /** Why no GPU backend is active, when none is. */
   gpuUnavailableReason?: string;
 }
@@ -43,11 +57,18 @@ export function backend(): BackendInfo {
   if (loaded.kind === 'cpu' || !loaded.gpu)
     return { active: 'cpu', addon: loaded.file, cpu, gpus: [], gpuUnavailableReason: loaded.gpuUnavailableReason };
   const g = native().gpu!.gpuInfo();
+  const lacking = devicesWithoutCode(g);
   return {
     active: loaded.kind,
     addon: loaded.file,
     cpu,
-    gpus: g.devices.map((d, i) => ({ device: `cuda:${i}`, ...d })),
-    gpuRuntime: { platform: g.platform, runtime: g.runtime, driver: g.driver, gemmEngine: g.gemmEngine ?? 'unknown' },
+    gpus: g.devices.map((d, i) => ({ device: `cuda:${i}`, ...d, ...(g.builtArchs ? { archInBuild: !lacking.includes(i) } : {}) })),
+    gpuRuntime: {
+      platform: g.platform,
+      runtime: g.runtime,
+      driver: g.driver,
+      gemmEngine: g.gemmEngine ?? 'unknown',
+      ...(g.builtArchs ? { builtArchs: g.builtArchs.split(',') } : {}),
+    },
   };
 }

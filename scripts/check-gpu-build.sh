@@ -13,8 +13,10 @@ undefined_lorakit() {
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 if command -v nvcc >/dev/null 2>&1; then
   start=$SECONDS
-  LORAKIT_GPU=cuda LORAKIT_CUDA_ARCHS=${LORAKIT_CUDA_ARCHS:-90} node scripts/build-gpu.js >/tmp/lorakit-build-cuda.log 2>&1 ||
+  LORAKIT_GPU=cuda LORAKIT_CUDA_ARCHS=${LORAKIT_CUDA_ARCHS:-90} LORAKIT_PTXAS_VERBOSE=1 node scripts/build-gpu.js >/tmp/lorakit-build-cuda.log 2>&1 ||
     { tail -60 /tmp/lorakit-build-cuda.log; exit 1; }
+  # ptxas's report of every kernel: a register spill in a hot kernel fails the check.
+  node scripts/check-gpu-spills.mjs /tmp/lorakit-build-cuda.log
   missing=$(undefined_lorakit build-gpu/Release/lorakit_gpu.node)
   [ -z "$missing" ] || { echo "CUDA addon: undefined lorakit symbols:"; echo "$missing"; exit 1; }
   echo "gpu compile check: CUDA addon built for sm_${LORAKIT_CUDA_ARCHS:-90} in $((SECONDS - start)) s, all symbols defined"

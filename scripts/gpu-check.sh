@@ -20,6 +20,18 @@ mkdir -p "$out"
 } 2>&1 | tee "$out/backend.log"
 # Parity (poisoned GPU memory) and the loader's checks, with the real addon.
 LORAKIT_GPU_POISON=1 timeout 300 npx jest test/gpu test/backend.test.ts 2>&1 | tee "$out/parity.log" | tail -60
+# The parity suite once more under compute-sanitizer, where the box has it: memcheck (out-of-bounds and
+# misaligned accesses, leaks of device memory) and racecheck (shared-memory races). LORAKIT_GPU_SYNC=1
+# makes a fault name its kernel. The quick sizes keep the slowed-down run short.
+sanitizer=$(command -v compute-sanitizer || ls /usr/local/cuda*/bin/compute-sanitizer 2>/dev/null | head -1)
+if [ -n "$sanitizer" ]; then
+  for tool in memcheck racecheck; do
+    LORAKIT_GPU_SYNC=1 LORAKIT_GPU_TEST_QUICK=1 timeout 600 "$sanitizer" --tool "$tool" --target-processes all --error-exitcode 99 \
+      node node_modules/jest/bin/jest.js --runInBand test/gpu/parity.test.ts 2>&1 | tee "$out/sanitizer-$tool.log" | tail -30
+  done
+else
+  echo "gpu-check: compute-sanitizer not found: the memcheck/racecheck pass is SKIPPED" | tee "$out/sanitizer-skipped.log"
+fi
 timeout 240 node bench/gpu.mjs --out "$out/bench-gpu.json" 2>&1 | tee "$out/bench.log"
 # Issue #7's end-to-end rows: the training step on random-initialised models of the three shapes (each
 # bounded, so that one slow configuration cannot eat the run).

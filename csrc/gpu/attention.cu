@@ -299,7 +299,7 @@ __global__ __launch_bounds__(kThreads) void attention_delta_kernel(const float* 
 // dq_t = sum_j ds_tj k_j. Grid (batch * hq, query tiles), longest first. Per key tile: dP = dout V^T and
 // then S = Q K^T share one shared tile (V, then K, which the dq product also reads).
 template <int DMAX, int TM, int TN>
-__global__ __launch_bounds__(kThreads) void attention_dq_kernel(const AttentionArgs a, const float* delta, bool vec) {
+__global__ __launch_bounds__(kThreads, 1) void attention_dq_kernel(const AttentionArgs a, const float* delta, bool vec) {
   constexpr int BQ = kGroups * TM, BK = kLanes * TN, LD = DMAX + 4, LP = BK + 4, NC = DMAX / 64;
   __shared__ float4 q_tile[BQ * LD / 4], do_tile[BQ * LD / 4], kv_tile[BK * LD / 4], ds_tile[BQ * LP / 4];
   __shared__ int first_key;
@@ -381,8 +381,11 @@ __global__ __launch_bounds__(kThreads) void attention_dq_kernel(const AttentionA
 // dk_j = sum_t ds_tj q_t and dv_j = sum_t p_tj dout_t, summed over the query heads of kv head kh in order.
 // Grid (batch * hkv, key tiles). K and V stay on chip; Q and dout take turns in one tile (Q for S,
 // dout for dP and dV, Q again for dK), which costs a second read of Q but keeps d = 128 under 48 KiB.
+// Launch bounds (128 threads, at least 1 block per SM) let ptxas use up to 255 registers: without the
+// minimum it capped this kernel at 128 and spilled its accumulators for every head-dim bucket (sm_90,
+// `nvcc -Xptxas -v`); at 168 registers three 128-thread blocks still fit an SM. The same for dq.
 template <int DMAX, int TM, int TN>
-__global__ __launch_bounds__(kThreads) void attention_dkdv_kernel(const AttentionArgs a, const float* delta, bool vec) {
+__global__ __launch_bounds__(kThreads, 1) void attention_dkdv_kernel(const AttentionArgs a, const float* delta, bool vec) {
   constexpr int BK = kGroups * TM, BQ = kLanes * TN, LD = DMAX + 4, LP = BQ + 4, NC = DMAX / 64;
   __shared__ float4 k_tile[BK * LD / 4], v_tile[BK * LD / 4], x_tile[BQ * LD / 4];
   __shared__ float4 p_tile[BK * LP / 4], ds_tile[BK * LP / 4];

@@ -17,6 +17,7 @@
 #define cudaSuccess hipSuccess
 #define cudaErrorMemoryAllocation hipErrorOutOfMemory
 #define cudaErrorNoDevice hipErrorNoDevice
+#define cudaErrorInsufficientDriver hipErrorInsufficientDriver
 #define cudaGetErrorName hipGetErrorName
 #define cudaGetErrorString hipGetErrorString
 #define cudaGetLastError hipGetLastError
@@ -73,8 +74,11 @@ inline void check(cudaError_t e, const char* what, const char* file, int line) {
   if (e != cudaSuccess) fail(e, what, file, line);
 }
 #define LK_CHECK(call) ::lorakit::gpu::check((call), #call, __FILE__, __LINE__)
-// After every kernel launch: a bad configuration is reported at the launch, not at the next sync.
-#define LK_LAUNCHED(name) ::lorakit::gpu::check(cudaGetLastError(), "launch of " name, __FILE__, __LINE__)
+// After every kernel launch (and vendor-library call): a bad configuration is reported at the launch, not
+// at the next sync. A fault inside a kernel is asynchronous and would surface at the next synchronisation,
+// usually in an unrelated op; LORAKIT_GPU_SYNC=1 synchronises here too, so the error names this kernel.
+void launched(const char* kernel, const char* file, int line);
+#define LK_LAUNCHED(name) ::lorakit::gpu::launched(name, __FILE__, __LINE__)
 
 // ---- stream, device facts, scratch ----------------------------------------------------------------
 // The current device's one stream: every kernel and copy of the backend runs on it, in order.

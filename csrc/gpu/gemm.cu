@@ -24,8 +24,15 @@
 // Scratch slots used here: kScratchWeight (NF4 dequantization), kScratchA / kScratchB (the first and
 // second operand widened, or a second NF4 operand), kScratchWorkspace (the library's workspace).
 #include <dlfcn.h>
+#include <glob.h>
+#include <unistd.h>
 
+#include <algorithm>
 #include <array>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <vector>
 #include <map>
 #include <mutex>
 #include <string>
@@ -278,6 +285,117 @@ void resolve(void* so, const char* name, F& fn, std::string& missing) {
   if (!fn) missing += (missing.empty() ? "" : ", ") + std::string(name);
 }
 
+// Without the library every GEMM runs on the hand-written kernel, 30-50x slower, so the library is
+// looked for where users' installs put it, not only on the loader path: a toolkit named by the
+// environment or under /usr/local (ROCm: /opt/rocm), the pip wheels of the active Python environments
+// (nvidia/cublas/lib), and a conda environment's lib. Newest versioned toolkit folders first.
+std::vector<std::string> matches(const std::string& pattern) {
+  std::vector<std::string> out;
+  glob_t g{};
+  if (glob(pattern.c_str(), 0, nullptr, &g) == 0)
+    for (size_t i = 0; i < g.gl_pathc; ++i) out.emplace_back(g.gl_pathv[i]);
+  globfree(&g);
+  std::sort(out.begin(), out.end(), [](const std::string& a, const std::string& b) { return strverscmp(a.c_str(), b.c_str()) > 0; });
+  return out;
+}
+
+std::vector<std::string> library_folders() {
+  std::vector<std::string> dirs;
+  auto add = [&](const std::string& d) {
+    if (!d.empty() && std::find(dirs.begin(), dirs.end(), d) == dirs.end()) dirs.push_back(d);
+  };
+  auto env = [](const char* name) -> std::string {
+    const char* v = std::getenv(name);
+    return v && *v ? v : "";
+  };
+  std::vector<std::string> pythons;  // prefixes of the active Python environments
+  for (const char* v : {"VIRTUAL_ENV", "CONDA_PREFIX"})
+    if (!env(v).empty()) pythons.push_back(env(v));
+  if (!env("HOME").empty()) pythons.push_back(env("HOME") + "/.local");
+#ifdef LORAKIT_CUDA
+  for (const char* v : {"CUDA_HOME", "CUDA_PATH"})
+    if (!env(v).empty()) {
+      add(env(v) + "/lib64");
+      add(env(v) + "/lib");
+    }
+  add("/usr/local/cuda/lib64");
+  for (const std::string& d : matches("/usr/local/cuda-*/lib64")) add(d);
+  for (const std::string& py : pythons)
+    for (const std::string& d : matches(py + "/lib/python3*/site-packages/nvidia/cublas/lib")) add(d);
+#else
+  for (const char* v : {"ROCM_PATH", "HIP_PATH"})
+    if (!env(v).empty()) add(env(v) + "/lib");
+  add("/opt/rocm/lib");
+  for (const std::string& d : matches("/opt/rocm-*/lib")) add(d);
+  for (const std::string& py : pythons)
+    for (const std::string& d : matches(py + "/lib/python3*/site-packages/rocblas/lib")) add(d);
+#endif
+  if (!env("CONDA_PREFIX").empty()) add(env("CONDA_PREFIX") + "/lib");
+  return dirs;
+}
+
+// Where a library opened by its bare name came from (the loader's answer), for the report.
+std::string loaded_from(void* symbol) {
+#ifdef LORAKIT_EMU
+  (void)symbol;  // the emulator's fake libraries have no file
+  return "the loader path";
+#else
+  Dl_info info{};
+  return dladdr(symbol, &info) && info.dli_fname ? std::string(info.dli_fname) : "the loader path";
+#endif
+}
+
+// LORAKIT_REQUIRE_GPU_BLAS=1 makes a missing library an error instead of a slow fallback.
+bool blas_required() {
+  const char* v = std::getenv("LORAKIT_REQUIRE_GPU_BLAS");
+  return v && *v && std::strcmp(v, "0") != 0;
+}
+
+// Opens the first of `names` found on the loader path or in library_folders() that has every symbol
+// `bind` resolves; fills so/name/from, or why_not with what was tried. Says on stderr, once, which file
+// serves the GEMMs, or that none does.
+template <typename Lib, typename Bind>
+void open_library(Lib& L, const char* label, std::initializer_list<const char*> names, Bind bind) {
+  std::string errors;
+  const std::vector<std::string> dirs = library_folders();
+  for (const char* name : names) {
+    std::vector<std::string> tries{name};
+    for (const std::string& d : dirs)
+      if (access((d + "/" + name).c_str(), F_OK) == 0) tries.push_back(d + "/" + name);
+    for (const std::string& path : tries) {
+      dlerror();
+      void* so = dlopen(path.c_str(), RTLD_NOW | RTLD_LOCAL);
+      if (!so) {
+        if (path == name) continue;  // not on the loader path: the folders follow
+        const char* e = dlerror();
+        errors += (errors.empty() ? "" : "; ") + path + ": " + (e ? e : "dlopen failed");
+        continue;
+      }
+      std::string missing;
+      void* probe = bind(L, so, missing);
+      if (!missing.empty()) {
+        errors += (errors.empty() ? "" : "; ") + path + " lacks " + missing;
+        dlclose(so);
+        continue;
+      }
+      L.so = so;
+      L.name = name;
+      L.from = path == name ? loaded_from(probe) : path;
+      std::fprintf(stderr, "lorakit: GPU GEMMs use %s (%s from %s)\n", label, name, L.from.c_str());
+      return;
+    }
+  }
+  std::string searched = "the loader path";
+  for (const std::string& d : dirs) searched += ", " + d;
+  std::string tried;
+  for (const char* name : names) tried += (tried.empty() ? "" : ", ") + std::string(name);
+  L.why_not = tried + " not found in " + searched + (errors.empty() ? "" : " (" + errors + ")");
+  std::fprintf(stderr,
+               "lorakit: WARNING: %s not found: GPU GEMMs run on lorakit's own kernel, 30-50x slower (%s). Install it "
+               "(or point CUDA_HOME/ROCM_PATH at it); LORAKIT_REQUIRE_GPU_BLAS=1 makes this an error.\n",
+               label, L.why_not.c_str());
+}
+
 #ifdef LORAKIT_CUDA
 
 constexpr size_t kWorkspaceBytes = 32u << 20;
@@ -324,7 +442,7 @@ struct Library {
   std::mutex mu;
   bool attempted = false;
   void* so = nullptr;
-  std::string name, why_not, declined;
+  std::string name, from, why_not, declined;
   bool forced = false;
   blas::LtCreateFn create = nullptr;
   blas::LtMatmulDescCreateFn desc_create = nullptr;
@@ -349,16 +467,13 @@ Library& library() {
 void load_locked(Library& L) {
   if (L.attempted) return;
   L.attempted = true;
-  std::string errors;
-  for (const char* name : {"libcublasLt.so.13", "libcublasLt.so.12"}) {
-    dlerror();
-    void* so = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (!so) {
-      const char* e = dlerror();
-      errors += (errors.empty() ? "" : "; ") + std::string(name) + " not found: " + (e ? e : "dlopen failed");
-      continue;
-    }
-    std::string missing;
+  // The library of the toolkit this addon was built with first: cuBLASLt 13 needs the driver CUDA 13 does.
+#if defined(CUDART_VERSION) && CUDART_VERSION < 13000
+  const auto names = {"libcublasLt.so.12", "libcublasLt.so.13"};
+#else
+  const auto names = {"libcublasLt.so.13", "libcublasLt.so.12"};
+#endif
+  open_library(L, "cuBLASLt", names, [](Library& L, void* so, std::string& missing) -> void* {
     resolve(so, "cublasLtCreate", L.create, missing);
     resolve(so, "cublasLtMatmulDescCreate", L.desc_create, missing);
     resolve(so, "cublasLtMatmulDescDestroy", L.desc_destroy, missing);
@@ -370,16 +485,8 @@ void load_locked(Library& L) {
     resolve(so, "cublasLtMatmulPreferenceSetAttribute", L.pref_set, missing);
     resolve(so, "cublasLtMatmulAlgoGetHeuristic", L.heuristic, missing);
     resolve(so, "cublasLtMatmul", L.matmul, missing);
-    if (!missing.empty()) {
-      errors += (errors.empty() ? "" : "; ") + std::string(name) + " lacks " + missing;
-      dlclose(so);
-      continue;
-    }
-    L.so = so;
-    L.name = name;
-    return;
-  }
-  L.why_not = errors;
+    return reinterpret_cast<void*>(L.create);
+  });
 }
 
 void destroy_plan(Library& L, Plan& p) {
@@ -521,6 +628,7 @@ bool library_gemm(Library& L, GemmArgs g) {
     return false;
   }
   if (st) throw Error("ERR_GPU", "cuBLASLt: cublasLtMatmul failed for " + shape_label(g) + ": " + status_name(st));
+  LK_LAUNCHED("cublasLtMatmul");
   if (g.bias && !p.fused_bias) add_bias(g);
   return true;
 }
@@ -543,7 +651,7 @@ struct Library {
   std::mutex mu;
   bool attempted = false;
   void* so = nullptr;
-  std::string name, why_not, declined;
+  std::string name, from, why_not, declined;
   bool forced = false;
   blas::RocCreateHandleFn create = nullptr;
   blas::RocSetStreamFn set_stream = nullptr;
@@ -559,30 +667,14 @@ Library& library() {
 void load_locked(Library& L) {
   if (L.attempted) return;
   L.attempted = true;
-  std::string errors;
   // The unversioned name comes with the development package; the runtime packages carry the sonames.
-  for (const char* name : {"librocblas.so", "librocblas.so.5", "librocblas.so.4", "librocblas.so.0"}) {
-    dlerror();
-    void* so = dlopen(name, RTLD_NOW | RTLD_LOCAL);
-    if (!so) {
-      const char* e = dlerror();
-      errors += (errors.empty() ? "" : "; ") + std::string(name) + " not found: " + (e ? e : "dlopen failed");
-      continue;
-    }
-    std::string missing;
-    resolve(so, "rocblas_create_handle", L.create, missing);
-    resolve(so, "rocblas_set_stream", L.set_stream, missing);
-    resolve(so, "rocblas_gemm_ex", L.gemm_ex, missing);
-    if (!missing.empty()) {
-      errors += (errors.empty() ? "" : "; ") + std::string(name) + " lacks " + missing;
-      dlclose(so);
-      continue;
-    }
-    L.so = so;
-    L.name = name;
-    return;
-  }
-  L.why_not = errors;
+  open_library(L, "rocBLAS", {"librocblas.so", "librocblas.so.5", "librocblas.so.4", "librocblas.so.0"},
+               [](Library& L, void* so, std::string& missing) -> void* {
+                 resolve(so, "rocblas_create_handle", L.create, missing);
+                 resolve(so, "rocblas_set_stream", L.set_stream, missing);
+                 resolve(so, "rocblas_gemm_ex", L.gemm_ex, missing);
+                 return reinterpret_cast<void*>(L.create);
+               });
 }
 
 bool fits_int32(int64_t v) { return v >= 0 && v <= 0x7fffffff; }
@@ -621,6 +713,7 @@ bool library_gemm(Library& L, GemmArgs g) {
   if (st && st != blas::rocblas_status_perf_degraded)
     throw Error("ERR_GPU", "rocBLAS: rocblas_gemm_ex failed for " + shape_label(g) + ": " + status_name(st) + " (" +
                                std::to_string(st) + ")");
+  LK_LAUNCHED("rocblas_gemm_ex");
   if (g.bias) add_bias(g);
   return true;
 }
@@ -645,6 +738,8 @@ void gemm(const GemmArgs& args) {
   {
     std::lock_guard<std::mutex> lock(L.mu);
     load_locked(L);
+    if (!L.so && !L.forced && blas_required())
+      throw Error("ERR_GPU", std::string("LORAKIT_REQUIRE_GPU_BLAS=1, but the vendor GEMM library was not found: ") + L.why_not);
     if (L.so && !L.forced && library_gemm(L, g)) return;
   }
   gemm_tiled(g);
@@ -656,7 +751,7 @@ std::string gemm_engine() {
   load_locked(L);
   if (L.forced) return "fallback (forced by set_gemm_fallback)";
   if (!L.so) return "fallback (" + L.why_not + ")";
-  std::string s = std::string(kLibraryLabel) + " (" + L.name + ")";
+  std::string s = std::string(kLibraryLabel) + " (" + L.name + " from " + L.from + ")";
   if (!L.declined.empty()) s += "; fallback for what it declined, last: " + L.declined;
   return s;
 }

@@ -3,10 +3,13 @@
 //
 // Allocation: cudaMalloc/cudaFree synchronise the device and cost tens of microseconds, and a training
 // step allocates the same sizes every step, so freed blocks are kept in a per-device cache keyed by their
-// rounded size and handed out again. Every kernel and copy runs on the device's one stream, so a block
+// size class and handed out again. Every kernel and copy runs on the device's one stream, so a block
 // released after its last use and reused by a later op is ordered behind that use without any event.
+// Size classes (four per power of two, so at most 25% over a request) let the varying shapes of eval
+// batches and packed sequences share blocks instead of each leaving its own exact size in the cache.
 // When cudaMalloc fails, the cache is returned to the driver and the allocation tried once more before
-// the caller gets ERR_OUT_OF_MEMORY with the sizes involved.
+// the caller gets ERR_OUT_OF_MEMORY with the sizes involved; empty_cache() between ops also returns the
+// scratch buffers.
 #include <cstdlib>
 #include <cstring>
 #include <map>
@@ -28,12 +31,14 @@ namespace lorakit::gpu {
 namespace {
 
 constexpr int kMaxDevices = 64;
-// Sizes are rounded up to 512 bytes (cuBLASLt wants 16-byte aligned operands; cudaMalloc gives 256),
-// and above 1 MiB to 64 KiB steps so that nearly equal sizes share cache entries.
+// The size class of a request: 512 bytes at least (cudaMalloc aligns to 256; cuBLASLt wants 16), then the
+// next of p + p/4, p + p/2, p + 3p/4, 2p for the power of two p below the request.
 size_t round_size(size_t bytes) {
-  if (bytes == 0) return 512;
-  if (bytes <= (1u << 20)) return (bytes + 511) / 512 * 512;
-  return (bytes + 65535) / 65536 * 65536;
+  if (bytes <= 512) return 512;
+  size_t p = 512;
+  while (p * 2 < bytes) p *= 2;
+  const size_t step = p / 4;
+  return (bytes + step - 1) / step * step;
 }
 
 // Small per-op argument arrays (AdamW's tensor list, grad-norm pointers) travel through a pinned host
@@ -76,12 +81,37 @@ DeviceState& state() {
   return s;
 }
 
+// Returns the cached blocks to the driver (not the scratch buffers: an op may be using them).
+void drop_cache(DeviceState& s) {
+  if (s.cache.empty()) return;
+  // Queued kernels may still read blocks that were released behind them on the stream.
+  LK_CHECK(cudaStreamSynchronize(s.stream));
+  for (auto& [size, p] : s.cache) LK_CHECK(cudaFree(p));
+  s.cache.clear();
+  s.cached = 0;
+}
+
 void* raw_alloc(DeviceState& s, size_t rounded) {
   void* p = nullptr;
   cudaError_t e = cudaMalloc(&p, rounded);
+  if (e == cudaErrorMemoryAllocation && !s.cache.empty()) {
+    // Under pressure the cache gives way, largest blocks first, only as far as the request needs: the
+    // many small blocks a varying workload reuses most stay.
+    (void)cudaGetLastError();
+    LK_CHECK(cudaStreamSynchronize(s.stream));
+    size_t freed = 0;
+    while (!s.cache.empty() && freed < rounded) {
+      auto last = std::prev(s.cache.end());
+      LK_CHECK(cudaFree(last->second));
+      freed += last->first;
+      s.cached -= last->first;
+      s.cache.erase(last);
+    }
+    e = cudaMalloc(&p, rounded);
+  }
   if (e == cudaErrorMemoryAllocation) {
     (void)cudaGetLastError();
-    empty_cache();
+    drop_cache(s);
     e = cudaMalloc(&p, rounded);
   }
   if (e == cudaErrorMemoryAllocation) {
@@ -100,12 +130,35 @@ void* raw_alloc(DeviceState& s, size_t rounded) {
 
 }  // namespace
 
+namespace {
+bool sync_each_op() {
+  static const bool on = [] {
+    const char* v = std::getenv("LORAKIT_GPU_SYNC");
+    return v && *v && std::strcmp(v, "0") != 0;
+  }();
+  return on;
+}
+}  // namespace
+
 void fail(cudaError_t e, const char* what, const char* file, int line) {
   std::string where = file;
   size_t slash = where.find_last_of('/');
   if (slash != std::string::npos) where = where.substr(slash + 1);
-  throw Error(error_code(e), std::string(platform()) + " error " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) +
-                                 ") in " + what + " at " + where + ":" + std::to_string(line));
+  std::string msg = std::string(platform()) + " error " + cudaGetErrorName(e) + " (" + cudaGetErrorString(e) + ") in " +
+                    what + " at " + where + ":" + std::to_string(line);
+  // A fault inside a kernel reaches the host at the next synchronisation, whatever op that belongs to.
+  if (!sync_each_op() && e != cudaErrorMemoryAllocation && std::strncmp(what, "launch of ", 10) != 0)
+    msg += "; a kernel fault shows at the next synchronisation, so it may belong to an earlier op: rerun with "
+           "LORAKIT_GPU_SYNC=1 to have the error name the kernel";
+  throw Error(error_code(e), msg);
+}
+
+void launched(const char* kernel, const char* file, int line) {
+  cudaError_t e = cudaGetLastError();
+  if (e != cudaSuccess) fail(e, (std::string("launch of ") + kernel).c_str(), file, line);
+  if (!sync_each_op()) return;
+  e = cudaStreamSynchronize(stream());
+  if (e != cudaSuccess) fail(e, (std::string(kernel) + ", synchronised right after it by LORAKIT_GPU_SYNC=1").c_str(), file, line);
 }
 
 const char* platform() {
@@ -153,13 +206,32 @@ std::string g_device_error;
 
 std::string device_error() { return g_device_error; }
 
+// What to do when the runtime sees no device, for the probe's report (backend().gpuUnavailableReason).
+std::string no_device_advice(cudaError_t e) {
+  const char* visible = std::getenv(std::strcmp(platform(), "hip") == 0 ? "HIP_VISIBLE_DEVICES" : "CUDA_VISIBLE_DEVICES");
+  if (e == cudaErrorInsufficientDriver && driver_version() == "none")
+    return std::string("no ") + (std::strcmp(platform(), "hip") == 0 ? "ROCm" : "NVIDIA") + " driver is installed";
+  if (e == cudaErrorInsufficientDriver)
+    return std::string("the driver supports ") + (std::strcmp(platform(), "hip") == 0 ? "HIP " : "CUDA ") +
+           driver_version() + " but this addon carries the " + platform() + " " + runtime_version() +
+           " runtime (CUDA 13 needs an R580 or newer NVIDIA driver): update the driver, or build the addon "
+           "against the toolkit this driver supports (CUDA 12.4 or newer, ROCm 6 or newer) with `npm run build:gpu`";
+  if (visible) return std::string("the visible-devices variable is set to '") + visible + "'";
+  return "";
+}
+
 int device_count() {
   int n = 0;
   const cudaError_t e = cudaGetDeviceCount(&n);
   if (e != cudaSuccess) {
-    g_device_error = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e);
+    const std::string advice = no_device_advice(e);
+    g_device_error = std::string(cudaGetErrorName(e)) + ": " + cudaGetErrorString(e) + (advice.empty() ? "" : "; " + advice);
     (void)cudaGetLastError();
     return 0;
+  }
+  if (n == 0) {
+    const std::string advice = no_device_advice(cudaSuccess);
+    g_device_error = "the runtime lists no device" + (advice.empty() ? "" : "; " + advice);
   }
   return n < kMaxDevices ? n : kMaxDevices;
 }
@@ -169,8 +241,11 @@ DeviceInfo device_info(int ordinal) {
   LK_CHECK(cudaGetDeviceProperties(&p, ordinal));
   DeviceInfo d;
   d.name = p.name;
-#ifdef LORAKIT_HIP
+#if defined(LORAKIT_HIP)
   d.arch = p.gcnArchName;
+#elif defined(LORAKIT_EMU)
+  // The emulator plays an AMD card when it names a gfx architecture.
+  d.arch = p.gcnArchName[0] ? p.gcnArchName : "sm_" + std::to_string(p.major * 10 + p.minor);
 #else
   d.arch = "sm_" + std::to_string(p.major * 10 + p.minor);
 #endif
@@ -243,23 +318,26 @@ void reset_peak() {
 
 void empty_cache() {
   DeviceState& s = state();
-  if (s.cache.empty()) return;
-  // Queued kernels may still read blocks that were released behind them on the stream.
-  LK_CHECK(cudaStreamSynchronize(s.stream));
-  for (auto& [size, p] : s.cache) LK_CHECK(cudaFree(p));
-  s.cache.clear();
-  s.cached = 0;
+  // Between ops no scratch buffer is in use: they go back too, so a buffer grown for one large batch does
+  // not stay for the rest of the run.
+  for (auto& [p, have] : s.scratch)
+    if (p) {
+      release(p, have);
+      p = nullptr;
+      have = 0;
+    }
+  drop_cache(s);
 }
 
 void* scratch(int slot, size_t bytes) {
   DeviceState& s = state();
   auto& [p, have] = s.scratch[static_cast<size_t>(slot)];
   if (have < bytes) {
-    // The old buffer goes back to the cache: stream order keeps it valid for kernels already queued.
+    // The old buffer goes back to the cache: stream order keeps it valid for kernels already queued. The
+    // new one is the request's size class, whose headroom absorbs small growth.
     if (p) release(p, have);
-    size_t want = round_size(bytes > have * 2 ? bytes : have * 2);
-    p = alloc(want);
-    have = want;
+    have = round_size(bytes);
+    p = alloc(have);
   }
   return p;
 }

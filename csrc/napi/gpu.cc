@@ -22,6 +22,11 @@ Napi::Value GpuInfo(const Napi::CallbackInfo& info) {
   r.Set("platform", gpu::platform());
   r.Set("runtime", gpu::runtime_version());
   r.Set("driver", gpu::driver_version());
+#ifdef LORAKIT_BUILT_ARCHS
+  // The architectures this binary has code for (HIP has no PTX-like fallback): the loader compares them
+  // with each device's.
+  r.Set("builtArchs", LORAKIT_BUILT_ARCHS);
+#endif
   Napi::Array devices = Napi::Array::New(env);
   guarded(env, [&] {
     const int n = gpu::device_count();

@@ -82,6 +82,19 @@ export interface AddonGpuInfo {
   gemmEngine?: string;
   /** Why no device is visible (the runtime's error), when none is. */
   error?: string;
+  /** The architectures the binary has code for, comma-separated (HIP builds: 'gfx90a,gfx942,gfx1100'). */
+  builtArchs?: string;
+}
+
+/**
+ * The devices of `info` that the binary has no code for: a HIP binary runs only on the architectures it was
+ * compiled for ('gfx942:sramecc+:xnack-' is gfx942 with feature flags). CUDA binaries carry PTX that the
+ * driver compiles for newer GPUs, so they list no architectures and nothing is reported for them.
+ */
+export function devicesWithoutCode(info: AddonGpuInfo): number[] {
+  if (!info.builtArchs) return [];
+  const built = info.builtArchs.split(',').map((a) => a.trim());
+  return info.devices.flatMap((d, i) => (d.arch.startsWith('gfx') && !built.includes(d.arch.split(':')[0]!) ? [i] : []));
 }
 
 /** What only the GPU addon exports (csrc/napi/gpu.cc). */
@@ -326,6 +339,18 @@ export function probe(file: string, timeoutMs = 60_000): { info?: AddonGpuInfo; 
     return {
       reason: `the ${info.platform} addon loaded but sees no device (${info.error ?? 'no error reported'}; runtime ${info.runtime}, driver ${info.driver})`,
     };
+  // A device the binary has no code for could run none of its kernels: with no other device, the GPU
+  // backend is unusable, and says what to build.
+  const lacking = devicesWithoutCode(info);
+  if (lacking.length === info.devices.length) {
+    const archs = [...new Set(lacking.map((i) => info.devices[i]!.arch.split(':')[0]))].join(';');
+    return {
+      reason:
+        `the ${info.platform} addon ${file} has code for ${info.builtArchs!.split(',').join(', ')} only, but the device` +
+        `${lacking.length > 1 ? 's are' : ' is'} ${lacking.map((i) => `${info.devices[i]!.name} (${info.devices[i]!.arch})`).join(', ')}: ` +
+        `build it for them with ROCm 6 or newer: LORAKIT_HIP_ARCHS="${archs}" npm run build:gpu`,
+    };
+  }
   return { info };
 }
 

@@ -299,7 +299,11 @@ async function main() {
   // backend, csrc/cpu, csrc/gpu) on the emulator, so that the TypeScript GPU suites (test/gpu) run without a
   // GPU too. Position-independent objects of its own, without UBSan (whose runtime a Node addon would drag in).
   const napiInclude = (pkg) => execFileSync(process.execPath, ['-p', `require('${pkg}').include_dir`], { cwd: root, encoding: 'utf8' }).trim();
-  const addonDefs = ['-fPIC', '-DLORAKIT_EMU_ADDON', '-DLORAKIT_WITH_GPU', '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS', '-DNODE_ADDON_API_DISABLE_DEPRECATED',
+  // It also carries the HIP build's default architecture list (read from CMakeLists.txt), so that the
+  // loader's report on a device the binary has no code for can be tested with LORAKIT_EMU_ARCH.
+  const hipArchs = /set\(LORAKIT_HIP_ARCHS "([^"]+)"/.exec(readFileSync(path.join(root, 'CMakeLists.txt'), 'utf8'));
+  if (!hipArchs) throw new Error('CMakeLists.txt: no default LORAKIT_HIP_ARCHS');
+  const addonDefs = ['-fPIC', '-DLORAKIT_EMU_ADDON', '-DLORAKIT_WITH_GPU', `-DLORAKIT_BUILT_ARCHS="${hipArchs[1].replace(/;/g, ',')}"`, '-DNAPI_VERSION=8', '-DNAPI_CPP_EXCEPTIONS', '-DNODE_ADDON_API_DISABLE_DEPRECATED',
     `-I${napiInclude('node-api-headers')}`, `-I${napiInclude('node-addon-api')}`];
   const addonObjects = [];
   for (const f of cuFiles) addonObjects.push([path.join(gen, f.replace(/\.cu$/, '.cc')), path.join(out, 'addon', `gpu_${f.replace(/\.cu$/, '.o')}`), [...emuFlags, ...addonDefs]]);

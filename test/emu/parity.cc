@@ -29,6 +29,11 @@
 #include "gpu/optim.h"
 #include "ops.h"
 
+// The backend's scratch buffers (declared in csrc/gpu/common.cuh, which needs the kernels' build).
+namespace lorakit::gpu {
+void* scratch(int slot, size_t bytes);
+}
+
 namespace lorakit {
 LORAKIT_DECLARE_OPS(gpu)
 }
@@ -868,10 +873,31 @@ void test_gemm() {
     const std::string e = gpu::gemm_engine();
     gpu::set_gemm_fallback(true);
     // gemm.cu built as in the HIP addon opens rocBLAS, built with LORAKIT_CUDA cuBLASLt.
-    const bool rocblas = e.find("rocblas (librocblas.so)") == 0, lt = e.find("cublaslt (libcublasLt.so.13)") == 0;
+    const bool rocblas = e.find("rocblas (librocblas.so from the loader path)") == 0,
+               lt = e.find("cublaslt (libcublasLt.so.13 from the loader path)") == 0;
     if (!rocblas && !lt) c.fail("engine: " + e);
     if (rocblas && fake_rocblas::g_calls == 0) c.fail("the fake rocBLAS was never called");
     if (lt && fake_cublaslt::g_calls == 0) c.fail("the fake cuBLASLt was never called");
+  });
+}
+
+// One product with the vendor library allowed, for the discovery tests (test/gpu-emulated-blas.test.ts),
+// which lay out library folders and environment variables around it (LORAKIT_EMU_LD_PATH stands for the
+// loader path): prints the engine and whether the fake library computed the product. A missing library
+// throws here under LORAKIT_REQUIRE_GPU_BLAS=1, and the case fails with that error.
+void test_blas_probe() {
+  run("blas-probe", "library discovery", [&](Case& c) {
+    gpu::set_gemm_fallback(false);
+    const long before = fake_rocblas::g_calls + fake_cublaslt::g_calls;
+    try {
+      gemm_case(c, 9, 10, 11, DType::F32, DType::F32, false, true, false, false, 2, false);
+    } catch (...) {
+      gpu::set_gemm_fallback(true);
+      throw;
+    }
+    std::printf("{\"blasProbe\":{\"engine\":%s,\"libraryCalls\":%ld}}\n", json(gpu::gemm_engine()).c_str(),
+                fake_rocblas::g_calls + fake_cublaslt::g_calls - before);
+    gpu::set_gemm_fallback(true);
   });
 }
 
@@ -1726,6 +1752,8 @@ void test_linalg() {
 
 // ---- memory ---------------------------------------------------------------------------------------------------
 // alloc/release/cached_bytes: both backends hand out usable memory and keep released blocks for reuse.
+void* gpu_scratch(size_t bytes) { return gpu::scratch(4, bytes); }  // slot 4: kScratchReduce
+
 void test_memory() {
   run("alloc", "usable, aligned, counted", [&](Case& c) {
     const size_t before = gpu::allocated_bytes();
@@ -1792,6 +1820,81 @@ void test_memory() {
     void* p = gpu::alloc(size_t{4} << 20);  // what fits still works
     gpu::release(p, size_t{4} << 20);
   });
+  // Varying shapes (eval batches, packed sequences) under a fixed memory cap: thousands of allocations of
+  // sizes spread over four decades, up to 40 MiB live of a 64 MiB cap, each block's first and last bytes
+  // checked after others came and went. Size classes must serve most requests from the cache, and when
+  // the cached blocks do not fit the cap beside a new request, the cache must give way instead of failing.
+  run("alloc", "stress: 4000 varying sizes under a 64 MiB cap", [&](Case& c) {
+    gpu::empty_cache();
+    const size_t base = emu::device_bytes_in_use(), cap = size_t{64} << 20, live_cap = size_t{40} << 20;
+    emu::set_memory_limit(base + cap);
+    std::mt19937_64 r(7);
+    struct Block {
+      void* p;
+      size_t bytes;
+      uint32_t tag;
+    };
+    std::vector<Block> live;
+    size_t live_bytes = 0;
+    long allocs = 0, from_driver = 0;
+    auto put = [&](const Block& b) {
+      gpu::copy_to_device(b.p, &b.tag, 4);
+      gpu::copy_to_device(static_cast<char*>(b.p) + b.bytes - 4, &b.tag, 4);
+    };
+    auto intact = [&](const Block& b) {
+      uint32_t head = 0, tail = 0;
+      gpu::copy_to_host(&head, b.p, 4);
+      gpu::copy_to_host(&tail, static_cast<const char*>(b.p) + b.bytes - 4, 4);
+      return head == b.tag && tail == b.tag;
+    };
+    try {
+      for (int i = 0; i < 4000 && c.ok; ++i) {
+        const size_t bytes = (static_cast<size_t>(std::exp(std::uniform_real_distribution<double>(std::log(1e3), std::log(8e6))(r))) + 3) / 4 * 4;
+        while (live_bytes + bytes > live_cap || (!live.empty() && r() % 3 == 0)) {
+          const size_t k = r() % live.size();
+          if (!intact(live[k])) c.fail(fmt("a %zu-byte block was overwritten while live", live[k].bytes));
+          gpu::release(live[k].p, live[k].bytes);
+          live_bytes -= live[k].bytes;
+          live[k] = live.back();
+          live.pop_back();
+        }
+        const size_t before = emu::device_bytes_in_use();
+        Block b{gpu::alloc(bytes), bytes, static_cast<uint32_t>(r())};
+        from_driver += emu::device_bytes_in_use() > before;
+        ++allocs;
+        put(b);
+        live.push_back(b);
+        live_bytes += bytes;
+        if (emu::device_bytes_in_use() > base + cap) c.fail("over the cap");
+      }
+      for (const Block& b : live) {
+        if (!intact(b)) c.fail(fmt("a %zu-byte block was overwritten while live", b.bytes));
+        gpu::release(b.p, b.bytes);
+      }
+    } catch (const Error& e) {
+      c.fail(fmt("after %ld allocations (%zu bytes live): ", allocs, live_bytes) + e.code + ": " + e.what());
+    }
+    std::printf("{\"allocStress\":{\"allocations\":%ld,\"fromDriver\":%ld}}\n", allocs, from_driver);
+    // Exact-size caching would go to the driver for nearly every request of so many distinct sizes.
+    if (allocs > 0 && from_driver * 4 > allocs)
+      c.fail(fmt("%ld of %ld allocations went to the driver: the cache serves too few", from_driver, allocs));
+    gpu::empty_cache();
+    if (emu::device_bytes_in_use() != base) c.fail(fmt("empty_cache left %zu bytes", emu::device_bytes_in_use() - base));
+    emu::set_memory_limit(0);
+  });
+  // A scratch buffer grown for one large op is the request's size class (not twice the old size), and
+  // goes back to the driver with empty_cache between ops.
+  run("scratch", "sized by class, released by empty_cache", [&](Case& c) {
+    gpu::empty_cache();
+    const size_t base = emu::device_bytes_in_use();
+    gpu_scratch( size_t{1} << 20);
+    gpu_scratch( (size_t{1} << 20) + 1);
+    const size_t grown = emu::device_bytes_in_use() - base;
+    // 1 MiB + 1 byte is in the 1.25 MiB class; the first 1 MiB block waits in the cache.
+    if (grown > (size_t{1} << 20) + (size_t{5} << 18) + (size_t{64} << 10)) c.fail(fmt("scratch holds %zu bytes for 1 MiB + 1", grown));
+    gpu::empty_cache();
+    if (emu::device_bytes_in_use() != base) c.fail(fmt("empty_cache left %zu scratch bytes", emu::device_bytes_in_use() - base));
+  });
   run("device", "device facts, set_device, copies, peak", [&](Case& c) {
     if (gpu::device_count() != 1) c.fail("device_count");
     const gpu::DeviceInfo d = gpu::device_info(0);
@@ -1825,18 +1928,20 @@ int main(int argc, char** argv) {
                                           {"rocblas_set_stream", sym(&fake_rocblas::set_stream)},
                                           {"rocblas_gemm_ex", sym(&fake_rocblas::gemm_ex)}});
   namespace lt = fake_cublaslt;
-  emu::register_library("libcublasLt.so.13",
-                        {{"cublasLtCreate", sym(&lt::create)},
-                         {"cublasLtMatmulDescCreate", sym(&lt::desc_create)},
-                         {"cublasLtMatmulDescDestroy", sym(&lt::desc_destroy)},
-                         {"cublasLtMatmulDescSetAttribute", sym(&lt::desc_set)},
-                         {"cublasLtMatrixLayoutCreate", sym(&lt::layout_create)},
-                         {"cublasLtMatrixLayoutDestroy", sym(&lt::layout_destroy)},
-                         {"cublasLtMatmulPreferenceCreate", sym(&lt::pref_create)},
-                         {"cublasLtMatmulPreferenceDestroy", sym(&lt::pref_destroy)},
-                         {"cublasLtMatmulPreferenceSetAttribute", sym(&lt::pref_set)},
-                         {"cublasLtMatmulAlgoGetHeuristic", sym(&lt::heuristic)},
-                         {"cublasLtMatmul", sym(&lt::matmul)}});
+  // Both sonames, so that discovery tests can lay out a CUDA 12 install as well.
+  for (const char* soname : {"libcublasLt.so.13", "libcublasLt.so.12"})
+    emu::register_library(soname,
+                          {{"cublasLtCreate", sym(&lt::create)},
+                           {"cublasLtMatmulDescCreate", sym(&lt::desc_create)},
+                           {"cublasLtMatmulDescDestroy", sym(&lt::desc_destroy)},
+                           {"cublasLtMatmulDescSetAttribute", sym(&lt::desc_set)},
+                           {"cublasLtMatrixLayoutCreate", sym(&lt::layout_create)},
+                           {"cublasLtMatrixLayoutDestroy", sym(&lt::layout_destroy)},
+                           {"cublasLtMatmulPreferenceCreate", sym(&lt::pref_create)},
+                           {"cublasLtMatmulPreferenceDestroy", sym(&lt::pref_destroy)},
+                           {"cublasLtMatmulPreferenceSetAttribute", sym(&lt::pref_set)},
+                           {"cublasLtMatmulAlgoGetHeuristic", sym(&lt::heuristic)},
+                           {"cublasLtMatmul", sym(&lt::matmul)}});
   // The hand-written kernels serve every op; the gemm cases switch to the (fake) library where they say so.
   gpu::set_gemm_fallback(true);
 
@@ -1846,6 +1951,7 @@ int main(int argc, char** argv) {
   test_random();
   test_copy_axpy();
   test_gemm();
+  test_blas_probe();
   test_lora();
   test_nf4();
   test_optim();

@@ -14,6 +14,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <random>
@@ -593,6 +594,8 @@ bool run_block() {
   return true;
 }
 
+std::string base_name(const char* kernel);
+
 void execute(const Kernel& k) {
   DeviceAccess open;
   host_access(false);
@@ -633,6 +636,12 @@ void execute(const Kernel& k) {
       failure = std::string(k.site.kernel) + " (launched at " + k.site.file + ":" + std::to_string(k.site.line) +
                 ") block (" + std::to_string(block_index.x) + "," + std::to_string(block_index.y) + "," +
                 std::to_string(block_index.z) + "): " + failure;
+  }
+  // LORAKIT_EMU_FAULT=<kernel> plays an asynchronous fault in that kernel (say an illegal address): it is
+  // reported at the next synchronising call, as on a device, whichever op that belongs to.
+  if (failure.empty() && base_name(k.site.kernel) == env("LORAKIT_EMU_FAULT", "")) {
+    g_async = cudaErrorIllegalAddress;
+    g_messages[cudaErrorIllegalAddress] = "an illegal memory access was encountered (injected by LORAKIT_EMU_FAULT)";
   }
   munmap(m, g_dynamic_map);
   g_dynamic = nullptr;
@@ -849,10 +858,40 @@ uint64_t vote(bool pred, unsigned mask, Where site) {
 }
 void syncwarp(unsigned mask, Where site) { collective(Coll::Sync, Shfl::Idx, 0, kWarp, mask, 0, site); }
 
+// A path opens a registered fake when the file stands for it: its name is the fake's and it starts with
+// kFakeLibraryMarker, so that tests can lay out library folders (CUDA_HOME, pip wheels, conda) while a
+// real library installed on the machine is never taken for one. A bare name goes through the loader path:
+// the registered fakes, or, when LORAKIT_EMU_LD_PATH is set, only such files in its folders
+// (':'-separated; empty: the loader finds nothing).
+constexpr char kFakeLibraryMarker[] = "lorakit emulator fake library";
+bool stands_for_fake(const std::string& path) {
+  FILE* f = std::fopen(path.c_str(), "rb");
+  if (!f) return false;
+  char head[sizeof kFakeLibraryMarker - 1] = {};
+  const bool ok = std::fread(head, 1, sizeof head, f) == sizeof head && std::memcmp(head, kFakeLibraryMarker, sizeof head) == 0;
+  std::fclose(f);
+  return ok;
+}
+
 void* dl_open(const char* name, int) {
-  auto it = g_libraries.find(name ? name : "");
-  if (it != g_libraries.end()) return &it->second;
-  g_dl_error = std::string(name ? name : "(null)") + ": no such library in the GPU emulator";
+  const std::string n = name ? name : "";
+  const size_t slash = n.rfind('/');
+  bool found = true;
+  if (slash != std::string::npos) {
+    found = stands_for_fake(n);
+  } else if (const char* ld = std::getenv("LORAKIT_EMU_LD_PATH")) {
+    found = false;
+    std::string dirs = ld;
+    for (size_t at = 0; at <= dirs.size() && !found;) {
+      const size_t end = std::min(dirs.find(':', at), dirs.size());
+      const std::string dir = dirs.substr(at, end - at);
+      found = !dir.empty() && stands_for_fake(dir + "/" + n);
+      at = end + 1;
+    }
+  }
+  auto it = g_libraries.find(slash == std::string::npos ? n : n.substr(slash + 1));
+  if (found && it != g_libraries.end()) return &it->second;
+  g_dl_error = (n.empty() ? std::string("(null)") : n) + ": no such library in the GPU emulator";
   g_dl_error_set = true;
   return nullptr;
 }
@@ -915,6 +954,7 @@ const char* cudaGetErrorName(cudaError_t e) {
     case cudaErrorMemoryAllocation: return "cudaErrorMemoryAllocation";
     case cudaErrorInitializationError: return "cudaErrorInitializationError";
     case cudaErrorInvalidConfiguration: return "cudaErrorInvalidConfiguration";
+    case cudaErrorInsufficientDriver: return "cudaErrorInsufficientDriver";
     case cudaErrorInvalidDevicePointer: return "cudaErrorInvalidDevicePointer";
     case cudaErrorInvalidMemcpyDirection: return "cudaErrorInvalidMemcpyDirection";
     case cudaErrorNoDevice: return "cudaErrorNoDevice";
@@ -934,7 +974,16 @@ const char* cudaGetErrorString(cudaError_t e) {
   return it != emu::g_messages.end() ? it->second.c_str() : cudaGetErrorName(e);
 }
 
+// The emulated runtime is CUDA 12.8. LORAKIT_EMU_DRIVER_VERSION (say 12040) plays a host whose driver is
+// older: as with a real statically linked runtime, the device count is then 0 with
+// cudaErrorInsufficientDriver, while cudaDriverGetVersion still answers.
+constexpr int kRuntimeVersion = 12080;
+int driver_version() { return std::atoi(emu::env("LORAKIT_EMU_DRIVER_VERSION", "12080").c_str()); }
+
 cudaError_t cudaGetDeviceCount(int* n) {
+  *n = 0;
+  if (driver_version() < kRuntimeVersion)
+    return raise(cudaErrorInsufficientDriver, "CUDA driver version is insufficient for CUDA runtime version");
   *n = 1;
   return cudaSuccess;
 }
@@ -950,7 +999,8 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
   if (d != 0) return raise(cudaErrorInvalidDevice, "device " + std::to_string(d) + " (the emulator has one)");
   std::memset(p, 0, sizeof *p);
   std::snprintf(p->name, sizeof p->name, "lorakit emulator (%d-lane warps)", emu::kWarp);
-  std::snprintf(p->gcnArchName, sizeof p->gcnArchName, "%s", emu::kAmd ? "gfx942" : "");
+  // LORAKIT_EMU_ARCH plays an AMD card of another architecture (say gfx1201), for the loader's arch report.
+  std::snprintf(p->gcnArchName, sizeof p->gcnArchName, "%s", emu::env("LORAKIT_EMU_ARCH", emu::kAmd ? "gfx942" : "").c_str());
   p->totalGlobalMem = emu::g_limit ? emu::g_limit : emu::kDefaultMemory;
   p->sharedMemPerBlock = emu::kSharedDefault;
   p->sharedMemPerBlockOptin = emu::kSharedOptin;
@@ -970,11 +1020,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* p, int d) {
 }
 
 cudaError_t cudaRuntimeGetVersion(int* v) {
-  *v = 12080;
+  *v = kRuntimeVersion;
   return cudaSuccess;
 }
 cudaError_t cudaDriverGetVersion(int* v) {
-  *v = 12080;
+  *v = driver_version();
   return cudaSuccess;
 }
 
