@@ -312,6 +312,33 @@ runtime('in node-llama-cpp', () => {
     prompts.forEach((_, i) => expectSameContinuation(`qwen2 prompt ${i}`, ours[i]!, a.continuations[i]!));
   }, 300_000);
 
+  test('the SmolLM (digits apart) and Llama 3 (Split) splitters tokenize in llama.cpp as lorakit does', () => {
+    const splitters: Record<string, unknown> = {
+      smollm: { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] },
+      'llama-bpe': {
+        type: 'Sequence',
+        pretokenizers: [
+          { type: 'Split', pattern: { Regex: "(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\\r\\n\\p{L}\\p{N}]?\\p{L}+|\\p{N}{1,3}| ?[^\\s\\p{L}\\p{N}]+[\\r\\n]*|\\s*[\\r\\n]+|\\s+(?!\\S)|\\s+" }, behavior: 'Isolated', invert: false },
+          { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: false },
+        ],
+      },
+    };
+    const strings = [...STRINGS, 'years 1999-2024: 3.14159 and 1,000,000 (x2)'];
+    for (const [name, pre] of Object.entries(splitters)) {
+      const dir = path.join(work, `pre-${name}`);
+      fs.mkdirSync(dir);
+      for (const f of ['config.json', 'model.safetensors', 'tokenizer_config.json']) fs.copyFileSync(path.join(DEFAULT, f), path.join(dir, f));
+      const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
+      tok.pre_tokenizer = pre;
+      fs.writeFileSync(path.join(dir, 'tokenizer.json'), JSON.stringify(tok));
+      const out = path.join(work, `pre-${name}.gguf`);
+      exportGguf({ model: dir, out });
+      const lk = loadTokenizer(dir);
+      const a = runLlama({ model: out, tokenize: strings });
+      expect([name, a.tokenize]).toEqual([name, strings.map((s) => lk.encode(s, { addSpecialTokens: false }))]);
+    }
+  }, 120_000);
+
   test('a GPT-2 fixture (learned positions, Conv1D weights, tied head)', () => {
     const dir = path.join(work, 'gpt2');
     const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
