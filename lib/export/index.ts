@@ -8,7 +8,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitTypeError } from '../errors';
 import { isObject, readJsonFile, readModelConfig, show, type ModelConfig } from '../io/config';
-import { assertOutputApart } from '../io/fs';
+import { assertOutputApart, makeDir } from '../io/fs';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { loadTokenizer } from '../tokenizer';
@@ -286,7 +286,7 @@ function checkOptions(o: ExportOptions): Required<Omit<ExportOptions, 'adapter'>
   if (mergeInto !== 'original' && mergeInto !== 'nf4') throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: 'mergeInto' must be 'original' or 'nf4', got ${show(mergeInto)}`);
   if (format === 'lora' && !o.adapter) throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: format 'lora' writes an adapter, and no 'adapter' was given`);
   if (format === 'lora' && dtype === 'q8_0')
-    throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: a LoRA adapter is written as f32, f16 or bf16; llama.cpp adds q8_0 adapters only on some backends, got dtype 'q8_0'`);
+    throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: a LoRA adapter is written as f32, f16 or bf16 (its small A and B matrices gain little from q8_0), got dtype 'q8_0'`);
   if ((o.mergeInto !== undefined || o.qlora) && !o.adapter)
     throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: 'mergeInto' and 'qlora' choose how an adapter is merged, and no 'adapter' was given`);
   if (format === 'lora' && o.mergeInto !== undefined)
@@ -335,6 +335,7 @@ function assertApart(o: { model: string; adapter?: string; out: string }): void 
   assertOutputApart(OP, o.out, { '--model': o.model, '--adapter': o.adapter });
   if (fs.statSync(o.out, { throwIfNoEntry: false })?.isDirectory())
     throw new LorakitError('ERR_IO', `${OP}: --out '${o.out}' is a folder; give the path of the .gguf file to write`);
+  makeDir(OP, path.dirname(path.resolve(o.out)));
 }
 
 /** Writes the model (with the adapter merged when one is given) as a GGUF file llama.cpp loads. */
