@@ -23,3 +23,4 @@ export { loadTokenizer, ByteTokenizer, type Tokenizer } from './tokenizer';
 export { loadModel, CausalLM, GPT2, Llama, type LoadModelOptions, type ForwardOptions, type ForwardResult } from './models';
 export { readJsonl, tokenize, type Example, type DataRecord } from './data';
 export * as analysis from './analysis';
+export { exportGguf, type ExportOptions, type ExportResult, type ExportDtype } from './export';
