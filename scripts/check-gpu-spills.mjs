@@ -47,7 +47,9 @@ export function parseReport(text, names) {
     const spill = /(\d+) bytes stack frame, (\d+) bytes spill stores, (\d+) bytes spill loads/.exec(line);
     if (spill && pending) {
       // Itanium mangling spells a name as its length then the name: "21attention_dkdv_kernel".
-      const kernel = names.find((n) => pending.includes(`${n.length}${n}`)) ?? pending;
+      const plain = /^_Z(\d+)/.exec(pending);  // a function at global scope: _Z<length><name>...
+      const kernel = names.find((n) => pending.includes(`${n.length}${n}`)) ??
+        (plain ? pending.slice(plain[0].length, plain[0].length + Number(plain[1])) : pending);
       if (entries.has(pending))
         out.push({ kernel, mangled: pending, arch: entries.get(pending), spillStores: Number(spill[2]), spillLoads: Number(spill[3]) });
       pending = undefined;

@@ -5,8 +5,9 @@
 //    standing for the libraries (the emulator opens its fake cuBLASLt/rocBLAS for them, and only for them);
 //  - a driver older than the addon's runtime (the emulator plays one with LORAKIT_EMU_DRIVER_VERSION);
 //  - a device whose architecture the binary has no code for (LORAKIT_EMU_ARCH);
-//  - an asynchronous kernel fault (LORAKIT_EMU_FAULT), named where it happened under LORAKIT_GPU_SYNC=1.
-import { spawnSync } from 'node:child_process';
+//  - an asynchronous kernel fault (LORAKIT_EMU_FAULT), named where it happened under LORAKIT_GPU_SYNC=1;
+// and, where nvcc is installed, the register-spill check CI runs on ptxas's report.
+import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
@@ -190,5 +191,72 @@ suite('the GPU backend on users\' machines (emulated)', () => {
     // Without a fault, LORAKIT_GPU_SYNC=1 changes no result.
     const clean = emulated({ LORAKIT_GPU_SYNC: '1' }, `const a = L.tensor([[1, 2], [3, 4]]).to('cuda'); return L.ops.matmul(a, a).toArray();`);
     expect(clean).toEqual([[7, 10], [15, 22]]);
+  });
+});
+
+// The spill check on real ptxas reports: attention.cu (its backward kernels spilled at 128 registers until
+// their launch bounds asked for one block per SM) must pass, and a kernel forced to spill must fail it.
+function nvccPath(): string {
+  for (const f of ['nvcc', '/usr/local/cuda/bin/nvcc'])
+    try {
+      execFileSync(f, ['--version'], { stdio: 'ignore' });
+      return f;
+    } catch {
+      // not this one
+    }
+  return '';
+}
+const nvcc = nvccPath();
+if (!nvcc) console.warn('\n*** spill check test SKIPPED: nvcc is not installed; the ptxas spill report is NOT being checked ***\n');
+(nvcc ? describe : describe.skip)('the ptxas spill check (nvcc)', () => {
+  let tmp: string;
+  beforeAll(() => {
+    tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-spills-'));
+  });
+  afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
+
+  const ptxas = (src: string, extra: string[]) => {
+    const r = spawnSync(nvcc, ['-std=c++17', '-O3', '--expt-relaxed-constexpr', '-arch=sm_90', '-Xptxas', '-v', '-Icsrc', '-Icsrc/gpu', ...extra, '-c', src, '-o', path.join(tmp, 'k.o')], { cwd: root, encoding: 'utf8' });
+    if (r.status !== 0) throw new Error(`nvcc ${src} failed:\n${r.stderr}`);
+    const log = path.join(tmp, `${path.basename(src)}.log`);
+    fs.writeFileSync(log, `${r.stdout}${r.stderr}`);
+    return log;
+  };
+  const check = (log: string, hot: string) =>
+    spawnSync(process.execPath, [path.join(root, 'scripts', 'check-gpu-spills.mjs'), '--hot', hot, log], { cwd: root, encoding: 'utf8' });
+
+  test('attention.cu\'s kernels do not spill at sm_90', () => {
+    const r = check(ptxas('csrc/gpu/attention.cu', []), 'attention_forward_kernel,attention_dq_kernel,attention_dkdv_kernel');
+    expect(r.stdout).toMatch(/check-gpu-spills: 10 instantiations of 4 kernels, 0 spilling, 0 of them hot/);
+    expect(r.status).toBe(0);
+  });
+
+  test('a hot kernel that spills, or a hot kernel missing from the report, fails the check', () => {
+    const src = path.join(tmp, 'spilly.cu');
+    // 64 live floats (every index known at compile time) under a 32-register cap: ptxas must spill them.
+    fs.writeFileSync(src, `__global__ void spilly_kernel(const float* x, float* y, int n) {
+  float acc[64];
+#pragma unroll
+  for (int i = 0; i < 64; ++i) acc[i] = x[(threadIdx.x + i * 7) % n];
+#pragma unroll
+  for (int r = 0; r < 8; ++r)
+#pragma unroll
+    for (int i = 0; i < 64; ++i) acc[i] = acc[i] * acc[(i + r) % 64] + 1.f;
+  float s = 0;
+#pragma unroll
+  for (int i = 0; i < 64; ++i) s += acc[i] * acc[63 - i];
+  y[threadIdx.x] = s;
+}
+`);
+    const log = ptxas(src, ['-maxrregcount=32']);
+    const hot = check(log, 'spilly_kernel');
+    expect(hot.status).toBe(1);
+    expect(hot.stdout).toMatch(/^SPILL \(hot\) spilly_kernel sm_90: [1-9]\d* bytes stored, [1-9]\d* loaded/m);
+    const cold = check(log, '');
+    expect(cold.stdout).toMatch(/^spill spilly_kernel sm_90/m);
+    expect(cold.status).toBe(0);
+    const renamed = check(log, 'no_such_kernel');
+    expect(renamed.stderr).toMatch(/hot kernel no_such_kernel is not in the ptxas report/);
+    expect(renamed.status).toBe(1);
   });
 });
