@@ -115,10 +115,6 @@ const importEsm = new Function('m', 'return import(m)') as (m: string) => Promis
 /** Creates the Job through the cluster's API with the official client; returns the created Job's uid. */
 export async function applyJob(manifest: Record<string, unknown>): Promise<string> {
   let k8s: typeof import('@kubernetes/client-node');
-  // client-node 2 rests on undici 8, which fails as it loads on older Node (and takes the process down with it).
-  const [major, minor] = process.versions.node.split('.').map(Number) as [number, number];
-  if (major < 22 || (major === 22 && minor < 19))
-    throw new LorakitError('ERR_IO', `sweep: submit --k8s: @kubernetes/client-node 2 needs Node >= 22.19, this is ${process.version}; apply the written manifest with kubectl apply -f`);
   try {
     k8s = (await importEsm('@kubernetes/client-node')) as typeof import('@kubernetes/client-node');
   } catch (e) {
