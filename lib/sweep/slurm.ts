@@ -153,17 +153,17 @@ export interface RunStatus {
   index: number;
   label: string;
   seed: number;
-  /** done (its result exists), a SLURM state from squeue or sacct (PENDING, RUNNING, FAILED, CANCELLED, ...), or unknown. */
+  /** done (its result exists), a SLURM state from squeue, sacct or scontrol (PENDING, RUNNING, FAILED, CANCELLED, ...), or unknown. */
   state: string;
   /** Where the state came from. */
-  source: 'result' | 'squeue' | 'sacct' | 'none';
+  source: 'result' | 'squeue' | 'sacct' | 'scontrol' | 'none';
   jobId: string | null;
 }
 
 /**
  * Every run's state: its result first (the truth), then squeue for tasks still held, then sacct for how
- * the last task of a run without result ended (sacct needs SLURM accounting; without it those read
- * unknown, and `notes` says why).
+ * the last task of a run without result ended (sacct needs SLURM accounting; without it scontrol, which
+ * remembers ended jobs for a few minutes, and `notes` says so; older ones read unknown).
  */
 export function sweepStatus(spec: SweepSpec): { runs: RunStatus[]; notes: string[] } {
   const notes: string[] = [];
@@ -171,22 +171,44 @@ export function sweepStatus(spec: SweepSpec): { runs: RunStatus[]; notes: string
   const q = queuedTasks(spec);
   if (q.error) notes.push(`squeue: ${q.error}`);
   const jobs = fs.existsSync(jobsFile(spec)) ? (readJsonFile('sweep', jobsFile(spec), 'ERR_IO') as { jobId: string; indices: number[] }[]) : [];
-  const ended = new Map<number, { jobId: string; state: string }>();
+  const ended = new Map<number, { jobId: string; state: string; source: 'sacct' | 'scontrol' }>();
   const missing = runs.filter((r) => !fs.existsSync(resultFile(r)) && !q.tasks?.has(r.index));
   if (jobs.length && missing.length) {
-    const r = slurmTool('sacct', ['--noheader', '--parsable2', '--allocations', `--jobs=${jobs.map((j) => j.jobId).join(',')}`, '--format=JobID,State']);
-    if (!r.ok) notes.push(`sacct: ${r.err}`);
-    // Later submissions override earlier ones: jobs.json is in submission order and so is sacct's output per id.
-    const order = new Map(jobs.map((j, i) => [j.jobId, i]));
+    const ids = jobs.map((j) => j.jobId);
+    // Later submissions override earlier ones: jobs.json is in submission order.
+    const order = new Map(ids.map((id, i) => [id, i]));
     const seen = new Map<number, number>();
-    for (const line of r.ok ? r.out.split('\n') : []) {
-      const m = /^(\d+)_(\d+)\|(\S+)/.exec(line.trim());
-      if (!m) continue;
-      const at = order.get(m[1]!) ?? -1, index = Number(m[2]);
-      if (at >= (seen.get(index) ?? -1)) {
-        seen.set(index, at);
-        ended.set(index, { jobId: m[1]!, state: m[3]! });
+    const record = (jobId: string, index: number, state: string) => {
+      const at = order.get(jobId) ?? -1;
+      if (at < (seen.get(index) ?? -1)) return;
+      seen.set(index, at);
+      ended.set(index, { jobId, state, source: how });
+    };
+    let how: 'sacct' | 'scontrol' = 'sacct';
+    const r = slurmTool('sacct', ['--noheader', '--parsable2', '--allocations', `--jobs=${ids.join(',')}`, '--format=JobID,State']);
+    if (r.ok) {
+      for (const line of r.out.split('\n')) {
+        const m = /^(\d+)_(\d+)\|(\S+)/.exec(line.trim());
+        if (m) record(m[1]!, Number(m[2]), m[3]!);
       }
+    } else {
+      // Without accounting, the controller still remembers jobs that ended in the last MinJobAge
+      // (300 s by default): enough to tell a task just cancelled or failed from one never started.
+      how = 'scontrol';
+      const missed: string[] = [];
+      for (const id of ids) {
+        const c = slurmTool('scontrol', ['--oneliner', 'show', 'job', id]);
+        if (!c.ok) {
+          missed.push(id);
+          continue;
+        }
+        for (const line of c.out.split('\n')) {
+          const task = /\bArrayJobId=(\d+) ArrayTaskId=(\d+)\b/.exec(line), state = /\bJobState=(\S+)/.exec(line);
+          if (task && state && task[1] === id) record(id, Number(task[2]), state[1]!);
+        }
+      }
+      notes.push(`sacct: ${r.err}; states of ended tasks come from scontrol, which keeps a job only minutes after it ends` +
+        (missed.length ? ` (jobs ${missed.join(', ')} are no longer known)` : ''));
     }
   }
   const lastJob = new Map<number, string>();
@@ -199,7 +221,7 @@ export function sweepStatus(spec: SweepSpec): { runs: RunStatus[]; notes: string
       const queued = q.tasks?.get(r.index);
       if (queued) return { ...base, state: queued.state, source: 'squeue', jobId: queued.jobId };
       const e = ended.get(r.index);
-      if (e) return { ...base, state: e.state, source: 'sacct', jobId: e.jobId };
+      if (e) return { ...base, state: e.state, source: e.source, jobId: e.jobId };
       return { ...base, state: lastJob.has(r.index) ? 'unknown' : 'not submitted', source: 'none', jobId: lastJob.get(r.index) ?? null };
     }),
   };
