@@ -6,7 +6,8 @@
 //  - a driver older than the addon's runtime (the emulator plays one with LORAKIT_EMU_DRIVER_VERSION);
 //  - a device whose architecture the binary has no code for (LORAKIT_EMU_ARCH);
 //  - an asynchronous kernel fault (LORAKIT_EMU_FAULT), named where it happened under LORAKIT_GPU_SYNC=1;
-// and, where nvcc is installed, the register-spill check CI runs on ptxas's report.
+// and, where nvcc is installed, the register-spill check CI runs on ptxas's report; where hipcc is, the LDS
+// that AMD builds of attention take per workgroup.
 import { execFileSync, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
@@ -259,4 +260,44 @@ if (!nvcc) console.warn('\n*** spill check test SKIPPED: nvcc is not installed; 
     expect(renamed.stderr).toMatch(/hot kernel no_such_kernel is not in the ptxas report/);
     expect(renamed.status).toBe(1);
   });
+});
+
+// On AMD a compute unit has 64 KiB of LDS: the attention kernels of an AMD build (their own tile sizes,
+// run on the emulator by test/gpu-emulated.test.ts's parity-w64-lds) must take at most 32 KiB per
+// workgroup for d <= 128, so that two workgroups fit. hipcc's resource report says what each one takes.
+function hipccPath(): string {
+  try {
+    execFileSync('hipcc', ['--version'], { stdio: 'ignore' });
+    return 'hipcc';
+  } catch {
+    return '';
+  }
+}
+const hipcc = hipccPath();
+if (!hipcc) console.warn('\n*** AMD attention LDS test SKIPPED: hipcc is not installed; the LDS size of AMD attention kernels is NOT being checked ***\n');
+(hipcc ? test : test.skip)('AMD builds of attention take at most 32 KiB of LDS per workgroup for d <= 128 (hipcc, gfx90a)', () => {
+  const r = spawnSync(hipcc, ['-x', 'hip', '--offload-arch=gfx90a', '-std=c++17', '-O3', '-Rpass-analysis=kernel-resource-usage', '-D__HIP_PLATFORM_AMD__',
+    '-Icsrc', '-Icsrc/gpu', '-c', 'csrc/gpu/attention.cu', '-o', path.join(os.tmpdir(), `lorakit-attention-${process.pid}.o`)], {
+    cwd: root, encoding: 'utf8', env: { ...process.env, HIP_PLATFORM: 'amd' },
+  });
+  fs.rmSync(path.join(os.tmpdir(), `lorakit-attention-${process.pid}.o`), { force: true });
+  if (r.status !== 0) throw new Error(`hipcc attention.cu failed:\n${r.stderr.slice(-4000)}`);
+  // "Function Name: <mangled>" then, a few remarks later, "LDS Size [bytes/block]: N".
+  const lds = new Map<string, number>();
+  let fn = '';
+  for (const line of r.stderr.split('\n')) {
+    const name = /Function Name: (\S+)/.exec(line);
+    if (name) fn = name[1]!;
+    const size = /LDS Size \[bytes\/block\]: (\d+)/.exec(line);
+    if (size && fn) lds.set(fn, Number(size[1]));
+  }
+  const kernels = [...lds].filter(([f]) => /attention_(forward|dq|dkdv)_kernelILi(64|128|256)E/.test(f));
+  expect(kernels).toHaveLength(9);
+  for (const [f, bytes] of kernels) {
+    const d = Number(/kernelILi(\d+)E/.exec(f)![1]);
+    if (d <= 128) expect([f, bytes <= 32 * 1024]).toEqual([f, true]);
+    // d = 256 backward cannot shrink further (one row and one column per thread group already); it must
+    // still fit the 64 KiB a workgroup may take.
+    else expect([f, bytes <= 48 * 1024]).toEqual([f, true]);
+  }
 });

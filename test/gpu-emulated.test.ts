@@ -38,14 +38,16 @@ interface Run {
   stderr: string;
 }
 
-// [binary, schedule, ops]: every op at both warp widths under both schedules, and the GEMM cases once more
-// with gemm.cu's cuBLASLt branch (the others take its rocBLAS branch), each against a fake library.
+// [binary, schedule, ops]: every op at both warp widths under both schedules, the GEMM cases once more
+// with gemm.cu's cuBLASLt branch (the others take its rocBLAS branch), each against a fake library, and
+// the attention cases with the tile sizes of AMD builds.
 const configs: [string, string, string[]][] = [
   ['parity-w32', 'shuffle', []],
   ['parity-w64', 'shuffle', []],
   ['parity-w32', 'warps', []],
   ['parity-w64', 'warps', []],
   ['parity-cublaslt', 'shuffle', ['gemm']],
+  ['parity-w64-lds', 'shuffle', ['attention_forward', 'attention_backward']],
 ];
 const fullRuns = configs.filter(([, , ops]) => ops.length === 0).length;
 

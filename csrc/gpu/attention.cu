@@ -40,8 +40,31 @@ constexpr int kGroups = kThreads / kLanes;
 //   d <= 128   32 x 32  37.5 KiB  32 x 16  46.4 KiB        32 x 16  43.8 KiB
 //   d <= 256   16 x 16  33.8 KiB   8 x 16  33.9 KiB         8 x 16  33.1 KiB
 // The large-d tiles are small: a block keeps whole rows on chip, so a 256-wide row costs four 64-wide ones.
+// On AMD (and in the emulator's build of these tiles, LORAKIT_LDS_TILES) a compute unit has 64 KiB of LDS,
+// so tiles of 34-47 KiB leave room for one 128-thread workgroup and half of it idle. There the tiles are
+// cut to at most 32 KiB, so that two workgroups share a compute unit:
+//              forward            dK/dV (keys x queries)   dQ
+//   d <= 64    32 x 32  21.5 KiB  32 x 16  26.4 KiB        32 x 32  30.0 KiB
+//   d <= 128   16 x 32  27.0 KiB  16 x 16  27.4 KiB        16 x 16  26.0 KiB
+//   d <= 256    8 x 16  25.0 KiB   8 x 16  33.9 KiB         8 x 16  33.1 KiB
+// (d > 128 backward cannot shrink further: one query row per thread group and one key column per lane
+// already; it keeps one workgroup per compute unit.)
 template <int DMAX>
 struct Tiles;
+#if defined(LORAKIT_HIP) || defined(LORAKIT_LDS_TILES)
+template <>
+struct Tiles<64> {
+  static constexpr int fwd_tm = 4, fwd_tn = 2, kv_tm = 4, kv_tn = 1, dq_tm = 4, dq_tn = 2;
+};
+template <>
+struct Tiles<128> {
+  static constexpr int fwd_tm = 2, fwd_tn = 2, kv_tm = 2, kv_tn = 1, dq_tm = 2, dq_tn = 1;
+};
+template <>
+struct Tiles<256> {
+  static constexpr int fwd_tm = 1, fwd_tn = 1, kv_tm = 1, kv_tn = 1, dq_tm = 1, dq_tn = 1;
+};
+#else
 template <>
 struct Tiles<64> {
   static constexpr int fwd_tm = 4, fwd_tn = 4, kv_tm = 4, kv_tn = 2, dq_tm = 4, dq_tn = 4;
@@ -54,6 +77,7 @@ template <>
 struct Tiles<256> {
   static constexpr int fwd_tm = 2, fwd_tn = 1, kv_tm = 1, kv_tn = 1, dq_tm = 1, dq_tn = 1;
 };
+#endif
 
 // Softmax statistics of a row live on its 16 lanes.
 __device__ inline float group_max(float v) {

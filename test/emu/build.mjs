@@ -5,7 +5,8 @@
 // lives in the emulator's runtime (warpSize is a run-time value, as in CUDA), so every other object is
 // compiled once and linked into both. A third, build-emu/parity-cublaslt, has gemm.cu built with
 // LORAKIT_CUDA, so that its cuBLASLt branch (the HIP-like emulator build takes the rocBLAS one) runs
-// against the test's fake cuBLASLt.
+// against the test's fake cuBLASLt; a fourth, build-emu/parity-w64-lds, has attention.cu with the AMD tile
+// sizes (LORAKIT_LDS_TILES) at 64-lane warps.
 //
 // The .cu sources are not edited; build-emu/gen/ gets copies of them and of common.cuh with three
 // mechanical rewrites that keep every line where it was (a #line directive points diagnostics at the
@@ -292,6 +293,9 @@ async function main() {
   // gemm.cu once more with LORAKIT_CUDA, for its cuBLASLt branch (the test's fake library stands in).
   const gemmLt = path.join(out, 'obj', 'gpu_gemm_cublaslt.o');
   objects.push([path.join(gen, 'gemm.cc'), gemmLt, [...kernelFlags, '-DLORAKIT_CUDA=1']]);
+  // attention.cu once more with the AMD tile sizes (LORAKIT_LDS_TILES, as under LORAKIT_HIP).
+  const attentionLds = path.join(out, 'obj', 'gpu_attention_lds.o');
+  objects.push([path.join(gen, 'attention.cc'), attentionLds, [...kernelFlags, '-DLORAKIT_LDS_TILES=1']]);
   for (const w of [32, 64])
     objects.push([path.join(shim, 'emu_runtime.cc'), path.join(out, 'obj', `emu_runtime_w${w}.o`), [...emuFlags, `-DLORAKIT_EMU_WARP=${w}`]]);
 
@@ -335,11 +339,12 @@ async function main() {
   const { failed } = await pool(tasks, jobs);
   if (failed) process.exit(1);
 
-  const shared = objects.filter(([, obj]) => !/emu_runtime_w|gemm_cublaslt|[\\/]addon[\\/]/.test(obj)).map(([, obj]) => obj);
+  const shared = objects.filter(([, obj]) => !/emu_runtime_w|gemm_cublaslt|attention_lds|[\\/]addon[\\/]/.test(obj)).map(([, obj]) => obj);
   const binaries = [
     ['parity-w32', [...shared, path.join(out, 'obj', 'emu_runtime_w32.o')]],
     ['parity-w64', [...shared, path.join(out, 'obj', 'emu_runtime_w64.o')]],
     ['parity-cublaslt', [...shared.filter((o) => !o.endsWith('gpu_gemm.o')), gemmLt, path.join(out, 'obj', 'emu_runtime_w32.o')]],
+    ['parity-w64-lds', [...shared.filter((o) => !o.endsWith('gpu_attention.o')), attentionLds, path.join(out, 'obj', 'emu_runtime_w64.o')]],
   ];
   binaries.push(['lorakit_emu.node', addonObjects.map(([, obj]) => obj)]);
   const links = binaries.map(([name, inputs]) => async () => {
