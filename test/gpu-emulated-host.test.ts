@@ -98,6 +98,7 @@ suite('the GPU backend on users\' machines (emulated)', () => {
       ['CUDA_HOME/lib64', 'CUDA_HOME', 'toolkit', 'toolkit/lib64/libcublasLt.so.12'],
       ['CUDA_PATH/lib', 'CUDA_PATH', 'toolkit2', 'toolkit2/lib/libcublasLt.so.12'],
       ['a virtualenv\'s pip wheel', 'VIRTUAL_ENV', 'venv', 'venv/lib/python3.11/site-packages/nvidia/cublas/lib/libcublasLt.so.12'],
+      ['a virtualenv\'s CUDA 13 wheel', 'VIRTUAL_ENV', 'venv13', 'venv13/lib/python3.12/site-packages/nvidia/cu13/lib/libcublasLt.so.13'],
       ['a conda env\'s pip wheel', 'CONDA_PREFIX', 'conda1', 'conda1/lib/python3.12/site-packages/nvidia/cublas/lib/libcublasLt.so.13'],
       ['a conda env\'s lib', 'CONDA_PREFIX', 'conda2', 'conda2/lib/libcublasLt.so.12'],
     ])('off the loader path, cuBLASLt is found in %s', (_what, variable, prefix, rel) => {

@@ -308,10 +308,14 @@ std::vector<std::string> library_folders() {
     const char* v = std::getenv(name);
     return v && *v ? v : "";
   };
-  std::vector<std::string> pythons;  // prefixes of the active Python environments
+  // Prefixes of the active Python environments, then the user's and the system's (pip as root on Debian
+  // and Ubuntu installs under /usr/local/lib/python3.X/dist-packages).
+  std::vector<std::string> pythons;
   for (const char* v : {"VIRTUAL_ENV", "CONDA_PREFIX"})
     if (!env(v).empty()) pythons.push_back(env(v));
   if (!env("HOME").empty()) pythons.push_back(env("HOME") + "/.local");
+  pythons.push_back("/usr/local");
+  pythons.push_back("/usr");
 #ifdef LORAKIT_CUDA
   for (const char* v : {"CUDA_HOME", "CUDA_PATH"})
     if (!env(v).empty()) {
@@ -320,15 +324,19 @@ std::vector<std::string> library_folders() {
     }
   add("/usr/local/cuda/lib64");
   for (const std::string& d : matches("/usr/local/cuda-*/lib64")) add(d);
+  // CUDA 12's wheel (nvidia-cublas-cu12) puts the library in nvidia/cublas/lib, CUDA 13's in nvidia/cu13/lib.
   for (const std::string& py : pythons)
-    for (const std::string& d : matches(py + "/lib/python3*/site-packages/nvidia/cublas/lib")) add(d);
+    for (const char* sub : {"nvidia/cublas/lib", "nvidia/cu13/lib"})
+      for (const char* pkgs : {"site-packages", "dist-packages"})
+        for (const std::string& d : matches(py + "/lib/python3*/" + pkgs + "/" + sub)) add(d);
 #else
   for (const char* v : {"ROCM_PATH", "HIP_PATH"})
     if (!env(v).empty()) add(env(v) + "/lib");
   add("/opt/rocm/lib");
   for (const std::string& d : matches("/opt/rocm-*/lib")) add(d);
   for (const std::string& py : pythons)
-    for (const std::string& d : matches(py + "/lib/python3*/site-packages/rocblas/lib")) add(d);
+    for (const char* pkgs : {"site-packages", "dist-packages"})
+      for (const std::string& d : matches(py + "/lib/python3*/" + pkgs + "/rocblas/lib")) add(d);
 #endif
   if (!env("CONDA_PREFIX").empty()) add(env("CONDA_PREFIX") + "/lib");
   return dirs;
