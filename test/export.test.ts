@@ -55,6 +55,8 @@ interface LlamaAnswer {
   addBos: boolean;
   decodeSeconds: number;
   decodeTokens: number;
+  chatTemplate: string | null;
+  tensorTypes: Record<string, number>;
 }
 
 function runLlama(request: Record<string, unknown>): LlamaAnswer {
@@ -128,6 +130,82 @@ function saveRandomModel(dir: string, config: Record<string, unknown>, files: Re
   for (const t of Object.values(out)) t.dispose();
   fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
   for (const [f, v] of Object.entries(files)) fs.writeFileSync(path.join(dir, f), JSON.stringify(v));
+}
+
+/**
+ * A small SentencePiece-style tokenizer.json in the form transformers writes for Llama 2, Mistral and
+ * TinyLlama: BPE with byte_fallback over ▁-marked text (legacy normalizer Prepend ▁ + Replace), the 256
+ * <0xNN> byte tokens, and merges listed as transformers' SentencePiece conversion lists them (every split of
+ * each token into two tokens, in token order). The pieces are learned here by plain BPE on a few sentences;
+ * characters outside those sentences (accents, CJK, emoji, tabs, newlines) fall back to bytes.
+ */
+function spmTokenizerJson(): { json: Record<string, unknown>; size: number } {
+  const corpus = [
+    'The red key opens the blue door.', 'Where is the red key?', 'In the garden there is a small house.',
+    'Hello world, the world is big.', 'numbers 1234567 and 3.14, do not open the door', 'spaces and more spaces',
+  ];
+  const vocab: Record<string, number> = { '<unk>': 0, '<s>': 1, '</s>': 2 };
+  for (let b = 0; b < 256; b++) vocab[`<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`] = 3 + b;
+  const words = corpus.map((line) => Array.from('\u2581' + line.replace(/ /g, '\u2581')));
+  for (const c of [...new Set(words.flat())].sort()) vocab[c] = Object.keys(vocab).length;
+  for (let step = 0; step < 120; step++) {
+    const counts = new Map<string, number>();
+    for (const w of words) for (let i = 0; i + 1 < w.length; i++) counts.set(`${w[i]}\u0000${w[i + 1]}`, (counts.get(`${w[i]}\u0000${w[i + 1]}`) ?? 0) + 1);
+    let best = '', n = 0;
+    for (const [k, c] of [...counts].sort()) if (c > n) [best, n] = [k, c];
+    if (n < 2) break;
+    const [a, b] = best.split('\u0000') as [string, string];
+    if (vocab[a + b] === undefined) vocab[a + b] = Object.keys(vocab).length;
+    for (const w of words) for (let i = 0; i + 1 < w.length; i++) if (w[i] === a && w[i + 1] === b) w.splice(i, 2, a + b);
+  }
+  const merges: [string, string][] = [];
+  for (const t of Object.keys(vocab)) {
+    const chars = Array.from(t), local: [string, string][] = [];
+    for (let i = 1; i < chars.length; i++) {
+      const l = chars.slice(0, i).join(''), r = chars.slice(i).join('');
+      if (vocab[l] !== undefined && vocab[r] !== undefined) local.push([l, r]);
+    }
+    merges.push(...local.sort((x, y) => vocab[x[0]]! - vocab[y[0]]! || vocab[x[1]]! - vocab[y[1]]!));
+  }
+  const special = (id: number, content: string) => ({ id, content, single_word: false, lstrip: false, rstrip: false, normalized: false, special: true });
+  const json = {
+    version: '1.0',
+    truncation: null,
+    padding: null,
+    added_tokens: [special(0, '<unk>'), special(1, '<s>'), special(2, '</s>')],
+    normalizer: { type: 'Sequence', normalizers: [{ type: 'Prepend', prepend: '\u2581' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] },
+    pre_tokenizer: null,
+    post_processor: {
+      type: 'TemplateProcessing',
+      single: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }],
+      pair: [{ SpecialToken: { id: '<s>', type_id: 0 } }, { Sequence: { id: 'A', type_id: 0 } }, { SpecialToken: { id: '<s>', type_id: 1 } }, { Sequence: { id: 'B', type_id: 1 } }],
+      special_tokens: { '<s>': { id: '<s>', ids: [1], tokens: ['<s>'] } },
+    },
+    decoder: { type: 'Sequence', decoders: [{ type: 'Replace', pattern: { String: '\u2581' }, content: ' ' }, { type: 'ByteFallback' }, { type: 'Fuse' }, { type: 'Strip', content: ' ', start: 1, stop: 0 }] },
+    model: { type: 'BPE', dropout: null, unk_token: '<unk>', continuing_subword_prefix: null, end_of_word_suffix: null, fuse_unk: true, byte_fallback: true, ignore_merges: false, vocab, merges },
+  };
+  return { json, size: Object.keys(vocab).length };
+}
+
+// A Llama 2-style chat template with quotes, backslashes, a tab and non-ASCII text, to be kept byte for byte.
+const SPM_TEMPLATE = "{{ bos_token }}{% for m in messages %}{% if m['role'] == 'user' %}{{ '[INST] ' + m['content'] | trim + ' [/INST]' }}{% else %}{{ ' ' + m['content'] | trim + ' ' + eos_token }}{% endif %}{% endfor %}{# «naïve» \\ \t 日本 #}";
+const SPM_STRINGS = [
+  'Hello world',
+  'The red key opens the blue door.',
+  '  leading, trailing   and   inner   spaces  ',
+  'tabs\tand\nnew\n\n\nlines\r\n',
+  'héllo wörld, naïve café: 日本語 and emoji 🙂👍🏽',
+  '<s>text after a special token</s> and more</s><s>',
+  'numbers 1234567 and 3.14, <unk> unknown',
+];
+
+/** A tiny random model of `config` with the SentencePiece-style tokenizer. */
+function saveSpmModel(dir: string, config: Record<string, unknown>): void {
+  const { json, size } = spmTokenizerJson();
+  saveRandomModel(dir, { ...config, vocab_size: size, bos_token_id: 1, eos_token_id: 2 }, {
+    'tokenizer.json': json,
+    'tokenizer_config.json': { bos_token: '<s>', eos_token: '</s>', unk_token: '<unk>', add_bos_token: true, add_eos_token: false, chat_template: SPM_TEMPLATE },
+  }, 0.2);
 }
 
 describe('encoders against float64 references', () => {
@@ -366,5 +444,97 @@ runtime('in node-llama-cpp', () => {
     console.log(`gpt2 fixture: mean KL to the f32 file, f16 ${klHalf.toExponential(3)}, bf16 ${klBf16.toExponential(3)} nats over ${seq.length} positions`);
     expect(klHalf).toBeLessThan(1e-3);
     expect(klBf16).toBeLessThan(1e-3);
+  }, 300_000);
+  test('SentencePiece-style vocabulary (Llama 2 form): tokens with byte fallback, scores, types, chat template, continuation', () => {
+    const dir = path.join(work, 'spm-llama');
+    saveSpmModel(dir, {
+      model_type: 'llama', hidden_size: 64, intermediate_size: 128, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 2,
+      max_position_embeddings: 256, tie_word_embeddings: false, rope_theta: 10000, rms_norm_eps: 1e-5, hidden_act: 'silu',
+    });
+    const out = path.join(work, 'spm-llama.gguf');
+    expect(exportGguf({ model: dir, out }).notes).toEqual([]);
+    const lk = loadTokenizer(dir);
+    const ids = SPM_STRINGS.map((s) => lk.encode(s, { addSpecialTokens: false }));
+    // The strings reach the byte tokens, the unknown-free merges and the special tokens, or the test would not test them.
+    expect(ids.flat().filter((t) => t >= 3 && t < 259).length).toBeGreaterThan(20);
+    expect(ids[5]!.filter((t) => t === 1 || t === 2).length).toBe(4);
+    const prompts = ['The red key', 'Where is the', 'naïve 日本'].map((s) => lk.encode(s));
+    expect(prompts.every((p) => p[0] === 1)).toBe(true);
+    using model = loadModel(dir);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const a = runLlama({ model: out, tokenize: SPM_STRINGS, prompts, n: N });
+    expect(a.tokenize).toEqual(ids);
+    expect([a.bos, a.eos, a.addBos]).toEqual([1, 2, true]);
+    // The template as node-llama-cpp's own GGUF reader returns it, against tokenizer_config.json's.
+    const template = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8')).chat_template;
+    expect(Buffer.from(a.chatTemplate!, 'utf8').equals(Buffer.from(template, 'utf8'))).toBe(true);
+    prompts.forEach((_, i) => expectSameContinuation(`spm llama prompt ${i}`, ours[i]!, a.continuations[i]!));
+  }, 300_000);
+
+  test('a Mistral config (SentencePiece vocabulary, one KV head, sliding window no shorter than the context) runs as lorakit\'s forward does', () => {
+    const dir = path.join(work, 'mistral');
+    saveSpmModel(dir, {
+      model_type: 'mistral', hidden_size: 64, intermediate_size: 96, num_hidden_layers: 2, num_attention_heads: 4, num_key_value_heads: 1,
+      max_position_embeddings: 256, sliding_window: 4096, tie_word_embeddings: false, rope_theta: 1000000, rms_norm_eps: 1e-5, hidden_act: 'silu',
+    });
+    const out = path.join(work, 'mistral.gguf');
+    expect(exportGguf({ model: dir, out }).architecture).toBe('llama');
+    const lk = loadTokenizer(dir);
+    const prompts = ['The red key', 'Hello world, 123'].map((s) => lk.encode(s));
+    using model = loadModel(dir);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const a = runLlama({ model: out, prompts, n: N });
+    prompts.forEach((_, i) => expectSameContinuation(`mistral prompt ${i}`, ours[i]!, a.continuations[i]!));
+  }, 300_000);
+
+  test('a SmolLM-shaped model (tied head, digit splitter) in f32 and q8_0, with the f16 fallback for rows not a multiple of 32', () => {
+    const dir = path.join(work, 'smollm');
+    const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
+    tok.pre_tokenizer = { type: 'Sequence', pretokenizers: [{ type: 'Digits', individual_digits: true }, { type: 'ByteLevel', add_prefix_space: false, trim_offsets: true, use_regex: true }] };
+    // SmolLM-135M's proportions scaled down: 9 heads of 64/9 would not divide, so 3 heads of 32, 1 KV head, a
+    // feed-forward width of 80 (not a multiple of Q8_0's 32: ffn_down falls back to f16), tied embeddings.
+    saveRandomModel(dir, {
+      model_type: 'llama', hidden_size: 96, intermediate_size: 80, num_hidden_layers: 3, num_attention_heads: 3, num_key_value_heads: 1,
+      vocab_size: 1024, max_position_embeddings: 256, tie_word_embeddings: true, rope_theta: 10000, rms_norm_eps: 1e-5, hidden_act: 'silu', bos_token_id: 1023, eos_token_id: 1023,
+    }, { 'tokenizer.json': tok, 'tokenizer_config.json': { bos_token: '<|endoftext|>', eos_token: '<|endoftext|>', add_bos_token: false } }, 0.2);
+    const f32 = path.join(work, 'smollm-f32.gguf'), q8 = path.join(work, 'smollm-q8_0.gguf');
+    exportGguf({ model: dir, out: f32 });
+    const q = exportGguf({ model: dir, out: q8, dtype: 'q8_0' });
+    expect(q.notes).toEqual([0, 1, 2].map((i) => `blk.${i}.ffn_down.weight: rows of 80 values are not a multiple of 32, written as f16`));
+    const lk = loadTokenizer(dir);
+    const prompts = ['The red key', 'years 1999-2024'].map((s) => lk.encode(s));
+    using model = loadModel(dir);
+    const ours = prompts.map((p) => greedy(model, p, N));
+    const seq = [...prompts[0]!, ...ours[0]!.tokens];
+    const a = runLlama({ model: f32, prompts, n: N, distributions: [seq] });
+    prompts.forEach((_, i) => expectSameContinuation(`smollm prompt ${i}`, ours[i]!, a.continuations[i]!));
+    const b = runLlama({ model: q8, distributions: [seq] });
+    // ggml types as llama.cpp's reader sees them: Q8_0 (8) but f16 (1) for ffn_down; norms f32 (0).
+    const types = b.tensorTypes;
+    expect([types['blk.0.ffn_down.weight'], types['blk.0.ffn_up.weight'], types['blk.0.attn_q.weight'], types['token_embd.weight'], types['blk.0.attn_norm.weight']]).toEqual([1, 8, 8, 8, 0]);
+    expect(types['output.weight']).toBeUndefined();
+    // The reference: the same model with every 2-D weight replaced, in lorakit, by what its stored type decodes
+    // to (Q8_0 round trip, or f16 for rows of 80), exported as f32.
+    const refDir = path.join(work, 'smollm-decoded');
+    fs.mkdirSync(refDir);
+    for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(dir, f), path.join(refDir, f));
+    const weights = model.exportWeights('float32');
+    const decoded = Object.fromEntries(Object.entries(weights).map(([name, t]) => {
+      const x = t.toFloat32Array();
+      const back = t.shape.length < 2 ? x : t.shape[1]! % 32 === 0 ? dequantizeQ8_0(quantizeQ8_0(x)) : x.map((v) => fromHalf(toHalf(v)));
+      t.dispose();
+      return [name, tensor(back, [...t.shape])];
+    }));
+    writeSafetensors(path.join(refDir, 'model.safetensors'), decoded, { format: 'pt' });
+    for (const t of Object.values(decoded)) t.dispose();
+    const refFile = path.join(work, 'smollm-decoded.gguf');
+    exportGguf({ model: refDir, out: refFile });
+    const c = runLlama({ model: refFile, distributions: [seq] });
+    const kl = meanKL(a.distributions[0]!, b.distributions[0]!), klRef = meanKL(c.distributions[0]!, b.distributions[0]!);
+    console.log(`smollm-shaped fixture q8_0 (ffn_down f16): weight error ${q.weightError!.relative.toExponential(3)}, mean KL to f32 ${kl.toExponential(3)}, to the decoded-weights f32 file ${klRef.toExponential(3)} nats over ${seq.length} positions`);
+    // The file behaves as its decoded weights do (what is left is llama.cpp quantizing activations to Q8_0 in
+    // its matmuls), much closer than to the f32 weights; a tensor encoded or typed wrongly would not.
+    expect(klRef).toBeLessThan(kl / 2);
+    expect(kl).toBeLessThan(5e-2);
   }, 300_000);
 });

@@ -188,7 +188,81 @@ export function preTokenizerName(tok: Record<string, unknown>, file: string): st
   );
 }
 
-/** The tokenizer metadata llama.cpp reads: vocabulary, types, merges, special ids, template. */
+/**
+ * Whether a SentencePiece-style tokenizer.json puts ▁ before the text (llama.cpp's add_space_prefix),
+ * from the two forms transformers writes: the legacy normalizer (Prepend ▁, spaces replaced by ▁) and the
+ * Metaspace pre-tokenizer. llama.cpp prepends after every special token too, as the legacy normalizer does
+ * (Hugging Face normalizes each stretch between added tokens apart); anything else is refused.
+ */
+function spaceSchemeOf(tok: Record<string, unknown>, file: string, notes: string[]): boolean {
+  const refuse = (what: string) =>
+    new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': ${what}; llama.cpp's SentencePiece tokenizer (model 'llama') only replaces spaces by \u2581 and puts one before the text, as the legacy normalizer [Prepend \u2581, Replace ' ' -> \u2581] or a Metaspace pre-tokenizer with prepend_scheme 'always' or 'first' does`);
+  const norm = tok.normalizer ?? null, pre = tok.pre_tokenizer ?? null;
+  const steps = norm === null ? [] : isObject(norm) && norm.type === 'Sequence' && Array.isArray(norm.normalizers) ? (norm.normalizers as unknown[]) : [norm];
+  let prepend = false, replace = false;
+  for (const n of steps) {
+    if (isObject(n) && n.type === 'Prepend' && n.prepend === '\u2581' && !replace) prepend = true;
+    else if (isObject(n) && n.type === 'Replace' && isObject(n.pattern) && n.pattern.String === ' ' && n.content === '\u2581') replace = true;
+    else throw refuse(`normalizer step ${JSON.stringify(n)} is not reproduced`);
+  }
+  if (pre === null) {
+    if (!replace) throw refuse('no normalizer or pre-tokenizer turns spaces into \u2581');
+    return prepend;
+  }
+  if (steps.length || !isObject(pre) || pre.type !== 'Metaspace' || (pre.replacement ?? '\u2581') !== '\u2581')
+    throw refuse(`pre_tokenizer ${JSON.stringify(pre)} (with normalizer ${JSON.stringify(norm)}) is not reproduced`);
+  const scheme = pre.prepend_scheme ?? (pre.add_prefix_space === false ? 'never' : 'always');
+  if (scheme === 'first')
+    notes.push(`${path.basename(file)} puts \u2581 only before the first stretch of text (Metaspace prepend_scheme 'first'); llama.cpp also puts one after each special token, so text right after a special token tokenizes differently`);
+  else if (scheme !== 'always' && scheme !== 'never') throw refuse(`Metaspace prepend_scheme ${show(scheme)} is not reproduced`);
+  return scheme !== 'never';
+}
+
+/**
+ * llama.cpp's SentencePiece tokenizer merges, at each step, the adjacent pair whose joined text is a token
+ * of the highest score; Hugging Face's BPE merges the pair of the lowest merge rank. They agree when each
+ * token's score falls as the rank of the first merge that makes it grows, when the merges list every split
+ * of a token into two tokens (as transformers' SentencePiece conversion writes them), and when every
+ * character of a merged token is itself a token. The scores are derived so; a vocabulary that breaks the
+ * other two conditions would tokenize differently in llama.cpp, and is refused naming the token.
+ */
+function spmScores(model: Record<string, unknown>, vocabSize: number, file: string): Float32Array {
+  const vocab = model.vocab as Record<string, number>;
+  if (!Array.isArray(model.merges)) throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': model.merges must be an array, got ${show(model.merges)}`);
+  if (model.merges.length > 1 << 24) throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': ${model.merges.length} merges are more than float32 scores order exactly`);
+  const merges = (model.merges as unknown[]).map((m) => (Array.isArray(m) ? (m as string[]) : String(m).split(' ')));
+  const firstRank = new Map<string, number>();
+  const isMerge = new Set<string>();
+  merges.forEach(([a, b], rank) => {
+    const t = a! + b!;
+    isMerge.add(`${a} ${b}`);
+    const seen = firstRank.get(t);
+    if (seen === undefined) firstRank.set(t, rank);
+    // A token made again by a later merge after others came between: llama.cpp ranks it by its first merge.
+    else if (merges[rank - 1]![0]! + merges[rank - 1]![1]! !== t)
+      throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': token ${show(t)} is made by merges ${seen} and ${rank} with other tokens' merges between; llama.cpp ranks a merge by its token's score, so it would merge in another order`);
+  });
+  const scores = new Float32Array(vocabSize);
+  for (const [t, id] of Object.entries(vocab)) {
+    const chars = Array.from(t);
+    if (chars.length < 2 || /^<0x[0-9A-F]{2}>$/.test(t)) continue;
+    for (let i = 1; i < chars.length; i++) {
+      const l = chars.slice(0, i).join(''), r = chars.slice(i).join('');
+      if (vocab[l] !== undefined && vocab[r] !== undefined && !isMerge.has(`${l} ${r}`))
+        throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': token ${show(t)} splits into tokens ${show(l)} and ${show(r)}, which no merge joins; llama.cpp joins any two tokens that make a token, so it would tokenize differently`);
+    }
+    const rank = firstRank.get(t);
+    if (rank === undefined) continue;
+    const missing = chars.find((c) => vocab[c] === undefined);
+    if (missing !== undefined)
+      throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': token ${show(t)} holds ${show(missing)}, which is not a token; Hugging Face writes such a character as bytes and never merges it, llama.cpp would`);
+    // Rank 0 scores highest; the scale only has to keep the order exact in float32.
+    scores[id] = -rank;
+  }
+  return scores;
+}
+
+/** The tokenizer metadata llama.cpp reads: vocabulary, types, merges or scores, special ids, template. */
 function tokenizerMetadata(dir: string, vocabSize: number, notes: string[]): [string, GgufValue][] {
   const file = path.join(dir, 'tokenizer.json');
   // lorakit's own tokenizer decides which ends are added and the special ids, so llama.cpp matches it.
@@ -196,16 +270,22 @@ function tokenizerMetadata(dir: string, vocabSize: number, notes: string[]): [st
   const tok = readJsonFile(OP, file, 'ERR_TOKENIZER');
   if (!isObject(tok) || !isObject(tok.model)) throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}' has no 'model' object`);
   const model = tok.model;
-  if (model.type !== 'BPE' || model.byte_fallback === true || !isObject(model.vocab))
+  if (model.type !== 'BPE' || !isObject(model.vocab))
     throw new LorakitError(
       'ERR_TOKENIZER',
-      `${OP}: '${file}': only byte-level BPE vocabularies are exported yet (model.type 'BPE' without byte_fallback); this one is ${show(model.type)}${model.byte_fallback ? ' with byte_fallback (SentencePiece-style)' : ''}`,
+      `${OP}: '${file}': model.type is ${show(model.type)}; lorakit exports BPE vocabularies, byte-level (GPT-2, Llama 3, Qwen2, SmolLM) or SentencePiece-style with byte_fallback (Llama 2, Mistral, TinyLlama)`,
     );
-  const pre = preTokenizerName(tok, file);
-  if (tok.normalizer !== null && tok.normalizer !== undefined) {
-    if (!(isObject(tok.normalizer) && tok.normalizer.type === 'NFC'))
-      throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': normalizer ${JSON.stringify(tok.normalizer)} is not applied by llama.cpp`);
-    notes.push(`${path.basename(file)} normalizes text to NFC, llama.cpp does not: text that is not already NFC tokenizes differently`);
+  const spm = model.byte_fallback === true;
+  let addSpacePrefix = false;
+  let pre = '';
+  if (spm) addSpacePrefix = spaceSchemeOf(tok, file, notes);
+  else {
+    pre = preTokenizerName(tok, file);
+    if (tok.normalizer !== null && tok.normalizer !== undefined) {
+      if (!(isObject(tok.normalizer) && tok.normalizer.type === 'NFC'))
+        throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': normalizer ${JSON.stringify(tok.normalizer)} is not applied by llama.cpp`);
+      notes.push(`${path.basename(file)} normalizes text to NFC, llama.cpp does not: text that is not already NFC tokenizes differently`);
+    }
   }
   const tokens: (string | undefined)[] = new Array(vocabSize);
   const types = new Int32Array(vocabSize).fill(1); // NORMAL
@@ -213,13 +293,21 @@ function tokenizerMetadata(dir: string, vocabSize: number, notes: string[]): [st
     if (typeof id !== 'number' || id >= vocabSize)
       throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': token ${show(t)} has id ${show(id)}, outside the model's vocabulary of ${vocabSize}`);
     tokens[id] = t;
+    // llama.cpp writes a character missing from the vocabulary as these <0xNN> tokens, as byte_fallback does.
+    if (spm && /^<0x[0-9A-F]{2}>$/.test(t)) types[id] = 6; // BYTE
+    else if (t === model.unk_token) types[id] = 2; // UNKNOWN
+  }
+  if (spm) {
+    const missing = Array.from({ length: 256 }, (_, b) => `<0x${b.toString(16).toUpperCase().padStart(2, '0')}>`).filter((t) => (model.vocab as Record<string, unknown>)[t] === undefined);
+    if (missing.length)
+      throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': byte_fallback needs the 256 tokens <0x00>..<0xFF>, and ${missing.length} are missing (${missing.slice(0, 3).join(', ')}...); llama.cpp has no other way to write a character outside the vocabulary`);
   }
   for (const a of Array.isArray(tok.added_tokens) ? tok.added_tokens : []) {
     if (!isObject(a) || typeof a.id !== 'number' || typeof a.content !== 'string') continue;
     if (a.id >= vocabSize)
       throw new LorakitError('ERR_TOKENIZER', `${OP}: '${file}': added token ${show(a.content)} has id ${a.id}, outside the model's vocabulary of ${vocabSize}`);
     tokens[a.id] = a.content;
-    types[a.id] = a.special ? 3 : 4; // CONTROL : USER_DEFINED
+    types[a.id] = a.content === model.unk_token ? 2 : a.special ? 3 : 4; // UNKNOWN : CONTROL : USER_DEFINED
   }
   let padded = 0;
   for (let i = 0; i < vocabSize; i++)
@@ -229,14 +317,27 @@ function tokenizerMetadata(dir: string, vocabSize: number, notes: string[]): [st
       padded++;
     }
   if (padded) notes.push(`${padded} embedding rows have no token in tokenizer.json; they are written as unused [PAD<id>] tokens`);
-  const merges = (Array.isArray(model.merges) ? model.merges : []).map((m: unknown) => (Array.isArray(m) ? m.join(' ') : String(m)));
-  const m: [string, GgufValue][] = [
-    ['tokenizer.ggml.model', str('gpt2')],
-    ['tokenizer.ggml.pre', str(pre)],
-    ['tokenizer.ggml.tokens', { type: 'array', of: 'string', value: tokens as string[] }],
-    ['tokenizer.ggml.token_type', { type: 'array', of: 'i32', value: types }],
-    ['tokenizer.ggml.merges', { type: 'array', of: 'string', value: merges }],
-  ];
+  const m: [string, GgufValue][] = [];
+  if (spm) {
+    const unk = typeof model.unk_token === 'string' ? (model.vocab as Record<string, number>)[model.unk_token] : undefined;
+    m.push(
+      ['tokenizer.ggml.model', str('llama')],
+      ['tokenizer.ggml.tokens', { type: 'array', of: 'string', value: tokens as string[] }],
+      ['tokenizer.ggml.scores', { type: 'array', of: 'f32', value: spmScores(model, vocabSize, file) }],
+      ['tokenizer.ggml.token_type', { type: 'array', of: 'i32', value: types }],
+      ['tokenizer.ggml.add_space_prefix', bool(addSpacePrefix)],
+    );
+    if (unk !== undefined) m.push(['tokenizer.ggml.unknown_token_id', u32(unk)]);
+  } else {
+    const merges = (Array.isArray(model.merges) ? model.merges : []).map((mg: unknown) => (Array.isArray(mg) ? mg.join(' ') : String(mg)));
+    m.push(
+      ['tokenizer.ggml.model', str('gpt2')],
+      ['tokenizer.ggml.pre', str(pre)],
+      ['tokenizer.ggml.tokens', { type: 'array', of: 'string', value: tokens as string[] }],
+      ['tokenizer.ggml.token_type', { type: 'array', of: 'i32', value: types }],
+      ['tokenizer.ggml.merges', { type: 'array', of: 'string', value: merges }],
+    );
+  }
   // Which ends lorakit adds, read from what it does to a probe string.
   const plain = tokenizer.encode('a', { addSpecialTokens: false });
   const full = tokenizer.encode('a');
