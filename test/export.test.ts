@@ -197,6 +197,10 @@ const SPM_STRINGS = [
   'héllo wörld, naïve café: 日本語 and emoji 🙂👍🏽',
   '<s>text after a special token</s> and more</s><s>',
   'numbers 1234567 and 3.14, <unk> unknown',
+  // Words where merging by rank and merging leftmost first part ways ('dor': 'or' is ranked before 'do'),
+  // which llama.cpp only gets right through the scores.
+  'Where there is a garden, the house opens; here the small blue key is in the red door of the world.',
+  'ethe rethe hethere wherethe opensthe mallhouse dor idore adorn',
 ];
 
 /** A tiny random model of `config` with the SentencePiece-style tokenizer. */
@@ -267,6 +271,36 @@ describe('export errors', () => {
     expectError(() => exportGguf({ model: dir, out: path.join(work, 'odd.gguf') }), LorakitError, 'ERR_TOKENIZER', /pre_tokenizer .*Split.* is not one llama.cpp reproduces/);
     expect(fs.existsSync(path.join(work, 'odd.gguf'))).toBe(false);
   });
+});
+
+test('a SentencePiece-style vocabulary llama.cpp would tokenize differently is refused, naming why', () => {
+  const dir = path.join(work, 'spm-bad');
+  saveSpmModel(dir, {
+    model_type: 'llama', hidden_size: 32, intermediate_size: 64, num_hidden_layers: 1, num_attention_heads: 2, num_key_value_heads: 2,
+    max_position_embeddings: 64, tie_word_embeddings: true, hidden_act: 'silu',
+  });
+  const file = path.join(dir, 'tokenizer.json');
+  const good = fs.readFileSync(file, 'utf8');
+  const out = path.join(work, 'spm-bad.gguf');
+  const edit = (f: (t: { model: { vocab: Record<string, number>; merges: string[][] }; normalizer: unknown }) => void) => {
+    const t = JSON.parse(good);
+    f(t);
+    fs.writeFileSync(file, JSON.stringify(t));
+  };
+  // A merge dropped: llama.cpp would still join the two tokens.
+  edit((t) => t.model.merges.splice(t.model.merges.findIndex(([a, b]) => a === 'o' && b === 'r'), 1));
+  expectError(() => exportGguf({ model: dir, out }), LorakitError, 'ERR_TOKENIZER', /token "or" splits into tokens "o" and "r", which no merge joins/);
+  // A byte token missing: llama.cpp has no way to write that byte.
+  edit((t) => {
+    const id = t.model.vocab['<0x41>']!;
+    delete t.model.vocab['<0x41>'];
+    t.model.vocab['<extra>'] = id;
+  });
+  expectError(() => exportGguf({ model: dir, out }), LorakitError, 'ERR_TOKENIZER', /needs the 256 tokens <0x00>..<0xFF>, and 1 are missing \(<0x41>/);
+  // A normalizer step llama.cpp does not apply.
+  edit((t) => (t.normalizer = { type: 'Sequence', normalizers: [{ type: 'Lowercase' }, { type: 'Replace', pattern: { String: ' ' }, content: '\u2581' }] }));
+  expectError(() => exportGguf({ model: dir, out }), LorakitError, 'ERR_TOKENIZER', /normalizer step \{"type":"Lowercase"\} is not reproduced/);
+  expect(fs.existsSync(out)).toBe(false);
 });
 
 test('the CLI: a QLoRA adapter merged into the NF4 base reports that choice\'s merge error; an input is never overwritten', () => {
