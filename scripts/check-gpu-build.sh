@@ -13,6 +13,8 @@ undefined_lorakit() {
 if ! command -v nvcc >/dev/null 2>&1 && [ -x /usr/local/cuda/bin/nvcc ]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 if command -v nvcc >/dev/null 2>&1; then
   start=$SECONDS
+  # A fresh build: ptxas reports only the kernels it compiles, and an incremental build compiles none.
+  rm -rf build-gpu
   LORAKIT_GPU=cuda LORAKIT_CUDA_ARCHS=${LORAKIT_CUDA_ARCHS:-90} LORAKIT_PTXAS_VERBOSE=1 node scripts/build-gpu.js >/tmp/lorakit-build-cuda.log 2>&1 ||
     { tail -60 /tmp/lorakit-build-cuda.log; exit 1; }
   # ptxas's report of every kernel: a register spill in a hot kernel fails the check.
