@@ -114,6 +114,30 @@ function meanKL(p: [number, number][][], q: [number, number][][]): number {
   return kl / p.length;
 }
 
+/**
+ * A LoRA adapter on every linear layer of the model in `dir`: its merged export, and the LoRA GGUF applied
+ * unmerged by llama.cpp on `baseFile`, both continue `prompt` as lorakit does with the adapter loaded.
+ */
+function checkAdapterInRuntime(label: string, dir: string, baseFile: string, prompt: number[]): void {
+  const adapter = path.join(work, `${label}-adapter`);
+  {
+    using m = loadModel(dir);
+    addAdapter(m, { r: 4, loraAlpha: 8, targetModules: 'all-linear', initLoraWeights: false, seed: 7 });
+    saveAdapter(m, adapter);
+  }
+  const merged = path.join(work, `${label}-merged.gguf`), loraFile = path.join(work, `${label}-lora.gguf`);
+  expect(exportGguf({ model: dir, adapter, out: merged }).mergeError!.relative).toBeLessThan(1e-5);
+  exportGguf({ model: dir, adapter, out: loraFile, format: 'lora' });
+  using model = loadModel(dir);
+  loadAdapter(model, adapter);
+  const ours = greedy(model, prompt, N);
+  using plain = loadModel(dir);
+  // The adapter must change the continuation, or the comparisons would not test it.
+  expect(ours.tokens).not.toEqual(greedy(plain, prompt, N).tokens);
+  expectSameContinuation(`${label} merged`, ours, runLlama({ model: merged, prompts: [prompt], n: N }).continuations[0]!);
+  expectSameContinuation(`${label} lora`, ours, runLlama({ model: baseFile, lora: loraFile, prompts: [prompt], n: N }).continuations[0]!);
+}
+
 /** Replaces every weight of a random model by N(0, std²) draws (norm weights 1 + N(0, 0.1²)), and saves it with `tokenizer`. */
 function saveRandomModel(dir: string, config: Record<string, unknown>, files: Record<string, unknown>, std: number): void {
   fs.mkdirSync(dir);
@@ -384,7 +408,7 @@ runtime('in node-llama-cpp', () => {
     });
   }, 300_000);
 
-  test('a Qwen2 fixture (q/k/v biases, Qwen2 splitter, chat special tokens, padded vocabulary)', () => {
+  test('a Qwen2 fixture (q/k/v biases, Qwen2 splitter, chat special tokens, padded vocabulary), with a LoRA adapter merged and unmerged', () => {
     const dir = path.join(work, 'qwen2');
     const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
     tok.pre_tokenizer = {
@@ -422,6 +446,7 @@ runtime('in node-llama-cpp', () => {
     expect(a.tokenize).toEqual(strings.map((s) => lk.encode(s, { addSpecialTokens: false })));
     expect([a.eos, a.addBos]).toEqual([1025, false]);
     prompts.forEach((_, i) => expectSameContinuation(`qwen2 prompt ${i}`, ours[i]!, a.continuations[i]!));
+    checkAdapterInRuntime('qwen2', dir, out, prompts[1]!);
   }, 300_000);
 
   test('the SmolLM (digits apart) and Llama 3 (Split) splitters tokenize in llama.cpp as lorakit does', () => {
@@ -451,7 +476,7 @@ runtime('in node-llama-cpp', () => {
     }
   }, 120_000);
 
-  test('a GPT-2 fixture (learned positions, Conv1D weights, tied head)', () => {
+  test('a GPT-2 fixture (learned positions, Conv1D weights, tied head), with a LoRA adapter merged and unmerged', () => {
     const dir = path.join(work, 'gpt2');
     const tok = JSON.parse(fs.readFileSync(path.join(DEFAULT, 'tokenizer.json'), 'utf8'));
     tok.post_processor = { type: 'ByteLevel', add_prefix_space: false, trim_offsets: false, use_regex: true };
@@ -478,6 +503,7 @@ runtime('in node-llama-cpp', () => {
     console.log(`gpt2 fixture: mean KL to the f32 file, f16 ${klHalf.toExponential(3)}, bf16 ${klBf16.toExponential(3)} nats over ${seq.length} positions`);
     expect(klHalf).toBeLessThan(1e-3);
     expect(klBf16).toBeLessThan(1e-3);
+    checkAdapterInRuntime('gpt2', dir, f32, prompts[0]!);
   }, 300_000);
   test('SentencePiece-style vocabulary (Llama 2 form): tokens with byte fallback, scores, types, chat template, continuation', () => {
     const dir = path.join(work, 'spm-llama');
