@@ -7,7 +7,8 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { exportGguf, quantizeQ8_0, dequantizeQ8_0, toHalf, fromHalf, permuteRows } from '../lib/export';
+import { exportGguf, quantizeQ8_0, dequantizeQ8_0, toHalf, fromHalf, permuteRows, ggufName } from '../lib/export';
+import { quantize as nf4Quantize, dequantize as nf4Dequantize } from '../lib/nf4';
 import { loadModel, type CausalLM } from '../lib/models';
 import { randomModel } from '../lib/models/random';
 import { addAdapter, saveAdapter, loadAdapter } from '../lib/lora';
@@ -136,6 +137,57 @@ function checkAdapterInRuntime(label: string, dir: string, baseFile: string, pro
   expect(ours.tokens).not.toEqual(greedy(plain, prompt, N).tokens);
   expectSameContinuation(`${label} merged`, ours, runLlama({ model: merged, prompts: [prompt], n: N }).continuations[0]!);
   expectSameContinuation(`${label} lora`, ours, runLlama({ model: baseFile, lora: loraFile, prompts: [prompt], n: N }).continuations[0]!);
+}
+
+/**
+ * The f32 tensors of a GGUF file, read by the format's spec (ggml's gguf.h) apart from lorakit's writer:
+ * header, key/value pairs skipped by type, tensor descriptors, aligned data. Shapes come back row-major.
+ */
+function readGgufF32(file: string): Map<string, { shape: number[]; data: Float32Array }> {
+  const b = fs.readFileSync(file);
+  let p = 0;
+  const u32 = () => ((p += 4), b.readUInt32LE(p - 4));
+  const u64 = () => ((p += 8), Number(b.readBigUInt64LE(p - 8)));
+  const string = () => {
+    const n = u64();
+    return ((p += n), b.toString('utf8', p - n, p));
+  };
+  const size: Record<number, number> = { 0: 1, 1: 1, 2: 2, 3: 2, 4: 4, 5: 4, 6: 4, 7: 1, 10: 8, 11: 8, 12: 8 };
+  let alignment = 32;
+  const skip = (type: number): void => {
+    if (type === 8) string();
+    else if (type === 9) {
+      const of = u32(), n = u64();
+      for (let i = 0; i < n; i++) skip(of);
+    } else p += size[type]!;
+  };
+  expect([b.toString('latin1', 0, 4), b.readUInt32LE(4)]).toEqual(['GGUF', 3]);
+  p = 8;
+  const nTensors = u64(), nKv = u64();
+  for (let i = 0; i < nKv; i++) {
+    const key = string(), type = u32();
+    if (key === 'general.alignment') alignment = u32();
+    else skip(type);
+  }
+  const infos = Array.from({ length: nTensors }, () => {
+    const name = string(), dims = Array.from({ length: u32() }, u64).reverse();
+    return { name, dims, type: u32(), offset: u64() };
+  });
+  const start = Math.ceil(p / alignment) * alignment;
+  return new Map(infos.map((t) => {
+    expect([t.name, t.type]).toEqual([t.name, 0]);
+    const n = t.dims.reduce((x, y) => x * y, 1), at = start + t.offset;
+    return [t.name, { shape: t.dims, data: new Float32Array(b.buffer.slice(b.byteOffset + at, b.byteOffset + at + 4 * n)) }];
+  }));
+}
+
+/** llama.cpp's interleaved q/k row order back to Hugging Face's halves: row 2i+s of a head came from row s·half+i. */
+function unpermute(w: Float32Array, rows: number, cols: number, heads: number): Float32Array {
+  const out = new Float32Array(w.length), hd = rows / heads, half = hd / 2;
+  for (let h = 0; h < heads; h++)
+    for (let i = 0; i < half; i++)
+      for (let s = 0; s < 2; s++) out.set(w.subarray((h * hd + 2 * i + s) * cols, (h * hd + 2 * i + s + 1) * cols), (h * hd + s * half + i) * cols);
+  return out;
 }
 
 /** Replaces every weight of a random model by N(0, std²) draws (norm weights 1 + N(0, 0.1²)), and saves it with `tokenizer`. */
@@ -326,6 +378,94 @@ test('a SentencePiece-style vocabulary llama.cpp would tokenize differently is r
   expectError(() => exportGguf({ model: dir, out }), LorakitError, 'ERR_TOKENIZER', /normalizer step \{"type":"Lowercase"\} is not reproduced/);
   expect(fs.existsSync(out)).toBe(false);
 });
+
+test('QLoRA merged into the NF4 base (qlora read from the training record): the file holds dequantized NF4 + s·B·A requantized, and the merge error reported is that file\'s', () => {
+  const adapter = path.join(work, 'qlora-adapter');
+  {
+    using m = loadModel(DEFAULT, { quantize: true });
+    addAdapter(m, { r: 4, loraAlpha: 8, targetModules: ['q_proj', 'v_proj'], initLoraWeights: false, seed: 11 });
+    saveAdapter(m, adapter);
+  }
+  // The record a lorakit qlora run leaves in a checkpoint: export reads the method from it, as eval does.
+  fs.writeFileSync(path.join(adapter, 'trainer_state.json'), JSON.stringify({ options: { method: 'qlora' } }));
+  const out = path.join(work, 'qlora-nf4.gguf');
+  const r = exportGguf({ model: DEFAULT, adapter, out, mergeInto: 'nf4' });
+  expect(r.mergeError!.reference).toBe('the NF4 base with the adapter unmerged');
+  const file = readGgufF32(out);
+  using base = loadModel(DEFAULT);
+  using adapted = loadModel(DEFAULT);
+  loadAdapter(adapted, adapter);
+  const c = base.config, scale = 8 / 4;
+  const hf: Record<string, ReturnType<typeof tensor>> = {};
+  const weights = base.exportWeights('float32');
+  let adaptedSeen = 0;
+  for (const [name, t] of Object.entries(weights)) {
+    const gg = file.get(ggufName('llama', name))!;
+    // Back to Hugging Face's row order on q and k.
+    const heads = /q_proj/.test(name) ? c.numHeads : /k_proj/.test(name) ? c.numKvHeads : 0;
+    const got = heads ? unpermute(gg.data, gg.shape[0]!, gg.shape[1]!, heads) : gg.data;
+    hf[name] = tensor(got, gg.shape);
+    if (!name.endsWith('_proj.weight')) {
+      expect([name, Array.from(got)]).toEqual([name, Array.from(t.toFloat32Array())]);
+      t.dispose();
+      continue;
+    }
+    // The NF4 base lorakit's qlora trains against (block 64, double quantization), in float64 from here on.
+    using q = nf4Quantize(t, { blockSize: 64, doubleQuant: true });
+    using dq = nf4Dequantize(q, { dtype: 'float32' });
+    t.dispose();
+    const w0 = Float64Array.from(dq.toFloat32Array());
+    const lin = adapted.linears.get(name.slice(0, -'.weight'.length))!;
+    if (!lin.adapter) {
+      expect([name, Array.from(got)]).toEqual([name, Array.from(dq.toFloat32Array())]);
+      continue;
+    }
+    adaptedSeen++;
+    const [rank, inF] = lin.adapter.loraA.shape as [number, number];
+    const A = lin.adapter.loraA.toFloat32Array(), B = lin.adapter.loraB.toFloat32Array(), outF = B.length / rank;
+    const ref = new Float64Array(w0.length);
+    for (let o = 0; o < outF; o++)
+      for (let i = 0; i < inF; i++) {
+        let acc = 0;
+        for (let k = 0; k < rank; k++) acc += B[o * rank + k]! * A[k * inF + i]!;
+        ref[o * inF + i] = w0[o * inF + i]! + scale * acc;
+      }
+    // What was written is that sum quantized to NF4 again: within each block's code spacing of it, and not the sum itself.
+    using again = nf4Quantize(tensor(Float32Array.from(ref), [outF, inF]), { blockSize: 64, doubleQuant: true });
+    using back = nf4Dequantize(again, { dtype: 'float32' });
+    const rel = (x: ArrayLike<number>, y: ArrayLike<number>) => {
+      let n = 0, d = 0;
+      for (let i = 0; i < x.length; i++) (n += (x[i]! - y[i]!) ** 2), (d += y[i]! ** 2);
+      return Math.sqrt(n / d);
+    };
+    expect([name, rel(got, back.toFloat32Array()) < 1e-4]).toEqual([name, true]);
+    const lossy = rel(got, ref);
+    expect([name, lossy > 1e-3 && lossy < 0.2]).toEqual([name, true]);
+  }
+  expect(adaptedSeen).toBe(2 * c.numLayers);
+  // The logits of the written weights against the NF4 model with the adapter unmerged, on the batch lorakit
+  // merge uses without --data (its fixed generator, restated here).
+  const dir = path.join(work, 'qlora-written');
+  fs.mkdirSync(dir);
+  for (const f of ['config.json', 'tokenizer.json', 'tokenizer_config.json']) fs.copyFileSync(path.join(DEFAULT, f), path.join(dir, f));
+  writeSafetensors(path.join(dir, 'model.safetensors'), hf, { format: 'pt' });
+  for (const t of Object.values(hf)) t.dispose();
+  const seq = Math.min(64, c.maxPositions);
+  let st = 12345;
+  using probe = tensor(BigInt64Array.from({ length: 2 * seq }, () => BigInt((st = (st * 1103515245 + 12345) % 2147483648) % c.vocabSize)), [2, seq]);
+  using nf4 = loadModel(DEFAULT, { quantize: true });
+  loadAdapter(nf4, adapter);
+  using written = loadModel(dir);
+  using l0 = nf4.forward(probe, { returnLogits: true }).logits!;
+  using l1 = written.forward(probe, { returnLogits: true }).logits!;
+  const x = l0.toFloat32Array(), y = l1.toFloat32Array();
+  let n = 0, d = 0;
+  for (let i = 0; i < x.length; i++) (n += (x[i]! - y[i]!) ** 2), (d += x[i]! ** 2);
+  const ours = Math.sqrt(n / d);
+  console.log(`QLoRA merged into NF4: reported relative logit error ${r.mergeError!.relative.toExponential(4)}, recomputed from the file ${ours.toExponential(4)}`);
+  expect(Math.abs(ours - r.mergeError!.relative)).toBeLessThan(1e-3 * ours + 1e-7);
+  expect(ours).toBeGreaterThan(1e-4);
+}, 120_000);
 
 test('the CLI: a QLoRA adapter merged into the NF4 base reports that choice\'s merge error; an input is never overwritten', () => {
   const adapter = path.join(work, 'cli-adapter');

@@ -12,6 +12,7 @@ import { assertOutputApart, makeDir } from '../io/fs';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { loadTokenizer } from '../tokenizer';
+import { trainingRecord } from '../cli/commands/inspect';
 import { tensor, type Tensor } from '../tensor/tensor';
 import { dequantizeQ8_0, quantizeQ8_0, fromHalf, toHalf, QK8_0, writeGguf, bool, f32, str, u32, type GgmlType, type GgufTensor, type GgufValue } from './gguf';
 
@@ -29,7 +30,11 @@ export interface ExportOptions {
   dtype?: ExportDtype;
   /** 'model' (default): the whole model; 'lora': the adapter alone, as a llama.cpp LoRA adapter. */
   format?: 'model' | 'lora';
-  /** The adapter was trained against an NF4 (QLoRA) base: the merge error is measured against that model. */
+  /**
+   * The adapter was trained against an NF4 (QLoRA) base: the merge error is measured against that model.
+   * Default: what the adapter's lorakit training record (trainer_state.json, or run.json beside last/ or
+   * best/) says, as `lorakit eval` decides; false for an adapter without one.
+   */
   qlora?: boolean;
   /** Which base the adapter is merged into: the original weights (default) or their NF4 quantization. */
   mergeInto?: 'original' | 'nf4';
@@ -392,7 +397,9 @@ function checkOptions(o: ExportOptions): Required<Omit<ExportOptions, 'adapter'>
     throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: 'mergeInto' and 'qlora' choose how an adapter is merged, and no 'adapter' was given`);
   if (format === 'lora' && o.mergeInto !== undefined)
     throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: format 'lora' writes the adapter unmerged, so 'mergeInto' does not apply`);
-  return { model: o.model, adapter: o.adapter, out: o.out, dtype, format, qlora: o.qlora ?? false, mergeInto };
+  if (o.qlora !== undefined && typeof o.qlora !== 'boolean') throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: 'qlora' must be a boolean, got ${show(o.qlora)}`);
+  const qlora = o.qlora ?? (o.adapter !== undefined && format === 'model' && trainingRecord(o.adapter)?.method === 'qlora');
+  return { model: o.model, adapter: o.adapter, out: o.out, dtype, format, qlora, mergeInto };
 }
 
 /** The type a 2-D weight is stored in, or why it falls back. */
@@ -451,7 +458,9 @@ export function exportGguf(options: ExportOptions): ExportResult {
   let mergeError: ExportResult['mergeError'];
   let model: CausalLM;
   if (o.adapter) {
-    // The reference: the model the adapter was trained with, adapter unmerged, in float32.
+    // The reference: the model the adapter was trained with, adapter unmerged, in float32. loadModel's
+    // `quantize: true` is the NF4 lorakit's qlora trains against (block 64, double quantization): the trainer
+    // uses no other, so its records do not name one.
     using probe = probeIds(config);
     const reference = loadModel(o.model, { quantize: o.qlora });
     let exact: Float32Array;
@@ -473,7 +482,7 @@ export function exportGguf(options: ExportOptions): ExportResult {
       mergeError = {
         ...compare(exact, logits(model, probe)),
         reference: `${o.qlora ? 'the NF4' : 'the original'} base with the adapter unmerged`,
-        mergedInto: o.mergeInto === 'nf4' ? 'the NF4 base (dequantized)' : 'the original weights',
+        mergedInto: o.mergeInto === 'nf4' ? 'the NF4 base (block 64, double quantization; dequantized)' : 'the original weights',
       };
     } catch (e) {
       model.dispose();
