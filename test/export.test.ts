@@ -669,6 +669,29 @@ runtime('in node-llama-cpp', () => {
     const template = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer_config.json'), 'utf8')).chat_template;
     expect(Buffer.from(a.chatTemplate!, 'utf8').equals(Buffer.from(template, 'utf8'))).toBe(true);
     prompts.forEach((_, i) => expectSameContinuation(`spm llama prompt ${i}`, ours[i]!, a.continuations[i]!));
+    // The newer form transformers writes: no normalizer, a Metaspace pre-tokenizer, which adds no ▁ before
+    // text that starts with a space ('first': nor after a special token) where llama.cpp always adds one.
+    // The export says so; the rest agrees, and the said difference is real.
+    for (const scheme of ['always', 'first'] as const) {
+      const meta = path.join(work, `spm-metaspace-${scheme}`);
+      fs.cpSync(dir, meta, { recursive: true });
+      const t = JSON.parse(fs.readFileSync(path.join(dir, 'tokenizer.json'), 'utf8'));
+      t.normalizer = null;
+      t.pre_tokenizer = { type: 'Metaspace', replacement: '\u2581', prepend_scheme: scheme, split: false };
+      fs.writeFileSync(path.join(meta, 'tokenizer.json'), JSON.stringify(t));
+      const metaOut = path.join(work, `spm-metaspace-${scheme}.gguf`);
+      const notes = exportGguf({ model: meta, out: metaOut }).notes;
+      expect(notes).toEqual([expect.stringMatching(scheme === 'first' ? /text that starts with a space or follows a special token tokenizes differently/ : /text that starts with a space tokenizes differently/)]);
+      const mk = loadTokenizer(meta);
+      const differs = scheme === 'first' ? /^\s|<\/?s>|<unk>/ : /^\s|(<\/?s>|<unk>)\s/;
+      const strings = [...SPM_STRINGS, ' one leading space', 'a <s> b'];
+      const got = runLlama({ model: metaOut, tokenize: strings }).tokenize;
+      strings.forEach((x, i) => {
+        const want = mk.encode(x, { addSpecialTokens: false });
+        if (differs.test(x)) expect([scheme, x, got[i]]).not.toEqual([scheme, x, want]);
+        else expect([scheme, x, got[i]]).toEqual([scheme, x, want]);
+      });
+    }
   }, 300_000);
 
   test('a Mistral config (SentencePiece vocabulary, one KV head, sliding window no shorter than the context) runs as lorakit\'s forward does', () => {

@@ -217,9 +217,13 @@ function spaceSchemeOf(tok: Record<string, unknown>, file: string, notes: string
   if (steps.length || !isObject(pre) || pre.type !== 'Metaspace' || (pre.replacement ?? '\u2581') !== '\u2581')
     throw refuse(`pre_tokenizer ${JSON.stringify(pre)} (with normalizer ${JSON.stringify(norm)}) is not reproduced`);
   const scheme = pre.prepend_scheme ?? (pre.add_prefix_space === false ? 'never' : 'always');
-  if (scheme === 'first')
-    notes.push(`${path.basename(file)} puts \u2581 only before the first stretch of text (Metaspace prepend_scheme 'first'); llama.cpp also puts one after each special token, so text right after a special token tokenizes differently`);
-  else if (scheme !== 'always' && scheme !== 'never') throw refuse(`Metaspace prepend_scheme ${show(scheme)} is not reproduced`);
+  if (scheme !== 'always' && scheme !== 'first' && scheme !== 'never') throw refuse(`Metaspace prepend_scheme ${show(scheme)} is not reproduced`);
+  if (scheme !== 'never')
+    notes.push(
+      `${path.basename(file)}'s Metaspace puts \u2581 before text only where it does not already start with a space` +
+        (scheme === 'first' ? ', and only before the first stretch of text (prepend_scheme \'first\')' : '') +
+        `; llama.cpp puts one before every stretch (after each special token too), so text that starts with a space${scheme === 'first' ? ' or follows a special token' : ''} tokenizes differently`,
+    );
   return scheme !== 'never';
 }
 
