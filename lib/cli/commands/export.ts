@@ -13,7 +13,7 @@ export function exportCommand(y: Argv): Argv {
         .option('out', { type: 'string', demandOption: true, describe: 'the .gguf file to write' })
         .option('dtype', { choices: ['f32', 'f16', 'bf16', 'q8_0'] as const, default: 'f32' as const, describe: 'storage of the 2-D weights (norms and biases stay f32)' })
         .option('format', { choices: ['model', 'lora'] as const, default: 'model' as const, describe: "'lora': the adapter alone, for llama.cpp's --lora" })
-        .option('qlora', { type: 'boolean', describe: 'the adapter was trained against the NF4 base: measure the merge error against that model' })
+        .option('qlora', { type: 'boolean', describe: "the adapter was trained against the NF4 base: measure the merge error against that model [default: as the adapter's lorakit training record (run.json, trainer_state.json) says]" })
         .option('merge-into', { choices: ['original', 'nf4'] as const, describe: 'merge into the original weights (default) or into their NF4 quantization' }),
     (argv) =>
       runCommand('export', () => {
