@@ -12,7 +12,8 @@ import { assertOutputApart, makeDir } from '../io/fs';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { loadTokenizer } from '../tokenizer';
-import { trainingRecord } from '../cli/commands/inspect';
+import { trainingRecord } from '../train/record';
+import { logitsError } from '../models/compare';
 import { tensor, type Tensor } from '../tensor/tensor';
 import { dequantizeQ8_0, quantizeQ8_0, fromHalf, toHalf, QK8_0, writeGguf, bool, f32, str, u32, type GgmlType, type GgufTensor, type GgufValue } from './gguf';
 
@@ -373,16 +374,6 @@ function logits(model: CausalLM, probe: Tensor): Float32Array {
   return l.toFloat32Array();
 }
 
-function compare(reference: Float32Array, got: Float32Array): { maxAbs: number; relative: number } {
-  let maxAbs = 0, num = 0, den = 0;
-  for (let i = 0; i < reference.length; i++) {
-    const d = Math.abs(reference[i]! - got[i]!);
-    maxAbs = Math.max(maxAbs, d);
-    num += d * d;
-    den += reference[i]! * reference[i]!;
-  }
-  return { maxAbs, relative: Math.sqrt(num / (den || 1)) };
-}
 
 function checkOptions(o: ExportOptions): Required<Omit<ExportOptions, 'adapter'>> & { adapter?: string } {
   if (!isObject(o)) throw new LorakitTypeError('ERR_INVALID_ARG', `${OP}: options must be an object, got ${show(o)}`);
@@ -484,7 +475,7 @@ export function exportGguf(options: ExportOptions): ExportResult {
     try {
       model.mergeAdapters();
       mergeError = {
-        ...compare(exact, logits(model, probe)),
+        ...logitsError(exact, logits(model, probe)),
         reference: `${o.qlora ? 'the NF4' : 'the original'} base with the adapter unmerged`,
         mergedInto: o.mergeInto === 'nf4' ? 'the NF4 base (block 64, double quantization; dequantized)' : 'the original weights',
       };

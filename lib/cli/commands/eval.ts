@@ -9,7 +9,7 @@ import { loadAdapter } from '../../lora/adapter';
 import { loadModel } from '../../models';
 import { loadTokenizer } from '../../tokenizer';
 import { print, runCommand } from '../run';
-import { trainingRecord } from './inspect';
+import { trainingRecord } from '../../train/record';
 
 export interface EvalReport {
   /** Token-weighted mean next-token cross-entropy over every counted position (transformers' reduction). */

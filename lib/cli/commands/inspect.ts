@@ -2,27 +2,12 @@ import type { Argv } from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../../errors';
-import { isObject, parameterCounts, readJsonFile, readModelConfig } from '../../io/config';
+import { parameterCounts, readJsonFile, readModelConfig } from '../../io/config';
 import { readSafetensorsHeader } from '../../io/safetensors';
 import { readLoraConfig } from '../../lora/adapter';
 import { loraScale } from '../../lora/linear';
+import { trainingRecord } from '../../train/record';
 import { print, runCommand } from '../run';
-
-/**
- * How a lorakit run trained an adapter, from its records: a checkpoint folder's trainer_state.json, or
- * the run.json of the run folder holding `last/` or `best/`. Null for an adapter from elsewhere.
- */
-export function trainingRecord(dir: string): { method: string; file: string } | null {
-  const candidates = [path.join(dir, 'trainer_state.json')];
-  if (['last', 'best'].includes(path.basename(path.resolve(dir)))) candidates.push(path.join(dir, '..', 'run.json'));
-  for (const file of candidates) {
-    if (!fs.existsSync(file)) continue;
-    const raw = readJsonFile('inspect', file, 'ERR_CONFIG');
-    const method = isObject(raw) && isObject(raw.options) ? raw.options.method : undefined;
-    if (typeof method === 'string') return { method, file };
-  }
-  return null;
-}
 
 /** A PEFT adapter folder described: its config's LoRA settings and what its safetensors file holds. */
 export function describeAdapter(dir: string) {

@@ -8,21 +8,11 @@ import { jsonlRecords, tokenize, type LineRecord } from '../../data/jsonl';
 import { splitExample } from '../../data/load';
 import { loadAdapter } from '../../lora/adapter';
 import { loadModel } from '../../models';
+import { logitsError } from '../../models/compare';
 import { loadTokenizer } from '../../tokenizer';
 import { tensor } from '../../tensor/tensor';
 import { print, runCommand } from '../run';
 
-/** Largest absolute difference, and the Frobenius norm of the difference over the reference's. */
-function logitsError(reference: Float32Array, got: Float32Array): { maxAbs: number; relative: number } {
-  let maxAbs = 0, num = 0, den = 0;
-  for (let i = 0; i < reference.length; i++) {
-    const d = Math.abs(reference[i]! - got[i]!);
-    maxAbs = Math.max(maxAbs, d);
-    num += d * d;
-    den += reference[i]! * reference[i]!;
-  }
-  return { maxAbs, relative: Math.sqrt(num / (den || 1)) };
-}
 
 function copyFile(from: string, to: string): void {
   try {
