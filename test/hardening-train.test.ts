@@ -110,8 +110,9 @@ describe('Ctrl-C and periodic checkpoints', () => {
   });
 
   test('a long evaluation hands the event loop a turn between examples', async () => {
-    // 200 held-out sequences: evaluated in one go, they would block the loop for a second or more.
-    const evalData = sequences(200, 30);
+    // 800 held-out sequences: evaluated in one go, they would block the loop for over a second even on a
+    // fast machine (200 took 0.4 s on CI's), so the bound below has room to fail.
+    const evalData = sequences(800, 30);
     let loaded = 0, evaluated = 0;
     const ticks: number[] = [];
     const timer = setInterval(() => ticks.push(Date.now()), 5);
