@@ -3,7 +3,7 @@
  * SwiGLU MLP; Qwen2 adds q/k/v biases. lm_head is its own weight unless tie_word_embeddings.
  */
 import { type ModelConfig } from '../io/config';
-import { LorakitTypeError } from '../errors';
+import { LorakitRangeError, LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
@@ -84,6 +84,18 @@ export class Llama extends CausalLM {
   protected trunk({ ids, positions, docStarts, train, seed, grad }: PassInputs, scope: Scope): Trunk {
     const { numHeads: heads, numKvHeads: kvHeads, normEps: eps } = this.config;
     const theta = this.config.ropeTheta ?? 10000;
+    const window = this.config.slidingWindow;
+    // A window no shorter than the context loads as full attention (fromWeights), which it is only while no
+    // token looks further back than the window: a longer sequence (or packed document) is refused.
+    if (window !== null && ids.shape[1]! > window) {
+      const seq = ids.shape[1]!;
+      const starts = docStarts?.data() as BigInt64Array | undefined;
+      for (let i = 0; i < ids.numel; i++) {
+        const t = i % seq, back = t - (starts ? Number(starts[i]) : 0) + 1;
+        if (back > window)
+          throw new LorakitRangeError('ERR_SHAPE', `model: position ${t} of a row attends to ${back} tokens, beyond the sliding window of ${window}; lorakit does not implement sliding-window attention`);
+      }
+    }
     const keepCtx = (c: LinearContext) => c.xa && scope.keep(c.xa);
     let h = scope.keep(embedding(ids, this.#embed));
     const caches: {
