@@ -232,6 +232,24 @@ describe('a report of real runs, rendered by headless Chromium', () => {
     expect(drawn / (png.width * png.height)).toBeGreaterThan(0.01);
     expect(colors.size).toBeGreaterThan(50);
   });
+
+  test('the screenshot shows a known mark where its value puts it: a higher loss drawn higher', () => {
+    // The report's stylesheet with the page margins taken away, so the plot's view box starts at pixel (0, 0).
+    const style = renderReport({ title: 'x' }).match(/<style>([\s\S]*?)<\/style>/)![1]!;
+    const svg = linePlot('known', { title: 'known', x: { label: 'step' }, y: { label: 'loss' }, series: [{ name: 'loss', points: [{ x: 0, y: 1.2 }, { x: 5, y: 3.7 }, { x: 10, y: 2 }] }] });
+    const page = path.join(dir, 'known.html'), shot = path.join(dir, 'known.png');
+    fs.writeFileSync(page, `<!doctype html><html><head><meta charset="utf-8"><style>${style}body{margin:0;padding:0;max-width:none}svg{margin:0}</style></head><body>${svg}</body></html>`);
+    runChromium([`--screenshot=${shot}`, '--window-size=800,400', '--hide-scrollbars', `file://${page}`]);
+    const png = decodePng(fs.readFileSync(shot));
+    const rgb = (x: number, y: number) => [...png.pixels.subarray((y * png.width + x) * 4, (y * png.width + x) * 4 + 3)];
+    const blue = (x: number, y: number) => rgb(x, y).every((c, i) => Math.abs(c - [0x1f, 0x77, 0xb4][i]!) <= 4);
+    const paper = (x: number, y: number) => rgb(x, y).every((c) => c >= 235);
+    // Axes 0..10 and 1..4 on the frame x 70..740, y 310 (bottom) to 34 (top): loss 3.7 at step 5 is at
+    // (405, 61.6), near the top; loss 1.2 at step 0 at (70, 291.6), near the bottom left.
+    expect([blue(405, 61), blue(404, 62), blue(70, 291), blue(71, 292)]).toEqual([true, true, true, true]);
+    // Upside down they would be at (405, 282.4) and (70, 52.4): blank paper there (right of the y axis line).
+    expect([paper(405, 282), paper(404, 283), paper(72, 52), paper(71, 53)]).toEqual([true, true, true, true]);
+  });
 });
 
 describe('the lab part of the report', () => {
