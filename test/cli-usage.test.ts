@@ -7,6 +7,12 @@ import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
+import yargs, { type Argv } from 'yargs';
+import { main, unknownOptions } from '../lib/cli';
+import { labCommand } from '../lib/cli/commands/lab';
+import { mergeCommand } from '../lib/cli/commands/merge';
+import { sweepCommand } from '../lib/cli/commands/sweep';
+import { trainCommand } from '../lib/cli/commands/train';
 import { ARMS, QUICK } from '../lib/lab';
 import { TASKS } from '../lib/lab/world';
 
@@ -44,6 +50,54 @@ function cli(args: string[], opts: { cwd?: string; limitMs?: number } = {}): Pro
       resolve({ code, out, err });
     }),
   );
+}
+
+/**
+ * Runs one command in this process, through the yargs builder and handler \`lorakit <command>\` runs
+ * (so that mutation testing sees the command's code), with its stdout, stderr and exit code.
+ */
+async function inProcess(add: (y: Argv) => Argv, args: string[]): Promise<Ran> {
+  let out = '', err = '';
+  const o = jest.spyOn(process.stdout, 'write').mockImplementation((x: string | Uint8Array) => ((out += String(x)), true));
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((x: string | Uint8Array) => ((err += String(x)), true));
+  const saved = process.exitCode;
+  process.exitCode = undefined;
+  try {
+    await add(yargs(args)).strict().exitProcess(false).parseAsync();
+    return { code: process.exitCode ?? 0, out, err };
+  } finally {
+    o.mockRestore();
+    e.mockRestore();
+    process.exitCode = saved;
+  }
+}
+
+/**
+ * main() in this process for an argv that ends in a usage error: the process's exit is caught, and the
+ * code and the stderr written before it returned.
+ */
+function mainExit(argv: string[]): { code: number | null; err: string } {
+  let err = '';
+  let code: number | null = null;
+  const e = jest.spyOn(process.stderr, 'write').mockImplementation((x: string | Uint8Array) => ((err += String(x)), true));
+  const x = jest.spyOn(process, 'exit').mockImplementation(((c?: number) => {
+    code = c ?? 0;
+    throw new Error('exit');
+  }) as never);
+  const listeners = [process.stdout, process.stderr].map((st) => st.listeners('error'));
+  try {
+    main(argv);
+  } catch {
+    // the exit
+  } finally {
+    e.mockRestore();
+    x.mockRestore();
+    // main() listens for EPIPE on both streams: those listeners go with the call.
+    [process.stdout, process.stderr].forEach((st, i) => {
+      for (const l of st.listeners('error')) if (!listeners[i]!.includes(l)) st.removeListener('error', l as (...a: unknown[]) => void);
+    });
+  }
+  return { code, err };
 }
 
 const readJsonl = (f: string) => fs.readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
@@ -130,19 +184,30 @@ describe('--help and usage errors', () => {
   });
 
   test('an unknown option of any command, or an unknown command, is a usage error with exit code 2', async () => {
-    const runs = await Promise.all([...commands.map((c) => cli([c, '--no-such-option'])), cli(['trian']), cli([]), cli(['train', '--stpes', '2'])]);
-    commands.forEach((c, i) => {
-      expect(runs[i]!.code).toBe(2);
-      expect(runs[i]!.out).toBe('');
-      expect(runs[i]!.err).toBe(`lorakit ${c}: unknown option --no-such-option\nRun \`lorakit ${c} --help\` for usage.\n`);
+    // Each command through main() in this process (the process's exit is caught), then three as a user runs them.
+    for (const c of commands) {
+      const r = mainExit([c, '--no-such-option']);
+      expect(r).toEqual({ code: 2, err: `lorakit ${c}: unknown option --no-such-option\nRun \`lorakit ${c} --help\` for usage.\n` });
+    }
+    // Several at once, each with its nearest option when one is close; = values and camelCase are read as names.
+    expect(mainExit(['train', '--stpes=2', '--seqLen', '8', '--lrr', '1', '--zzzzzzzz'])).toEqual({
+      code: 2, err: 'lorakit train: unknown option --stpes (did you mean --steps?); unknown option --lrr (did you mean --lr?); unknown option --zzzzzzzz\nRun `lorakit train --help` for usage.\n',
     });
-    const [typo, none, flag] = runs.slice(commands.length);
+    const [typo, none, flag] = await Promise.all([cli(['trian']), cli([]), cli(['eval', '--modle', LLAMA])]);
     expect(typo!.code).toBe(2);
-    expect(typo!.err).toMatch(/^lorakit: Did you mean train\?\nRun `lorakit --help` for usage\.\n$/);
+    expect(typo!.err).toBe('lorakit: Did you mean train?\nRun `lorakit --help` for usage.\n');
     expect(none!.code).toBe(2);
-    expect(none!.err).toMatch(/^lorakit: Name a command/);
+    expect(none!.err).toBe('lorakit: Name a command; `lorakit --help` lists them.\nRun `lorakit --help` for usage.\n');
     expect(flag!.code).toBe(2);
-    expect(flag!.err).toMatch(/unknown option --stpes \(did you mean --steps\?\)/);
+    expect(flag!.out).toBe('');
+    expect(flag!.err).toBe('lorakit eval: unknown option --modle (did you mean --model?)\nRun `lorakit eval --help` for usage.\n');
+  });
+
+  test('known options in every spelling pass the check: kebab, camelCase, --no-, aliases, and nothing after --', () => {
+    expect(unknownOptions(['--seq-len', '8', '--seqLen=8', '--no-pack', '--learning_rate', '1', '-r', '4', '--', '--anything'], ['seqLen', 'pack', 'learning_rate', 'r'])).toEqual([]);
+    expect(unknownOptions(['--no-', '--pack-', '--x', '-', '--'], ['pack'])).toEqual([
+      { flag: '--no-', nearest: null }, { flag: '--pack-', nearest: '--pack' }, { flag: '--x', nearest: null },
+    ]);
   });
 });
 
@@ -158,10 +223,9 @@ describe('train --config and --resume', () => {
     // The same options under the YAML file's other spellings (kebab-case, Hugging Face, PEFT).
     fs.writeFileSync(yaml, [`model: ${LLAMA}`, `data: ${data}`, 'max_steps: 4', 'per_device_train_batch_size: 2', 'seq-len: 16', 'learning_rate: 0.01',
       'lora_r: 4', 'lora_alpha: 8', 'lora_dropout: 0.1', 'eval-split: 0', 'seed: 7', 'progress: none', `output_dir: ${path.join(dir, 'b')}`, ''].join('\n'));
-    const [a, b, c] = await Promise.all([
-      cli(['train', '--config', json]), cli(['train', '--config', yaml]),
-      cli(['train', '--config', yaml, '--lr', '0.002', '--out', path.join(dir, 'c')]),
-    ]);
+    const a = await inProcess(trainCommand, ['train', '--config', json]);
+    const b = await inProcess(trainCommand, ['train', '--config', yaml]);
+    const c = await inProcess(trainCommand, ['train', '--config', yaml, '--lr', '0.002', '--out', path.join(dir, 'c')]);
     for (const r of [a, b, c]) {
       expect(r.err).toBe('');
       expect(r.code).toBe(0);
@@ -186,7 +250,7 @@ describe('train --config and --resume', () => {
     const dir = tmp();
     const data = sequences(dir);
     const out = path.join(dir, 'run');
-    const whole = await cli(['train', '--model', LLAMA, '--data', data, '--steps', '6', '--batch-size', '2', '--seq-len', '16', '--lr', '0.01', '--dropout', '0.1',
+    const whole = await inProcess(trainCommand, ['train', '--model', LLAMA, '--data', data, '--steps', '6', '--batch-size', '2', '--seq-len', '16', '--lr', '0.01', '--dropout', '0.1',
       '--grad-accum', '2', '--save-every', '3', '--save-total-limit', '5', '--eval-split', '0', '--seed', '3', '--progress', 'none', '--out', out]);
     expect(whole.code).toBe(0);
     const finalBytes = fs.readFileSync(path.join(out, 'last', 'adapter_model.safetensors'));
@@ -194,7 +258,7 @@ describe('train --config and --resume', () => {
     expect(wholeSteps).toHaveLength(6);
     // A run stopped after step 3 leaves what checkpoint-3 holds: continue from it.
     fs.rmSync(path.join(out, 'last'), { recursive: true });
-    const resumed = await cli(['train', '--resume', path.join(out, 'checkpoint-3'), '--progress', 'none']);
+    const resumed = await inProcess(trainCommand, ['train', '--resume', path.join(out, 'checkpoint-3'), '--progress', 'none']);
     expect(resumed.err).toBe('');
     expect(resumed.code).toBe(0);
     expect(resumed.out).toMatch(/trained 6 steps/);
@@ -258,7 +322,7 @@ describe('sweep and lab summaries', () => {
       base: { model: LLAMA, data: 'train.jsonl', steps: 3, batchSize: 2, seqLen: 16, lr: 0.02, dropout: 0, evalSplit: 0.2, progress: 'none' },
       axes: { r: [2, 4] }, seeds: [1, 2], out: 'sweep-out',
     }));
-    const r = await cli(['sweep', spec, '--json']);
+    const r = await inProcess(sweepCommand, ['sweep', spec, '--json']);
     expect(r.code).toBe(0);
     const report = JSON.parse(r.out);
     expect(report).toMatchObject({ metric: 'heldout', ran: 4, skipped: 0 });
@@ -296,7 +360,7 @@ describe('sweep and lab summaries', () => {
     close(cmp.pAdjusted, cmp.p);
     expect(cmp.insideNoise).toBe(cmp.pAdjusted >= 0.05);
     // `sweep report` gathers the same summary from the files.
-    const again = await cli(['sweep', 'report', spec, '--json']);
+    const again = await inProcess(sweepCommand, ['sweep', 'report', spec, '--json']);
     expect(again.code).toBe(0);
     const gathered = JSON.parse(again.out);
     expect(gathered.summary.configs.map((c: { loss: unknown }) => c.loss)).toEqual(report.configs.map((c: { loss: unknown }) => c.loss));
@@ -319,7 +383,7 @@ describe('sweep and lab summaries', () => {
         trainSeconds: 10 * seed + a, measureSeconds: 1, peakHostBytes: 2 ** 20 * (seed + a), peakRssBytes: 2 ** 27,
       }));
     })));
-    const text = await cli(['lab', '--quick', '--out', out], { limitMs: 90_000 });
+    const text = await inProcess(labCommand, ['lab', '--quick', '--out', out]);
     expect(text.code).toBe(0);
     const report = JSON.parse(fs.readFileSync(path.join(out, 'lab.json'), 'utf8'));
     expect(report).toMatchObject({ quick: true, settings: QUICK, ran: 0, skipped: TASKS.length * ARMS.length * 3, seeds });
@@ -360,10 +424,8 @@ describe('sweep and lab summaries', () => {
 describe('merge --dtype bfloat16', () => {
   test('the bf16 checkpoint is the float32 merge rounded to nearest even, and that merge is W + (alpha/sqrt r) B A', async () => {
     const dir = tmp();
-    const [a, b] = await Promise.all([
-      cli(['merge', '--model', LLAMA, '--adapter', LLAMA, '--out', path.join(dir, 'f32')]),
-      cli(['merge', '--model', LLAMA, '--adapter', LLAMA, '--out', path.join(dir, 'bf16'), '--dtype', 'bfloat16']),
-    ]);
+    const a = await inProcess(mergeCommand, ['merge', '--model', LLAMA, '--adapter', LLAMA, '--out', path.join(dir, 'f32')]);
+    const b = await inProcess(mergeCommand, ['merge', '--model', LLAMA, '--adapter', LLAMA, '--out', path.join(dir, 'bf16'), '--dtype', 'bfloat16']);
     expect(a.code).toBe(0);
     expect(b.code).toBe(0);
     const full = rawTensors(path.join(dir, 'f32', 'model.safetensors'));
