@@ -53,8 +53,10 @@ export function trainOptionKey(key: string): TrainOptionKey | null {
   if ((TRAIN_OPTION_KEYS as readonly string[]).includes(key)) return key as TrainOptionKey;
   const camel = key.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase());
   if ((TRAIN_OPTION_KEYS as readonly string[]).includes(camel)) return camel as TrainOptionKey;
-  // The other projects' names also in kebab-case, as a YAML file may spell them.
-  return TRAIN_ALIASES[key.replace(/-/g, '_')] ?? null;
+  // The other projects' names also in kebab-case, as a YAML file may spell them (own keys only: a key
+  // such as 'constructor' names no option, not Object's).
+  const alias = key.replace(/-/g, '_');
+  return Object.hasOwn(TRAIN_ALIASES, alias) ? TRAIN_ALIASES[alias]! : null;
 }
 
 /** Says which option an unknown key may have meant (as `--kebab-name`), or '' when none is near. */

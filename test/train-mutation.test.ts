@@ -1,0 +1,301 @@
+/**
+ * Issue #22, the trainer's smaller modules, in-process (the CLI tests run dist/, which mutation testing
+ * never changes): evaluation against a cross-entropy written out here in float64, the progress output
+ * character by character, option names and --config files, and the training record beside an adapter.
+ */
+import * as fs from 'node:fs';
+import * as os from 'node:os';
+import * as path from 'node:path';
+import { evaluate, evaluateAsync } from '../lib/train/evaluate';
+import { Progress, type StepInfo } from '../lib/train/progress';
+import { nearestTrainOption, readTrainConfig, toTrainOptions, trainOptionKey } from '../lib/train/config';
+import { trainingRecord } from '../lib/train/record';
+import { loadModel } from '../lib/models';
+import { tensor } from '../lib/tensor/tensor';
+import { type Example } from '../lib/data/jsonl';
+
+const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
+
+const dirs: string[] = [];
+const tmp = () => {
+  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-trainmut-'));
+  dirs.push(d);
+  return d;
+};
+afterAll(() => {
+  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
+});
+
+describe('evaluate against a float64 cross-entropy', () => {
+  const model = loadModel(LLAMA);
+  afterAll(() => model.dispose());
+  const V = model.config.vocabSize;
+
+  /** Sum of -log softmax(logits[t])[label[t+1]] over the counted positions of one sequence, and their number. */
+  function ceSum(ids: number[], labels: number[]): { sum: number; n: number } {
+    using x = tensor(BigInt64Array.from(ids, BigInt), [1, ids.length]);
+    const logits = model.forward(x, { returnLogits: true }).logits!;
+    const z = logits.toFloat32Array();
+    logits.dispose();
+    let sum = 0, n = 0;
+    for (let t = 0; t + 1 < ids.length; t++) {
+      const y = labels[t + 1]!;
+      if (y === -100) continue;
+      let max = -Infinity;
+      for (let k = 0; k < V; k++) max = Math.max(max, z[t * V + k]!);
+      let s = 0;
+      for (let k = 0; k < V; k++) s += Math.exp(z[t * V + k]! - max);
+      sum += max + Math.log(s) - z[t * V + y]!;
+      n++;
+    }
+    return { sum, n };
+  }
+
+  const seq = (n: number, a: number) => Array.from({ length: n }, (_, j) => 5 + ((a + j * 7) % 300));
+  // A plain example, one whose prompt is masked, a one-token example (nothing to predict), and one past
+  // the model's 64 positions (read as pieces of 64 and 16, the second not predicting its first token).
+  const examples: Example[] = [
+    { inputIds: seq(9, 1), labels: seq(9, 1) },
+    { inputIds: seq(12, 2), labels: [...Array(5).fill(-100), ...seq(12, 2).slice(5)] },
+    { inputIds: [7], labels: [7] },
+    { inputIds: seq(80, 3), labels: seq(80, 3) },
+  ];
+
+  test('loss is the token-weighted mean over every example; perplexity its exp; tokens and examples counted', async () => {
+    let sum = 0, n = 0;
+    for (const ex of examples.slice(0, 3)) {
+      const r = ceSum(ex.inputIds, ex.labels);
+      sum += r.sum;
+      n += r.n;
+    }
+    const long = examples[3]!;
+    for (const [a, b] of [[0, 64], [64, 80]] as const) {
+      const r = ceSum(long.inputIds.slice(a, b), long.labels.slice(a, b));
+      sum += r.sum;
+      n += r.n;
+    }
+    expect(n).toBe(8 + 7 + 0 + 63 + 15);
+    const want = sum / n;
+    const r = evaluate(model, examples);
+    expect(r.tokens).toBe(n);
+    expect(r.examples).toBe(4);
+    expect(Math.abs(r.loss - want)).toBeLessThan(1e-5 * want);
+    expect(Math.abs(r.perplexity - Math.exp(want))).toBeLessThan(1e-4 * Math.exp(want));
+    const a = await evaluateAsync(model, examples);
+    expect(a).toEqual(r);
+  });
+
+  test('nothing to predict: loss and perplexity NaN, 0 tokens', async () => {
+    const r = evaluate(model, [{ inputIds: [4, 5, 6], labels: [-100, -100, -100] }]);
+    expect(r.tokens).toBe(0);
+    expect(r.loss).toBeNaN();
+    expect(r.perplexity).toBeNaN();
+    expect(r.examples).toBe(1);
+  });
+
+  test('evaluateAsync stops as soon as stop() says so, yielding to the event loop between examples', async () => {
+    let asked = 0;
+    expect(await evaluateAsync(model, examples, () => ++asked > 2)).toBeNull();
+    expect(asked).toBe(3);
+    // A stop that never comes evaluates everything; timers run between examples.
+    let ticks = 0;
+    const timer = setInterval(() => ticks++, 0);
+    const r = await evaluateAsync(model, examples.slice(0, 2), () => false);
+    clearInterval(timer);
+    expect(r!.tokens).toBe(15);
+    expect(ticks).toBeGreaterThan(0);
+  });
+
+  test('a token id outside the vocabulary is refused naming the example and the vocabulary size', async () => {
+    const bad: Example[] = [examples[0]!, { inputIds: [3, V, 4], labels: [3, V, 4] }];
+    expect(() => evaluate(model, bad)).toThrow(`evaluate: example 2 has token id ${V}, outside the model's vocabulary of ${V}`);
+    await expect(evaluateAsync(model, bad)).rejects.toThrow(`example 2 has token id ${V}`);
+    // The largest id in the vocabulary is fine.
+    expect(evaluate(model, [{ inputIds: [3, V - 1, 4], labels: [3, V - 1, 4] }]).tokens).toBe(2);
+  });
+});
+
+describe('progress output', () => {
+  const sink = (isTTY: boolean) => {
+    const s = { text: '', isTTY, write: (t: string) => ((s.text += t), true) };
+    return s;
+  };
+  const info = (o: Partial<StepInfo>): StepInfo => ({ step: 1, total: 10, stepsThisRun: 1, loss: 2.345678, lr: 1.5e-4, tokensPerSec: 99.6, elapsedSec: 3, ...o });
+
+  test('plain lines: the first and last step and every total/50-th, with loss, lr, loss tok/s and ETA', () => {
+    const s = sink(false);
+    const p = new Progress('auto', s as unknown as NodeJS.WriteStream);
+    for (let step = 1; step <= 120; step++) p.step(info({ step, total: 120, stepsThisRun: step, elapsedSec: step * 0.5 }));
+    const lines = s.text.split('\n').filter(Boolean);
+    // Every floor(120/50) = 2 steps, and step 1.
+    expect(lines.map((l) => Number(/^step (\d+)\//.exec(l)![1]))).toEqual([1, ...Array.from({ length: 60 }, (_, i) => 2 * (i + 1))]);
+    // ETA: (120 - 1) steps left at 0.5 s each = 59.5 s, shown rounded as 1:00.
+    expect(lines[0]).toBe('step 1/120  loss 2.3457  lr 1.50e-4  100 loss tok/s  ETA 1:00');
+    expect(lines.at(-1)).toBe('step 120/120  loss 2.3457  lr 1.50e-4  100 loss tok/s  ETA 0:00');
+    // A run shorter than 50 steps prints every step; the last one even when off the period.
+    const t = sink(false);
+    const q = new Progress('lines', t as unknown as NodeJS.WriteStream);
+    for (let step = 1; step <= 3; step++) q.step(info({ step, total: 3 }));
+    expect(t.text.split('\n').filter(Boolean)).toHaveLength(3);
+    const u = sink(false);
+    const w = new Progress('lines', u as unknown as NodeJS.WriteStream);
+    for (let step = 1; step <= 101; step++) w.step(info({ step, total: 101 }));
+    expect(u.text.split('\n').filter(Boolean).map((l) => Number(/^step (\d+)\//.exec(l)![1]))).toEqual([1, ...Array.from({ length: 50 }, (_, i) => 2 * (i + 1)), 101]);
+  });
+
+  test('ETA clock: m:ss under an hour, h:mm:ss past it, --:-- when unknown', () => {
+    const eta = (o: Partial<StepInfo>) => {
+      const s = sink(false);
+      new Progress('lines', s as unknown as NodeJS.WriteStream).step(info({ step: 1, ...o }));
+      return /ETA (.*)\n$/.exec(s.text)![1];
+    };
+    // (total - step) · elapsed / stepsThisRun
+    expect(eta({ total: 11, elapsedSec: 6.04, stepsThisRun: 1 })).toBe('1:00');
+    expect(eta({ total: 2, elapsedSec: 59.4, stepsThisRun: 1 })).toBe('0:59');
+    expect(eta({ total: 3, elapsedSec: 1830.6, stepsThisRun: 1 })).toBe('1:01:01');
+    expect(eta({ total: 2, elapsedSec: 3600 * 10 + 9, stepsThisRun: 1 })).toBe('10:00:09');
+    expect(eta({ total: 5, elapsedSec: 3599.4, stepsThisRun: 4 })).toBe('59:59');
+    expect(eta({ total: 5, elapsedSec: 10, stepsThisRun: 0 })).toBe('0:40');
+    expect(eta({ total: 2, elapsedSec: Infinity })).toBe('--:--');
+    expect(eta({ total: 2, elapsedSec: NaN })).toBe('--:--');
+  });
+
+  test('a bar on a terminal: redrawn in place, a message on its own line, a newline at the end', () => {
+    const s = sink(true);
+    const p = new Progress('auto', s as unknown as NodeJS.WriteStream);
+    p.step(info({ step: 5, total: 12, loss: 1, lr: 2e-5, tokensPerSec: 10.4, elapsedSec: 5, stepsThisRun: 5 }));
+    // 24 · 5/12 = 10 marks.
+    expect(s.text).toBe(`\r[${'#'.repeat(10)}${'.'.repeat(14)}] step 5/12  loss 1.0000  lr 2.00e-5  10 loss tok/s  ETA 0:07\x1b[K`);
+    s.text = '';
+    p.line('eval');
+    expect(s.text).toBe('\neval\n');
+    s.text = '';
+    p.line('again');
+    expect(s.text).toBe('again\n');
+    p.step(info({ step: 12, total: 12 }));
+    expect(s.text).toContain(`[${'#'.repeat(24)}]`);
+    s.text = '';
+    p.end();
+    expect(s.text).toBe('\n');
+    s.text = '';
+    p.end();
+    p.line('after');
+    expect(s.text).toBe('after\n');
+    // A zero total draws an empty bar rather than dividing by zero.
+    const z = sink(true);
+    new Progress('bar', z as unknown as NodeJS.WriteStream).step(info({ step: 0, total: 0 }));
+    expect(z.text).toContain(`[${'.'.repeat(24)}]`);
+  });
+
+  test("'none' writes nothing; 'lines' on a terminal writes lines; end() without a bar writes nothing", () => {
+    const s = sink(true);
+    const p = new Progress('none', s as unknown as NodeJS.WriteStream);
+    p.step(info({}));
+    p.line('x');
+    p.end();
+    expect(s.text).toBe('');
+    const t = sink(true);
+    const q = new Progress('lines', t as unknown as NodeJS.WriteStream);
+    q.step(info({}));
+    q.end();
+    expect(t.text).toBe('step 1/10  loss 2.3457  lr 1.50e-4  100 loss tok/s  ETA 0:27\n');
+  });
+});
+
+describe('training option names and --config files', () => {
+  test('camelCase, kebab-case and the other projects\' names (snake or kebab) map onto options; others are null', () => {
+    expect(trainOptionKey('batchSize')).toBe('batchSize');
+    expect(trainOptionKey('batch-size')).toBe('batchSize');
+    expect(trainOptionKey('save-total-limit')).toBe('saveTotalLimit');
+    expect(trainOptionKey('learning_rate')).toBe('lr');
+    expect(trainOptionKey('learning-rate')).toBe('lr');
+    expect(trainOptionKey('gradient-accumulation-steps')).toBe('gradAccum');
+    expect(trainOptionKey('num_train_epochs')).toBe('epochs');
+    expect(trainOptionKey('batch_size')).toBeNull();
+    expect(trainOptionKey('Batch-Size')).toBeNull();
+    // Names of Object's own properties are no option (they once came back as functions).
+    for (const k of ['toString', 'constructor', '__proto__', 'has-own-property']) expect(trainOptionKey(k)).toBeNull();
+    expect(() => toTrainOptions({ constructor: 1 }, 'cfg')).toThrow("cfg: 'constructor' is not a training option");
+    expect(trainOptionKey('')).toBeNull();
+  });
+
+  test('a near miss is named as the kebab-case option or alias; a far one gets no suggestion', () => {
+    expect(nearestTrainOption('batchSzie')).toBe("; did you mean 'batch-size'?");
+    expect(nearestTrainOption('learning_rat')).toBe("; did you mean 'learning_rate'?");
+    expect(nearestTrainOption('saveTotalLimt')).toBe("; did you mean 'save-total-limit'?");
+    expect(nearestTrainOption('zzzzzzzzzzzz')).toBe('');
+  });
+
+  test('toTrainOptions renames keys, and refuses unknown keys and two names for one option', () => {
+    expect(toTrainOptions({ learning_rate: 0.1, 'batch-size': 2, steps: 3 }, 'here')).toEqual({ lr: 0.1, batchSize: 2, steps: 3 });
+    expect(() => toTrainOptions({ lerning_rate: 1 }, 'cfg.yaml')).toThrow("cfg.yaml: 'lerning_rate' is not a training option; did you mean 'learning_rate'? (`lorakit train --help` lists them)");
+    expect(() => toTrainOptions({ lr: 1, learning_rate: 2 }, 'cfg')).toThrow("cfg: 'lr' and 'learning_rate' both set 'lr'; give one");
+    try {
+      toTrainOptions({ nope: 1 }, 'x');
+      throw new Error('no error');
+    } catch (e) {
+      expect((e as { code?: string }).code).toBe('ERR_CONFIG');
+    }
+  });
+
+  test('readTrainConfig: JSON and YAML (any case of extension) with any names; everything else an error naming the file', () => {
+    const d = tmp();
+    const f = (name: string, text: string) => {
+      const p = path.join(d, name);
+      fs.writeFileSync(p, text);
+      return p;
+    };
+    expect(readTrainConfig(f('a.json', '{"learning_rate": 0.5, "lora-r": 4}'))).toEqual({ lr: 0.5, r: 4 });
+    expect(readTrainConfig(f('b.YML', 'max_steps: 7\nschedule: linear\n'))).toEqual({ steps: 7, schedule: 'linear' });
+    expect(readTrainConfig(f('c.yaml', 'warmup-steps: 2\n'))).toEqual({ warmup: 2 });
+    const js = f('c.js', 'module.exports = {}');
+    expect(() => readTrainConfig(js)).toThrow(`train --config: '${js}' has extension '.js'; a config file is .json, .yaml or .yml`);
+    const none = f('noext', '{}');
+    expect(() => readTrainConfig(none)).toThrow(`has extension '(none)'`);
+    expect(() => readTrainConfig(path.join(d, 'missing.json'))).toThrow(/missing\.json/);
+    const big = f('big.json', `{"lr": 1, "pad": "${'x'.repeat(1_000_001)}"}`);
+    expect(() => readTrainConfig(big)).toThrow(`train --config: '${big}' is over 1 MB; a config file is a short list of options`);
+    // Exactly 1 MB is allowed (and then refused only for its content).
+    const edge = f('edge.json', `{"steps": 1}${' '.repeat(1_000_000 - 12)}`);
+    expect(fs.statSync(edge).size).toBe(1_000_000);
+    expect(readTrainConfig(edge)).toEqual({ steps: 1 });
+    const badJson = f('bad.json', '{"lr": }');
+    expect(() => readTrainConfig(badJson)).toThrow(new RegExp(`^train --config: '${badJson.replace(/[.\\/]/g, '\\$&')}' is not valid JSON: `));
+    const badYaml = f('bad.yaml', 'a: [1\nb: 2\n');
+    expect(() => readTrainConfig(badYaml)).toThrow(/is not valid YAML: [^\n]+$/);
+    expect(() => readTrainConfig(f('n.json', 'null'))).toThrow(/must hold an object of options \(key: value\), found null$/);
+    expect(() => readTrainConfig(f('l.yaml', '- 1\n- 2\n'))).toThrow(/found a list$/);
+    expect(() => readTrainConfig(f('s.json', '3'))).toThrow(/found number$/);
+    const unknown = f('u.yaml', 'lerning_rate: 1\n');
+    expect(() => readTrainConfig(unknown)).toThrow(`train --config '${unknown}': 'lerning_rate' is not a training option`);
+    // YAML anchors and aliases are read, up to a bound on their expansion.
+    expect(readTrainConfig(f('anchor.yaml', 'lr: &x 0.25\nalpha: *x\n'))).toEqual({ lr: 0.25, alpha: 0.25 });
+    const bomb = ['a: &a [x, x, x, x, x, x, x, x, x, x]', ...Array.from({ length: 8 }, (_, i) => `${String.fromCharCode(98 + i)}: &${String.fromCharCode(98 + i)} [${Array(10).fill(`*${String.fromCharCode(97 + i)}`).join(', ')}]`)].join('\n');
+    expect(() => readTrainConfig(f('bomb.yaml', bomb))).toThrow(/is not valid YAML/);
+  });
+});
+
+describe('the training record beside an adapter', () => {
+  test("a checkpoint's trainer_state.json; last/ and best/ the run's run.json; other folders none", () => {
+    const run = tmp();
+    for (const sub of ['checkpoint-3', 'last', 'best', 'other']) fs.mkdirSync(path.join(run, sub));
+    fs.writeFileSync(path.join(run, 'checkpoint-3', 'trainer_state.json'), JSON.stringify({ options: { method: 'qlora' } }));
+    fs.writeFileSync(path.join(run, 'run.json'), JSON.stringify({ options: { method: 'full' } }));
+    expect(trainingRecord(path.join(run, 'checkpoint-3'))).toEqual({ method: 'qlora', file: path.join(run, 'checkpoint-3', 'trainer_state.json') });
+    expect(trainingRecord(path.join(run, 'last'))).toEqual({ method: 'full', file: path.join(run, 'last', '..', 'run.json') });
+    expect(trainingRecord(path.join(run, 'best') + path.sep)).toEqual({ method: 'full', file: path.join(run, 'best', '..', 'run.json') });
+    expect(trainingRecord(path.join(run, 'other'))).toBeNull();
+    // A last/ with its own trainer_state.json: that comes first.
+    fs.writeFileSync(path.join(run, 'last', 'trainer_state.json'), JSON.stringify({ options: { method: 'lora' } }));
+    expect(trainingRecord(path.join(run, 'last'))!.method).toBe('lora');
+    // A record without a method string is no record; the next candidate is read.
+    fs.writeFileSync(path.join(run, 'last', 'trainer_state.json'), JSON.stringify({ options: { method: 3 } }));
+    expect(trainingRecord(path.join(run, 'last'))!.method).toBe('full');
+    fs.writeFileSync(path.join(run, 'run.json'), JSON.stringify({ options: null }));
+    expect(trainingRecord(path.join(run, 'last'))).toBeNull();
+    fs.writeFileSync(path.join(run, 'run.json'), JSON.stringify([1]));
+    expect(trainingRecord(path.join(run, 'best'))).toBeNull();
+    fs.writeFileSync(path.join(run, 'run.json'), '{oops');
+    expect(() => trainingRecord(path.join(run, 'best'))).toThrow(/run\.json/);
+  });
+});
