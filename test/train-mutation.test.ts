@@ -10,8 +10,14 @@ import { evaluate, evaluateAsync } from '../lib/train/evaluate';
 import { Progress, type StepInfo } from '../lib/train/progress';
 import { nearestTrainOption, readTrainConfig, toTrainOptions, trainOptionKey } from '../lib/train/config';
 import { trainingRecord } from '../lib/train/record';
+import { checkpointRunId, prepareOut, removeStaleTemporaries, runCheckpoints } from '../lib/train/outdir';
+import { loadOptimizer, readState, saveCheckpoint, saveWeights, tmpFolderName, writeFolderAtomically, type TrainerState } from '../lib/train/checkpoint';
+import { AdamW } from '../lib/train/adamw';
+import { writeSafetensors } from '../lib/io/safetensors';
+import { spawnSync } from 'node:child_process';
 import { loadModel } from '../lib/models';
-import { tensor } from '../lib/tensor/tensor';
+import { loadAdapter } from '../lib/lora/adapter';
+import { tensor, zeros } from '../lib/tensor/tensor';
 import { type Example } from '../lib/data/jsonl';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
@@ -297,5 +303,183 @@ describe('the training record beside an adapter', () => {
     expect(trainingRecord(path.join(run, 'best'))).toBeNull();
     fs.writeFileSync(path.join(run, 'run.json'), '{oops');
     expect(() => trainingRecord(path.join(run, 'best'))).toThrow(/run\.json/);
+  });
+});
+
+describe('the output folder of a run', () => {
+  const ckpt = (out: string, step: number, runId?: unknown) => {
+    const d = path.join(out, `checkpoint-${step}`);
+    fs.mkdirSync(d, { recursive: true });
+    fs.writeFileSync(path.join(d, 'trainer_state.json'), JSON.stringify(runId === undefined ? { step } : { step, runId }));
+  };
+
+  test("a checkpoint's run id, and this run's checkpoints in step order (numeric, not by name)", () => {
+    const out = tmp();
+    for (const s of [100, 9, 20]) ckpt(out, s, 'run-a');
+    ckpt(out, 50, 'run-b');
+    ckpt(out, 60);
+    ckpt(out, 70, 7);
+    fs.mkdirSync(path.join(out, 'checkpoint-80'));
+    fs.mkdirSync(path.join(out, 'checkpoint-x'));
+    fs.writeFileSync(path.join(out, 'checkpoint-80', 'trainer_state.json'), '{broken');
+    fs.mkdirSync(path.join(out, 'my-checkpoint-5'));
+    expect(runCheckpoints('t', out, 'run-a')).toEqual([9, 20, 100]);
+    expect(runCheckpoints('t', out, 'run-b')).toEqual([50]);
+    expect(checkpointRunId(path.join(out, 'checkpoint-9'))).toBe('run-a');
+    for (const s of [60, 70, 80]) expect(checkpointRunId(path.join(out, `checkpoint-${s}`))).toBeNull();
+    expect(checkpointRunId(path.join(out, 'nowhere'))).toBeNull();
+    expect(() => runCheckpoints('t', path.join(out, 'nowhere'), 'run-a')).toThrow(`t: cannot list '${path.join(out, 'nowhere')}'`);
+  });
+
+  test("stale temporaries of dead writers are removed (sorted in the note), live writers' and other names kept", () => {
+    const out = tmp();
+    const dead = Number(spawnSync(process.execPath, ['-e', 'process.stdout.write(String(process.pid))'], { encoding: 'utf8' }).stdout);
+    const stale = [`.best.tmp-${dead}`, `.checkpoint-12.tmp-${dead}`, `run.json.tmp-${dead}`, `.last.tmp-${dead}`];
+    const keep = [`.last.tmp-${process.pid}`, `.best.tmp-${process.ppid}`, `.other.tmp-${dead}`, `checkpoint-3.tmp-${dead}`, `.checkpoint-x.tmp-${dead}`, `x.last.tmp-${dead}`, `.last.tmp-${dead}x`];
+    for (const f of [...stale, ...keep]) fs.mkdirSync(path.join(out, f));
+    expect(removeStaleTemporaries('t', out)).toEqual([`removed 4 temporary file(s) left by an interrupted run in ${out}: ${[...stale].sort().join(', ')}`]);
+    expect(fs.readdirSync(out).sort()).toEqual([...keep].sort());
+    expect(removeStaleTemporaries('t', out)).toEqual([]);
+  });
+
+  test('prepareOut: a new folder is made; a folder holding a run is refused or, with overwrite, cleared of that run only', () => {
+    const root = tmp();
+    const model = path.join(root, 'model');
+    fs.mkdirSync(model);
+    const fresh = path.join(root, 'a', 'b');
+    expect(prepareOut('train', fresh, false, { model, data: null })).toEqual([]);
+    expect(fs.statSync(fresh).isDirectory()).toBe(true);
+    expect(() => prepareOut('train', path.join(model, 'out'), false, { model, data: null })).toThrow(
+      `train: --out '${path.join(model, 'out')}' is inside the model folder '${model}'; choose an output folder apart from the model`,
+    );
+    expect(() => prepareOut('train', model, false, { model, data: null })).toThrow(/is inside the model folder/);
+    // Data inside --out is fine as long as nothing removed holds it.
+    const out = path.join(root, 'out');
+    fs.mkdirSync(out);
+    const data = path.join(out, 'data.jsonl');
+    fs.writeFileSync(data, '{}');
+    expect(prepareOut('train', out, false, { model, data })).toEqual([]);
+    for (const s of [10, 9]) ckpt(out, s, 'r');
+    fs.mkdirSync(path.join(out, 'checkpoint-11'));
+    for (const f of ['metrics.jsonl', 'run.json']) fs.writeFileSync(path.join(out, f), '');
+    fs.mkdirSync(path.join(out, 'best'));
+    expect(() => prepareOut('train', out, false, { model, data })).toThrow(
+      `train: --out '${out}' already holds a run (checkpoint-9, checkpoint-10, best, metrics.jsonl, run.json); give --overwrite to replace it ` +
+        `(its checkpoints, last/, best/, metrics.jsonl and run.json are removed; other files are kept), --resume ${path.join(out, 'checkpoint-10')} to continue it, or another --out`,
+    );
+    // Only run files and no checkpoint: no --resume to suggest.
+    const only = path.join(root, 'only');
+    fs.mkdirSync(only);
+    fs.writeFileSync(path.join(only, 'metrics.jsonl'), '');
+    expect(() => prepareOut('train', only, false, { model, data: null })).toThrow(/already holds a run \(metrics\.jsonl\); give --overwrite to replace it \(.*are kept\), or another --out$/);
+    // An input inside what would be removed: refused, nothing removed.
+    const evalData = path.join(out, 'best', 'eval.jsonl');
+    fs.writeFileSync(evalData, '{}');
+    expect(() => prepareOut('train', out, true, { model, data, 'eval data': evalData })).toThrow(
+      `train: --overwrite would remove '${path.join(out, 'best')}', which holds the eval data '${evalData}' this run reads; choose another --out`,
+    );
+    expect(fs.existsSync(path.join(out, 'checkpoint-9'))).toBe(true);
+    fs.rmSync(evalData);
+    expect(prepareOut('train', out, true, { model, data, 'eval data': null })).toEqual([
+      `--overwrite: removed the earlier run in ${out} (checkpoint-9, checkpoint-10, best, metrics.jsonl, run.json); other files there are kept`,
+    ]);
+    expect(fs.readdirSync(out).sort()).toEqual(['checkpoint-11', 'data.jsonl']);
+  });
+});
+
+describe('checkpoints on disk', () => {
+  const state = (o: Partial<TrainerState> = {}): TrainerState => ({ version: 1, step: 3, totalSteps: 9, microBatches: 6, bestEvalLoss: null, options: { method: 'full' }, ...o });
+
+  test('moments and step round-trip through a checkpoint, by parameter name', () => {
+    const dir = path.join(tmp(), 'checkpoint-3');
+    using model = loadModel(LLAMA);
+    model.requireFullGrad();
+    const ps = model.parameters().slice(0, 2);
+    const opt = new AdamW(ps.map((p) => p.param), { lr: 1e-3 });
+    const grads = ps.map((p, i) => tensor(Float32Array.from({ length: p.param.numel }, (_, k) => Math.sin(k + i)), p.param.shape));
+    opt.step(grads);
+    opt.step(grads);
+    saveCheckpoint(dir, model, opt, ps.map((p) => p.name), state(), LLAMA);
+    expect(fs.readdirSync(path.dirname(dir))).toEqual(['checkpoint-3']);
+    expect(readState(dir)).toEqual(state());
+    const back = new AdamW(ps.map((p) => zeros(p.param.shape)), { lr: 1e-3 });
+    loadOptimizer(dir, back, ps.map((p) => p.name));
+    expect(back.stepCount).toBe(2);
+    ps.forEach((_, i) => {
+      expect(back.state(i).expAvg.toFloat32Array()).toEqual(opt.state(i).expAvg.toFloat32Array());
+      expect(back.state(i).expAvgSq.toFloat32Array()).toEqual(opt.state(i).expAvgSq.toFloat32Array());
+    });
+    // Moments saved under other names: refused, naming the first missing one.
+    expect(() => loadOptimizer(dir, back, ['x', 'y'])).toThrow(`resume: '${dir}/optimizer.safetensors' has no moments for 'x': the checkpoint is for other trainable parameters`);
+    // A full checkpoint carries the model's config and generation config.
+    for (const f of ['config.json', 'generation_config.json', 'model.safetensors']) expect(fs.existsSync(path.join(dir, f))).toBe(true);
+    opt.dispose();
+    back.dispose();
+    grads.forEach((g) => g.dispose());
+  });
+
+  test('an optimizer file without a valid step, and trainer states that are not version-1 states, are refused', () => {
+    const dir = tmp();
+    const opt = new AdamW([zeros([2])]);
+    for (const step of ['-1', '1.5', 'x']) {
+      writeSafetensors(path.join(dir, 'optimizer.safetensors'), { 'p.exp_avg': zeros([2]), 'p.exp_avg_sq': zeros([2]) }, { step });
+      expect(() => loadOptimizer(dir, opt, ['p'])).toThrow(`resume: '${dir}/optimizer.safetensors' has no valid step in its metadata`);
+    }
+    writeSafetensors(path.join(dir, 'optimizer.safetensors'), { 'p.exp_avg': zeros([2]), 'p.exp_avg_sq': zeros([2]) }, { step: '0' });
+    loadOptimizer(dir, opt, ['p']);
+    expect(opt.stepCount).toBe(0);
+    opt.dispose();
+    expect(() => readState(dir)).toThrow(`resume: '${dir}' is not a lorakit checkpoint (it has no trainer_state.json)`);
+    const file = path.join(dir, 'trainer_state.json');
+    for (const bad of [[], { ...state(), version: 2 }, { ...state(), step: '3' }, { ...state(), microBatches: null }, { ...state(), options: 'x' }]) {
+      fs.writeFileSync(file, JSON.stringify(bad));
+      expect(() => readState(dir)).toThrow(`resume: '${file}' is not a version-1 trainer state`);
+    }
+  });
+
+  test('a folder is written whole or not at all', () => {
+    const root = tmp();
+    const dir = path.join(root, 'last');
+    expect(tmpFolderName(dir)).toBe(path.join(root, `.last.tmp-${process.pid}`));
+    writeFolderAtomically(dir, (t) => {
+      fs.mkdirSync(t);
+      fs.writeFileSync(path.join(t, 'a'), '1');
+    });
+    // A failing writer leaves the old folder and no temporary one, and the error names the folder.
+    expect(() =>
+      writeFolderAtomically(dir, (t) => {
+        fs.mkdirSync(t);
+        fs.writeFileSync(path.join(t, 'b'), '2');
+        fs.readFileSync(path.join(t, 'missing'));
+      }),
+    ).toThrow(`train: cannot write '${dir}'`);
+    expect(fs.readdirSync(root)).toEqual(['last']);
+    expect(fs.readdirSync(dir)).toEqual(['a']);
+    // A leftover temporary folder is replaced; the old folder is replaced whole.
+    fs.mkdirSync(tmpFolderName(dir));
+    fs.writeFileSync(path.join(tmpFolderName(dir), 'stale'), '');
+    writeFolderAtomically(dir, (t) => {
+      fs.mkdirSync(t);
+      fs.writeFileSync(path.join(t, 'c'), '3');
+    });
+    expect(fs.readdirSync(dir)).toEqual(['c']);
+    expect(fs.readdirSync(root)).toEqual(['last']);
+  });
+
+  test('saved adapter weights carry the tokenizer files the base has, and not its generation config', () => {
+    const base = tmp();
+    for (const f of fs.readdirSync(LLAMA)) fs.copyFileSync(path.join(LLAMA, f), path.join(base, f));
+    fs.writeFileSync(path.join(base, 'tokenizer_config.json'), '{"x": 1}');
+    fs.writeFileSync(path.join(base, 'merges.txt'), 'a b');
+    using model = loadModel(base);
+    loadAdapter(model, LLAMA);
+    const out = path.join(tmp(), 'w');
+    saveWeights(model, out, 'lora', base);
+    expect(fs.readdirSync(out).sort()).toEqual(['adapter_config.json', 'adapter_model.safetensors', 'merges.txt', 'tokenizer_config.json']);
+    expect(JSON.parse(fs.readFileSync(path.join(out, 'adapter_config.json'), 'utf8')).base_model_name_or_path).toBe(path.resolve(base));
+    const full = path.join(tmp(), 'f');
+    saveWeights(model, full, 'full', base);
+    expect(fs.readdirSync(full).sort()).toEqual(['config.json', 'generation_config.json', 'merges.txt', 'model.safetensors', 'tokenizer_config.json']);
+    expect(JSON.parse(fs.readFileSync(path.join(full, 'config.json'), 'utf8'))).toEqual(JSON.parse(fs.readFileSync(path.join(base, 'config.json'), 'utf8')));
   });
 });
