@@ -364,6 +364,28 @@ describe.each(CASES)('$name', ({ name, config, lora }) => {
     const merged = ml.toFloat32Array();
     expect(relErr(merged, Float64Array.from(unmerged))).toBeLessThan(TOL);
     expect(relErr(merged, ref)).toBeLessThan(TOL);
+    // What a merged checkpoint is written from: every tensor of the file under its name, W + s·B·A for the
+    // projections, the rest as loaded; a tied head is not written twice.
+    const exported = model.exportWeights();
+    try {
+      expect(Object.keys(exported).sort()).toEqual([...weights.keys()].sort());
+      for (const [k, t] of Object.entries(exported)) expect(relErr(t.toFloat32Array(), adapted(k)!)).toBeLessThan(k.includes('_proj.weight') ? 1e-6 : 1e-12);
+    } finally {
+      for (const t of Object.values(exported)) t.dispose();
+    }
+  });
+
+  test('LoRA dropout in training: the same seed gives the same loss, another seed another one', () => {
+    using model = loadModel(dir);
+    loadAdapter(model, adir);
+    for (const lin of model.linears.values()) if (lin.adapter) lin.adapter.dropout = 0.5;
+    const ids = idsTensor(BATCH);
+    const loss = (seed: number) => model.forward(ids, { train: true, seed }).loss;
+    const eval0 = model.forward(ids).loss;
+    expect(Math.abs(eval0 - referenceLoss(referenceBatch(a, adapted, BATCH), BATCH, a.V))).toBeLessThan(1e-5);
+    const l1 = loss(1), l2 = loss(2), l3 = loss(3);
+    expect(loss(1)).toBe(l1);
+    for (const [x, y] of [[l1, l2], [l1, l3], [l2, l3], [l1, eval0]]) expect(Math.abs(x! - y!)).toBeGreaterThan(1e-6);
   });
 
   test('the merge command writes a checkpoint of W + s·B·A (biases and a tied head kept as they were) whose logits equal the adapter\'s', () => {
@@ -384,6 +406,21 @@ describe.each(CASES)('$name', ({ name, config, lora }) => {
     using logits = model.forward(idsTensor(BATCH), { returnLogits: true }).logits!;
     expect(relErr(logits.toFloat32Array(), referenceBatch(a, adapted, BATCH))).toBeLessThan(TOL);
   });
+});
+
+test('a tied Qwen2 config uses the embedding as its head even when the file also holds an lm_head.weight (transformers ties over it)', () => {
+  const config = CASES[0]!.config;
+  const weights = randomWeights(config, 4000);
+  weights.set('lm_head.weight', { shape: [64, 32], data: randomArray(64 * 32, 4999, 0.2) });
+  const dir = path.join(work, 'tied-with-stray-head');
+  fs.mkdirSync(dir);
+  fs.writeFileSync(path.join(dir, 'config.json'), JSON.stringify(config));
+  writeTensors(path.join(dir, 'model.safetensors'), weights);
+  using model = loadModel(dir);
+  using logits = model.forward(idsTensor(BATCH), { returnLogits: true }).logits!;
+  const w = (k: string) => weights.get(k)?.data;
+  expect(relErr(logits.toFloat32Array(), referenceBatch(archOf(config), w, BATCH))).toBeLessThan(TOL);
+  expect(relErr(logits.toFloat32Array(), referenceBatch({ ...archOf(config), tied: false }, w, BATCH))).toBeGreaterThan(1e-2);
 });
 
 describe("Mistral's sliding window", () => {
