@@ -359,3 +359,65 @@ describe('axis scales and numbers', () => {
     expect(formatNumber(123456, 1)).toBe('1e5');
   });
 });
+
+describe('axes, legends and empty plots', () => {
+  test('category labels sit at their slot centres, slanted and shortened when they would collide', () => {
+    const short = barPlot('b', { title: 't', x: 'task', y: 'v', bars: [{ label: 'a', value: 1 }, { label: 'b', value: 2 }] });
+    const ticks = (svg: string) => elements(svg, 'text').filter((t) => t.class === 'tick' && t.y === '325');
+    // Two slots of 335: centres at 237.5 and 572.5, 15 below the axis.
+    expect(ticks(short).map((t) => [t.x, t['text-anchor'], t.transform])).toEqual([['237.5', 'middle', undefined], ['572.5', 'middle', undefined]]);
+    expect(short).toContain('>task</text>');
+    // 52 characters at 6.5 pixels each overflow a 335-pixel slot: every label turns, the axis title goes.
+    const long = 'x'.repeat(52);
+    const slanted = barPlot('b', { title: 't', x: 'task', y: 'v', bars: [{ label: long, value: 1 }, { label: 'b', value: 2 }] });
+    expect(ticks(slanted).map((t) => [t.x, t['text-anchor'], t.transform])).toEqual([['237.5', 'end', 'rotate(-25 237.5 325)'], ['572.5', 'end', 'rotate(-25 572.5 325)']]);
+    expect(slanted).not.toContain('>task</text>');
+    expect(slanted).toContain(`>${'x'.repeat(23)}…</text>`);
+    const fits = barPlot('b', { title: 't', x: 'task', y: 'v', bars: [{ label: 'x'.repeat(51), value: 1 }, { label: 'b', value: 2 }] });
+    expect(ticks(fits)[0]!.transform).toBeUndefined();
+    expect(fits).toContain(`>${'x'.repeat(23)}…</text>`);
+    expect(barPlot('b', { title: 't', x: 'task', y: 'v', bars: [{ label: 'y'.repeat(24), value: 1 }] })).toContain(`>${'y'.repeat(24)}</text>`);
+  });
+
+  test('a legend row per series, 16 apart from the top, the overflow counted in one row', () => {
+    const series = Array.from({ length: 20 }, (_, i) => ({ name: i === 0 ? 'n'.repeat(30) : `s${i}`, points: [{ x: i, y: i }] }));
+    const svg = linePlot('l', { title: 't', x: { label: 'x' }, y: { label: 'y' }, series });
+    const legend = svg.match(/<g class="legend">([\s\S]*?)<\/g>/)![1]!;
+    const names = elements(legend, 'text');
+    // (360 - 34 - 50) / 16 = 17 rows: 16 series and a row naming the 4 left out.
+    expect(names).toHaveLength(17);
+    expect(names.map((t) => Number(t.y))).toEqual(Array.from({ length: 17 }, (_, i) => 42 + 16 * i));
+    expect(names.every((t) => t.x === '590')).toBe(true);
+    expect(legend).toContain(`>${'n'.repeat(25)}…</text>`);
+    expect(legend).toContain('>… 4 more</text>');
+    const samples = elements(legend, 'line');
+    expect(samples[1]).toMatchObject({ x1: '562', x2: '584', y1: '58', y2: '58', stroke: '#d62728' });
+    expect(samples[16]!.stroke).toBe('#777');
+    // Seventeen series fit.
+    const fit = linePlot('l', { title: 't', x: { label: 'x' }, y: { label: 'y' }, series: series.slice(0, 17) });
+    expect(fit).not.toContain('more</text>');
+    // Scatter legends are dots in the points' colours; an estimate plot's noise entry is an open dot.
+    const sc = scatterPlot('s', { title: 't', x: 'x', y: 'y', points: [{ label: 'a', x: 1, y: 1 }, { label: 'b', x: 2, y: 2 }] });
+    expect(elements(sc.match(/<g class="legend">[\s\S]*?<\/g>/)![0], 'circle').map((c) => [c.cx, c.cy, c.fill])).toEqual([['573', '42', '#1f77b4'], ['573', '58', '#d62728']]);
+    const est = estimatePlot('e', { title: 't', x: 'x', y: 'y', estimates: [{ label: 'a', mean: 1, halfWidth: 0.1, noise: true }] });
+    expect(elements(est.match(/<g class="legend">[\s\S]*?<\/g>/)![0], 'circle')[0]).toMatchObject({ fill: '#fff', stroke: '#1f77b4' });
+  });
+
+  test('titles, axis labels and an empty plot that says it is empty', () => {
+    const svg = linePlot('n&me', { title: 'A < B', x: { label: 'step' }, y: { label: 'loss' }, series: [] });
+    expect(svg.startsWith('<svg xmlns="http://www.w3.org/2000/svg" data-plot="n&amp;me" viewBox="0 0 760 360" width="760" height="360" role="img" aria-label="A &lt; B">')).toBe(true);
+    expect(svg).toContain('<text class="title" x="380" y="20" text-anchor="middle">A &lt; B</text>');
+    // The y label turned along the axis at its middle, the x label centred under the frame.
+    expect(svg).toContain('<text class="label" x="16" y="172" text-anchor="middle" transform="rotate(-90 16 172)">loss</text>');
+    expect(svg).toContain('<text class="label" x="405" y="350" text-anchor="middle">step</text>');
+    expect(svg).toContain('<text class="label" x="405" y="172" text-anchor="middle">no data to plot</text>');
+    expect(marks(svg)).toEqual([]);
+    for (const empty of [barPlot('b', { title: 't', x: 'x', y: 'y', bars: [] }), estimatePlot('e', { title: 't', x: 'x', y: 'y', estimates: [] }), scatterPlot('s', { title: 't', x: 'x', y: 'y', points: [] })])
+      expect(empty).toContain('no data to plot');
+    expect(linePlot('p', { title: 't', x: { label: 'x' }, y: { label: 'y' }, series: [{ name: 's', points: [{ x: 1, y: 1 }] }] })).not.toContain('no data');
+    // Axis frame lines: the y axis at x 70 from 310 up to 34, the x axis at y 310 from 70 to 740.
+    const axes = elements(svg, 'line').filter((l) => l.class === 'axis');
+    expect(axes[0]).toMatchObject({ x1: '70', y1: '310', x2: '70', y2: '34' });
+    expect(axes.find((l) => l.y1 === '310' && l.y2 === '310' && l.x1 === '70')!.x2).toBe('740');
+  });
+});
