@@ -8,4 +8,7 @@ module.exports = {
   maxWorkers: 1,
   reporters: ['default', '<rootDir>/test/helpers/summary-reporter.js'],
   testTimeout: 120000,
+  // Builds dist/ when lib/ is newer, refuses a stale native addon, and gives the run one temporary folder.
+  globalSetup: '<rootDir>/test/helpers/global-setup.js',
+  globalTeardown: '<rootDir>/test/helpers/global-teardown.js',
 };

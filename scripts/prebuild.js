@@ -62,8 +62,17 @@ function prebuild() {
       console.error(`prebuild: ${err.message}`);
       process.exit(1);
     }
-    for (const f of fs.readdirSync(dir).filter((f) => f.endsWith('.node')))
-      console.log(`prebuild: ${path.relative(root, path.join(dir, f))} (${fs.statSync(path.join(dir, f)).size} bytes)`);
+    const built = fs.readdirSync(dir).filter((f) => f.endsWith('.node')).map((f) => path.join(dir, f));
+    for (const f of built) console.log(`prebuild: ${path.relative(root, f)} (${fs.statSync(f).size} bytes)`);
+    // node-gyp-build prefers a local build (build/Release) to the prebuild, so one older than this
+    // prebuild (the source fallback `npm ci` compiled, say) would shadow it: the tests and the CLI would
+    // run stale native code. A newer one (an `npm run build:gyp` since) is the developer's choice and stays.
+    const local = path.join(root, 'build', 'Release', 'lorakit.node');
+    const newest = Math.max(...built.map((f) => fs.statSync(f).mtimeMs));
+    if (fs.existsSync(local) && fs.statSync(local).mtimeMs < newest) {
+      fs.rmSync(local);
+      console.log(`prebuild: removed ${path.relative(root, local)}, older than the prebuild it would shadow`);
+    }
   });
 }
 

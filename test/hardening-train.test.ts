@@ -129,12 +129,17 @@ describe('Ctrl-C and periodic checkpoints', () => {
     } finally {
       clearInterval(timer);
     }
-    // The longest time the timer waited, over the waits that began during the evaluation.
-    const starts = [loaded, ...ticks.filter((t) => t > loaded && t < evaluated)];
-    const worst = Math.max(...starts.map((t) => (ticks.find((u) => u > t) ?? Infinity) - t));
+    // Robust statistics of the timer's turns during the evaluation (one slow turn on a loaded machine
+    // must not fail it; an evaluation run in one go gives no turn at all): how many it got, and the
+    // 90th percentile of the gaps between them.
+    const during = ticks.filter((t) => t > loaded && t < evaluated);
+    const edges = [loaded, ...during, evaluated];
+    const gaps = edges.slice(1).map((t, i) => t - edges[i]!).sort((x, y) => x - y);
+    const p90 = gaps[Math.floor(0.9 * (gaps.length - 1))]!;
     const evalMs = evaluated - loaded;
     expect(evalMs).toBeGreaterThan(500);
-    expect(worst).toBeLessThan(evalMs / 4);
+    expect(during.length).toBeGreaterThan(evalMs / 100);
+    expect(p90).toBeLessThan(evalMs / 10);
   });
 });
 

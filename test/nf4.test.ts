@@ -20,6 +20,7 @@ import {
 import { native } from '../lib/native/binding';
 import { rng } from './helpers/reference';
 import { DTYPE_CODE } from '../lib/tensor/dtype';
+import { cpuKernels } from './helpers/machine';
 
 // ---- float32 helpers ------------------------------------------------------------------------------
 
@@ -788,11 +789,7 @@ describe('nf4: bit-for-bit against the re-implementation', () => {
 });
 
 /** The dequantization kernels this CPU can run; the decoder follows the GEMM kernel that is pinned. */
-const KERNELS = [
-  'generic',
-  ...(backend().cpu.features.avx2 ? ['avx2'] : []),
-  ...(backend().cpu.features.avx512 ? ['avx512'] : []),
-];
+const KERNELS = cpuKernels('nf4.test');
 
 afterEach(() => {
   native().setGemmKernel('auto');

@@ -11,6 +11,9 @@ module.exports = {
   ...base,
   rootDir: '..',
   reporters: ['default'],
+  // No dist/ rebuild or addon check per mutant run (the sandbox's lib/ is always newer than its dist/).
+  globalSetup: undefined,
+  globalTeardown: undefined,
   ...(only.length ? { testMatch: only.map((g) => `<rootDir>/${g}`) } : {}),
   testPathIgnorePatterns: [
     '/node_modules/',

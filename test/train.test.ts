@@ -4,6 +4,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import { io, tensor } from '../lib';
 import { train, type TrainOptions } from '../lib/train/trainer';
+import { missingDevice, missingDeviceError } from './helpers/machine';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
@@ -165,7 +166,7 @@ describe('the run stays responsive and reports bad input', () => {
     fs.writeFileSync(small, '{"input_ids": [1, 2, 3]}\n');
     await expect(train(base({ data: small, steps: 1, batchSize: 4, evalSplit: 0 })).done).rejects.toThrow(/batch/);
     await expect(train(base({ method: 'dora' as never })).done).rejects.toThrow(/'method' must be lora, qlora or full/);
-    await expect(train(base({ device: 'cuda' })).done).rejects.toThrow(/device 'cuda' is not available/);
+    await expect(train(base({ device: missingDevice() as never })).done).rejects.toThrow(missingDeviceError());
     await expect(train(base({ steps: 0 })).done).rejects.toThrow(/'steps' must be an integer >= 1, got number 0/);
     await expect(train({ model: '', data: '', resume: tmp() }).done).rejects.toThrow(/is not a lorakit checkpoint/);
   });
