@@ -12,7 +12,7 @@ import { nearestTrainOption, readTrainConfig, toTrainOptions, trainOptionKey } f
 import { trainingRecord } from '../lib/train/record';
 import { checkpointRunId, prepareOut, removeStaleTemporaries, runCheckpoints } from '../lib/train/outdir';
 import { loadOptimizer, readState, saveCheckpoint, saveWeights, tmpFolderName, writeFolderAtomically, type TrainerState } from '../lib/train/checkpoint';
-import { AdamW } from '../lib/train/adamw';
+import { AdamW, gradNorm } from '../lib/train/adamw';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { spawnSync } from 'node:child_process';
 import { loadModel } from '../lib/models';
@@ -481,5 +481,126 @@ describe('checkpoints on disk', () => {
     saveWeights(model, full, 'full', base);
     expect(fs.readdirSync(full).sort()).toEqual(['config.json', 'generation_config.json', 'merges.txt', 'model.safetensors', 'tokenizer_config.json']);
     expect(JSON.parse(fs.readFileSync(path.join(full, 'config.json'), 'utf8'))).toEqual(JSON.parse(fs.readFileSync(path.join(base, 'config.json'), 'utf8')));
+  });
+});
+
+describe("AdamW's step options and edges", () => {
+  test('a step with an lr override, a gradient scale and clipping equals the float64 formulas (clip of the scaled gradients)', () => {
+    const n = 50;
+    const p0 = Float32Array.from({ length: n }, (_, i) => Math.cos(i) * 0.5);
+    const g = Float32Array.from({ length: n }, (_, i) => Math.sin(3 * i + 1));
+    const p = tensor(p0, [5, 10]);
+    const opt = new AdamW([{ params: [p], weightDecay: 0.2 }], { lr: 0.5, betas: [0.8, 0.9], eps: 1e-3 });
+    using gt = tensor(g, [5, 10]);
+    let sq = 0;
+    for (const x of g) sq += (0.25 * x) ** 2;
+    const norm = Math.sqrt(sq);
+    const max = norm / 2;
+    const res = opt.step([gt], { lr: 0.01, gradScale: 0.25, maxGradNorm: max });
+    const coef = max / (norm + 1e-6);
+    expect(Math.abs(res.gradNorm! - norm)).toBeLessThan(1e-6 * norm);
+    expect(Math.abs(res.clipScale - coef)).toBeLessThan(1e-6);
+    const got = p.toFloat32Array();
+    for (let i = 0; i < n; i++) {
+      const gi = g[i]! * 0.25 * coef;
+      const m = 0.2 * gi, v = 0.1 * gi * gi;
+      const want = p0[i]! * (1 - 0.01 * 0.2) - (0.01 * (m / 0.2)) / (Math.sqrt(v / 0.1) + 1e-3);
+      expect(Math.abs(got[i]! - want)).toBeLessThan(1e-7);
+    }
+    expect(opt.stepCount).toBe(1);
+    // No clipping asked: no norm, scale 1; the group's lr when no override.
+    const before = p.toFloat32Array();
+    const r2 = opt.step([gt]);
+    expect(r2).toEqual({ clipScale: 1 });
+    expect(opt.stepCount).toBe(2);
+    const moved = p.toFloat32Array().reduce((w, x, i) => Math.max(w, Math.abs(x - before[i]!)), 0);
+    // Step 2 at lr 0.5: each element moves by about 0.5 (far more than the 0.01 of step 1).
+    expect(moved).toBeGreaterThan(0.2);
+    opt.dispose();
+  });
+
+  test('hyperparameters are checked, each error naming the group and the value', () => {
+    const p = zeros([2]);
+    expect(() => new AdamW([p], { betas: [0.9] as never })).toThrow("AdamW: 'betas' must be [beta1, beta2], got");
+    expect(() => new AdamW([p], { betas: 0.9 as never })).toThrow("AdamW: 'betas' must be [beta1, beta2], got");
+    expect(() => new AdamW([{ params: [p], betas: [0.9, 0.99, 0.5] as never }])).toThrow("AdamW: 'groups[0].betas' must be [beta1, beta2]");
+    expect(() => new AdamW([p], { betas: [-0.1, 0.9] })).toThrow("AdamW: 'betas[0]' must be >= 0, got -0.1");
+    expect(new AdamW([p], { betas: [0, 0.5] }).groups[0]!.betas).toEqual([0, 0.5]);
+    expect(() => new AdamW([p], { eps: -1 })).toThrow("AdamW: 'eps' must be >= 0, got -1");
+    expect(() => new AdamW([p], { weightDecay: -1 })).toThrow("AdamW: 'weightDecay' must be >= 0, got -1");
+    expect(() => new AdamW([{ params: [p], lr: -2 }])).toThrow("AdamW: 'groups[0].lr' must be >= 0, got -2");
+    expect(() => new AdamW([{ params: [p], eps: -2 }])).toThrow("AdamW: 'groups[0].eps' must be >= 0");
+    expect(() => new AdamW([{ params: [p], weightDecay: -2 }])).toThrow("AdamW: 'groups[0].weightDecay' must be >= 0");
+    expect(new AdamW([p], {}).groups).toEqual([{ lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-2 }]);
+    expect(new AdamW([{ params: [p] }, { params: [zeros([1])], eps: 0 }], { lr: 0, weightDecay: 0 }).groups).toEqual([
+      { lr: 0, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 0 },
+      { lr: 0, betas: [0.9, 0.999], eps: 0, weightDecay: 0 },
+    ]);
+    expect(() => new AdamW('x' as never)).toThrow('AdamW: expected a non-empty array of tensors or parameter groups, got');
+    expect(() => new AdamW([{ params: [p] }, null] as never)).toThrow('AdamW: groups[1] must be { params: Tensor[], ... }, got');
+    expect(() => new AdamW([{ params: [p] }, 3] as never)).toThrow('AdamW: groups[1] must be { params: Tensor[], ... }');
+    expect(() => new AdamW([{ params: [p] }, { params: 'x' }] as never)).toThrow('AdamW: groups[1] must be { params: Tensor[], ... }');
+    expect(() => new AdamW([{ params: [p] }, { params: [zeros([1]), p] }])).toThrow('AdamW: groups[1].params[1] appears twice');
+  });
+
+  test('step and loadState refuse bad options and shapes; state() names its range; dispose is idempotent', () => {
+    const a = zeros([2]), b = zeros([3]);
+    const opt = new AdamW([a, b]);
+    expect(opt.params).toEqual([a, b]);
+    const g = [zeros([2]), zeros([3])];
+    expect(() => opt.step(g, { lr: -1 })).toThrow("AdamW.step: 'lr' must be >= 0, got -1");
+    expect(() => opt.step(g, { gradScale: -1 })).toThrow("AdamW.step: 'gradScale' must be >= 0, got -1");
+    expect(() => opt.step(g, { maxGradNorm: -1 })).toThrow("AdamW.step: 'maxGradNorm' must be >= 0, got -1");
+    expect(() => opt.step(g, 5 as never)).toThrow('AdamW.step: options must be an object');
+    expect(() => opt.step('x' as never)).toThrow("AdamW.step: expected 2 gradients (one per parameter), got 'x'");
+    expect(() => opt.step([g[0]!])).toThrow('AdamW.step: expected 2 gradients (one per parameter), got 1');
+    expect(() => opt.step([g[0]!, zeros([4])])).toThrow('AdamW.step: grads[1] has shape [4], its parameter [3]');
+    expect(opt.stepCount).toBe(0);
+    opt.step(g, { lr: 0, gradScale: 0, maxGradNorm: 0 });
+    expect(opt.stepCount).toBe(1);
+    expect(() => opt.state(2)).toThrow('AdamW.state: index 2 is out of range (0..1)');
+    expect(() => opt.state(-1)).toThrow('AdamW.state: index -1 is out of range (0..1)');
+    const m = (n: number, v: number) => ({ expAvg: tensor(new Float32Array(n).fill(v), [n]), expAvgSq: tensor(new Float32Array(n).fill(2 * v), [n]) });
+    const moments = [m(2, 1), m(3, 3)];
+    expect(() => opt.loadState(-1, moments)).toThrow("AdamW.loadState: 'step' must be >= 0, got -1");
+    expect(() => opt.loadState(1.5, moments)).toThrow("AdamW.loadState: 'step' must be an integer, got 1.5");
+    expect(() => opt.loadState(1, [moments[0]!])).toThrow('AdamW.loadState: expected moments for 2 parameters, got 1');
+    expect(() => opt.loadState(1, 'x' as never)).toThrow("AdamW.loadState: expected moments for 2 parameters, got 'x'");
+    expect(() => opt.loadState(1, [moments[0]!, m(4, 1)])).toThrow('AdamW.loadState: moments[1].expAvg has 4 elements, its parameter 3');
+    expect(() => opt.loadState(1, [moments[0]!, { expAvg: m(3, 1).expAvg, expAvgSq: zeros([2]) }])).toThrow('AdamW.loadState: moments[1].expAvgSq has 2 elements, its parameter 3');
+    // A refused load changes nothing.
+    expect(opt.stepCount).toBe(1);
+    expect(Array.from(opt.state(1).expAvg.toFloat32Array())).toEqual([0, 0, 0]);
+    opt.loadState(7, moments);
+    expect(opt.stepCount).toBe(7);
+    expect(Array.from(opt.state(1).expAvg.toFloat32Array())).toEqual([3, 3, 3]);
+    expect(Array.from(opt.state(1).expAvgSq.toFloat32Array())).toEqual([6, 6, 6]);
+    // Copied: the caller's tensors stay the caller's.
+    moments[1]!.expAvg.fill(9);
+    expect(Array.from(opt.state(1).expAvg.toFloat32Array())).toEqual([3, 3, 3]);
+    expect(opt.disposed).toBe(false);
+    opt.dispose();
+    opt.dispose();
+    expect(opt.disposed).toBe(true);
+    expect(() => opt.loadState(1, moments)).toThrow('AdamW');
+    expect(opt.state(0).expAvg.disposed).toBe(true);
+    expect(a.disposed).toBe(false);
+    let held: AdamW;
+    {
+      using o2 = new AdamW([zeros([1])]);
+      held = o2;
+    }
+    expect(held.disposed).toBe(true);
+  });
+
+  test('gradNorm is the float64 L2 norm over every tensor, and checks its input', () => {
+    const x = Float32Array.from({ length: 301 }, (_, i) => Math.sin(i) * (i % 7));
+    const y = Float32Array.from([3, -4]);
+    let sq = 0;
+    for (const v of [...x, ...y]) sq += v * v;
+    expect(Math.abs(gradNorm([tensor(x, [301]), tensor(y, [2])]) - Math.sqrt(sq))).toBeLessThan(1e-9 * Math.sqrt(sq));
+    expect(gradNorm([tensor(y, [2])])).toBeCloseTo(5, 12);
+    expect(() => gradNorm('x' as never)).toThrow('gradNorm: expected an array of tensors, got');
+    expect(() => gradNorm([zeros([2], { dtype: 'bfloat16' })])).toThrow("gradNorm: 'grads[0]' must be float32, got bfloat16");
   });
 });
