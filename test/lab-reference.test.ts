@@ -327,5 +327,10 @@ describe('formatLab', () => {
     const lines = formatLab({ ...report, quick: false, tasks: { knowledge: { ...t, quantizationTax: { lossRise: -0.01, exactMatchChange: 0.125 } } } });
     expect(lines[0]!.startsWith('lorakit lab: 3 seeds')).toBe(true);
     expect(lines).toContain('quantization tax (NF4 base vs float32 base on the eval data): loss -0.0100, exact +12.5 points');
+ 
+    // Zero is signed as a rise: no change is not a fall.
+    const zero = formatLab({ ...report, tasks: { knowledge: { ...t, quantizationTax: { lossRise: 0, exactMatchChange: 0 }, arms: [{ ...t.arms[0]!, forgetting: { n: 3, mean: 0, sd: 0, ci95: 0.001 } }] } } });
+    expect(zero).toContain('quantization tax (NF4 base vs float32 base on the eval data): loss +0.0000, exact +0.0 points');
+    expect(zero.find((l) => l.startsWith('r8'))!.split(/ {2,}/)[4]).toBe('+0.000 ± 0.001');
   });
 });

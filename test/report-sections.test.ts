@@ -208,6 +208,10 @@ describe('the lab section\'s text and tables', () => {
       ['full', 'full', 'all-linear', '0', '0', '–', '125,952', '2.5 ± 0.25', '0.5 ± 0.25', '12.5 ± 6.25', '0.05 ± 0.01', '3 ± 1', '–', '12.5 ± 0.5', '3 ± 0.5'],
     ]);
     expect(rowsAfter(html, 'task')).toEqual([['knowledge', '3', '3.5', '+0.5', '-12.5']]);
+    // No change carries no sign.
+    const t = lab.tasks.knowledge!;
+    const zero = labSection({ ...lab, tasks: { knowledge: { ...t, quantizationTax: { lossRise: 0, exactMatchChange: 0 } } } });
+    expect(rowsAfter(zero, 'task')).toEqual([['knowledge', '3', '3.5', '0', '0']]);
     const bar = elements(plotsOf(html).get('lab-quantization')!, 'rect').find((r) => r.class === 'mark')!;
     expect(bar.height).toBe('276.0');
   });
