@@ -9,7 +9,7 @@ import * as os from 'node:os';
 import * as path from 'node:path';
 import type { AnalyzeReport } from '../lib/analysis/report';
 import { type LabReport } from '../lib/lab';
-import { labSection, readMetrics, renderReport, writeReport } from '../lib/report';
+import { labSection, readMetrics, renderReport, sweepRuns, writeReport } from '../lib/report';
 import type { SweepReport } from '../lib/sweep/runner';
 
 type Attrs = Record<string, string>;
@@ -247,6 +247,19 @@ describe('readMetrics', () => {
     expect(Number.isNaN(m[1]!.loss)).toBe(true);
     expect((m[1] as { lr: number }).lr).toBe(0.001);
     expect(m[2]).toEqual({ type: 'eval', step: 2, split: 'retain', loss: 1.5, tokens: 9 });
+  });
+
+  test('sweepRuns: the metrics of every run that left them, named by configuration and seed', () => {
+    const line = (loss: number) => `${JSON.stringify({ type: 'step', step: 1, loss, lr: 0 })}\n`;
+    for (const [id, seed, loss] of [['c1', 1, 2], ['c2', 2, 3]] as const) {
+      fs.mkdirSync(path.join(dir, 'sweep', 'runs', id, `seed-${seed}`), { recursive: true });
+      fs.writeFileSync(path.join(dir, 'sweep', 'runs', id, `seed-${seed}`, 'metrics.jsonl'), line(loss));
+    }
+    const report = { out: path.join(dir, 'sweep'), configs: [{ id: 'c1', label: 'r=4', seeds: [1, 2] }, { id: 'c2', label: '', seeds: [1, 2] }] } as unknown as SweepReport;
+    expect(sweepRuns(report)).toEqual([
+      { name: 'r=4 seed 1', metrics: [{ type: 'step', step: 1, loss: 2, lr: 0 }] },
+      { name: 'base seed 2', metrics: [{ type: 'step', step: 1, loss: 3, lr: 0 }] },
+    ]);
   });
 
   test('writeReport writes the rendered document where it is asked, making the folder', () => {
