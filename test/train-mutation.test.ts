@@ -13,6 +13,7 @@ import { trainingRecord } from '../lib/train/record';
 import { checkpointRunId, prepareOut, removeStaleTemporaries, runCheckpoints } from '../lib/train/outdir';
 import { loadOptimizer, readState, saveCheckpoint, saveWeights, tmpFolderName, writeFolderAtomically, type TrainerState } from '../lib/train/checkpoint';
 import { AdamW, gradNorm } from '../lib/train/adamw';
+import { resolveOptions, train } from '../lib/train/trainer';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { spawnSync } from 'node:child_process';
 import { loadModel } from '../lib/models';
@@ -602,5 +603,101 @@ describe("AdamW's step options and edges", () => {
     expect(gradNorm([tensor(y, [2])])).toBeCloseTo(5, 12);
     expect(() => gradNorm('x' as never)).toThrow('gradNorm: expected an array of tensors, got');
     expect(() => gradNorm([zeros([2], { dtype: 'bfloat16' })])).toThrow("gradNorm: 'grads[0]' must be float32, got bfloat16");
+  });
+});
+
+describe("the trainer's options and run plan", () => {
+  test('defaults: LoRA and full fine-tuning', () => {
+    const lora = resolveOptions({ model: 'm', data: 'd' });
+    expect(lora).toEqual({
+      model: 'm', data: 'd', method: 'lora', r: 16, alpha: 32, target: 'all-linear', rslora: false, init: true, dropout: 0.05, lr: 2e-4,
+      steps: null, epochs: null, batchSize: 8, gradAccum: 1, seqLen: 256, warmup: null, schedule: 'cosine', weightDecay: 0, maxGradNorm: 1,
+      pack: true, evalSplit: 0.05, evalData: null, retainData: null, evalEvery: null, saveEvery: 100, saveTotalLimit: 2, out: 'lorakit-out',
+      overwrite: false, seed: 42, device: 'cpu', progress: 'auto',
+    });
+    const full = resolveOptions({ model: 'm', data: 'd', method: 'full', r: 4 });
+    expect([full.lr, full.weightDecay, full.alpha]).toEqual([2e-5, 0.01, 8]);
+    expect(resolveOptions({ model: 'm', data: 'd', method: 'qlora', rslora: true, overwrite: true, init: false, pack: false, warmup: 0, saveEvery: 0, seed: 0 })).toMatchObject({
+      method: 'qlora', lr: 2e-4, weightDecay: 0, rslora: true, overwrite: true, init: false, pack: false, warmup: 0, saveEvery: 0, seed: 0,
+    });
+    expect(resolveOptions({ model: 'm', data: 'd', target: 'q_proj|v_proj', init: 'gaussian', lr: 1, dropout: 0.99, evalSplit: 0.5, seqLen: 2, epochs: 1e-9 })).toMatchObject({
+      target: 'q_proj|v_proj', init: 'gaussian', lr: 1, dropout: 0.99, evalSplit: 0.5, seqLen: 2, epochs: 1e-9,
+    });
+    // An option set to undefined is as if not given.
+    expect(resolveOptions({ model: 'm', data: 'd', bogus: undefined } as never).method).toBe('lora');
+  });
+
+  test.each([
+    [{ model: '' }, "train: 'model' must be a path, got"],
+    [{ data: 3 }, "train: 'data' must be a path, got"],
+    [{ method: 'dora' }, "'method' must be lora, qlora or full"],
+    [{ r: 0 }, "train: 'r' must be an integer >= 1, got number 0"],
+    [{ r: 1.5 }, "'r' must be an integer >= 1"],
+    [{ steps: 2, epochs: 1 }, "give 'steps' or 'epochs', not both"],
+    [{ target: 'a b' }, "'target' 'a b' is not all-linear, attention, mlp or module names"],
+    [{ alpha: -1 }, "train: 'alpha' must be a number in [0, Infinity], got"],
+    [{ dropout: 1 }, "'dropout' must be a number in [0, 0.99]"],
+    [{ lr: 1.5 }, "'lr' must be a number in [0, 1]"],
+    [{ lr: NaN }, "'lr' must be a number in [0, 1]"],
+    [{ epochs: 0 }, "'epochs' must be a number in [1e-9, Infinity]"],
+    [{ seqLen: 1 }, "'seqLen' must be an integer >= 2"],
+    [{ warmup: -1 }, "'warmup' must be an integer >= 0"],
+    [{ gradAccum: 0 }, "'gradAccum' must be an integer >= 1"],
+    [{ batchSize: 0 }, "'batchSize' must be an integer >= 1"],
+    [{ schedule: 'step' }, "'schedule' must be cosine, linear or constant"],
+    [{ weightDecay: 2 }, "'weightDecay' must be a number in [0, 1]"],
+    [{ maxGradNorm: -1 }, "'maxGradNorm' must be a number in [0, Infinity]"],
+    [{ evalSplit: 0.6 }, "'evalSplit' must be a number in [0, 0.5]"],
+    [{ evalEvery: 0 }, "'evalEvery' must be an integer >= 1"],
+    [{ saveEvery: -1 }, "'saveEvery' must be an integer >= 0"],
+    [{ saveTotalLimit: 0 }, "'saveTotalLimit' must be an integer >= 1"],
+    [{ seed: -1 }, "'seed' must be an integer >= 0"],
+    [{ out: '' }, "'out' must be a folder path, got"],
+    [{ init: 'lora-ga' }, "'init' must be true, false, gaussian or pissa"],
+    [{ batchSzie: 2 }, "train: 'batchSzie' is not an option; did you mean 'batch-size'?"],
+  ] as [Record<string, unknown>, string][])('%j is refused', (o, msg) => {
+    expect(() => resolveOptions({ model: 'm', data: 'd', ...o } as never)).toThrow(msg);
+  });
+
+  test('options must be an object', () => {
+    expect(() => resolveOptions(null as never)).toThrow('train: options must be an object, got');
+  });
+
+  test('a run by epochs: held-out share, batches, steps, eval period and the short-run warning follow from the data', async () => {
+    // 20 examples of 8 tokens; 10% held out = 2; 18 left make 9 batches of 2 per epoch; 2 epochs at 3
+    // micro-batches a step are ceil(18/3) = 6 steps; evaluations every ceil(6/5) = 2 steps.
+    const d = tmp();
+    const data = path.join(d, 'd.jsonl');
+    fs.writeFileSync(data, Array.from({ length: 20 }, (_, i) => JSON.stringify({ input_ids: Array.from({ length: 8 }, (_, j) => 10 + ((i * 3 + j) % 50)) })).join('\n'));
+    const out = path.join(d, 'out');
+    const logs: string[] = [];
+    const h = train({ model: LLAMA, data, r: 2, batchSize: 2, gradAccum: 3, epochs: 2, seqLen: 8, pack: false, evalSplit: 0.1, out, progress: 'none', saveEvery: 4 });
+    h.on('log', (l) => logs.push(l));
+    const r = await h.done;
+    expect(r.steps).toBe(6);
+    expect(logs).toContain(`lorakit train: lora on tiny-llama (llama), ${(2 * 2 * (128 + 96 + 96 + 128 + 240 + 240 + 240)).toLocaleString('en-US')} trainable parameters, on cpu`);
+    expect(logs).toContain('data: 18 training examples, 9 batches of 2 x 8 per epoch; 6 steps (grad accum 3), lr 0.0002 cosine, warmup 0');
+    expect(logs).toContain(`checkpoints: every 4 steps and at the end, in ${out}/checkpoint-N (the newest 2 kept)`);
+    expect(logs).toContain(
+      'warning: this run has only 6 optimizer steps (2 epochs of 18 examples packs into 9 batches of 2 x 8, 3 per step); fewer than 20 rarely teach a model anything: give more --steps or --epochs (the data repeats), or a smaller --batch-size or --seq-len',
+    );
+    const evals = r.evals.filter((e) => e.split === 'heldout');
+    expect(evals.map((e) => e.step)).toEqual([0, 2, 4, 6]);
+    expect(evals.every((e) => e.tokens === 2 * 7)).toBe(true);
+    expect(r.baselines).toEqual({ heldout: evals[0]!.loss });
+    expect(fs.readdirSync(out).filter((f) => f.startsWith('checkpoint-')).sort()).toEqual(['checkpoint-4', 'checkpoint-6']);
+    const steps = fs.readFileSync(r.metricsFile, 'utf8').trim().split('\n').map((l) => JSON.parse(l)).filter((m) => m.type === 'step');
+    expect(steps.map((m) => m.tokens)).toEqual(Array(6).fill(3 * 2 * 7));
+    // trainLoss: the mean of the logged losses (all 6 of the last 20).
+    expect(Math.abs(r.trainLoss - steps.reduce((a, m) => a + m.loss, 0) / 6)).toBeLessThan(1e-12);
+    const run = JSON.parse(fs.readFileSync(path.join(out, 'run.json'), 'utf8'));
+    expect(run.options).toMatchObject({ epochs: 2, steps: null, gradAccum: 3, evalSplit: 0.1 });
+    // One step and one epoch, without accumulation: the warning's singular forms.
+    const one: string[] = [];
+    const h1 = train({ model: LLAMA, data, r: 2, batchSize: 18, seqLen: 8, pack: false, evalSplit: 0.1, out: path.join(d, 'o1'), progress: 'none', saveEvery: 0 });
+    h1.on('log', (l) => one.push(l));
+    await h1.done;
+    expect(one).toContain('warning: this run has only 1 optimizer step (1 epoch of 18 examples packs into 1 batch of 18 x 8); fewer than 20 rarely teach a model anything: give more --steps or --epochs (the data repeats), or a smaller --batch-size or --seq-len');
+    expect(one).toContain(`checkpoints: at the end only (--save-every 0), in ${path.join(d, 'o1')}/checkpoint-N`);
   });
 });
