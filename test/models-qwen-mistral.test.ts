@@ -10,7 +10,7 @@ import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { LorakitRangeError, tensor, type Tensor } from '../lib';
+import { LorakitRangeError, memory, tensor, type Tensor } from '../lib';
 import { expectError } from './helpers/errors';
 import { loadModel } from '../lib/models';
 import { loadAdapter } from '../lib/lora/adapter';
@@ -373,6 +373,20 @@ describe.each(CASES)('$name', ({ name, config, lora }) => {
     } finally {
       for (const t of Object.values(exported)) t.dispose();
     }
+  });
+
+  test('forward and backward passes free every tensor they make (a leak would grow each training step)', () => {
+    using model = loadModel(dir);
+    loadAdapter(model, adir);
+    const ids = idsTensor(BATCH);
+    model.forwardBackward(ids, { train: true, seed: 1 }); // gradients are allocated on the first pass
+    const held = memory().tensors;
+    model.forward(ids);
+    expect(memory().tensors).toBe(held);
+    model.forwardBackward(ids, { train: true, seed: 2 });
+    expect(memory().tensors).toBe(held);
+    model.forward(ids, { returnLogits: true }).logits!.dispose();
+    expect(memory().tensors).toBe(held);
   });
 
   test('LoRA dropout in training: the same seed gives the same loss, another seed another one', () => {
