@@ -248,3 +248,62 @@ describe('analyzeModel against the definition applied matrix by matrix', () => {
     expect(layerKey('model.layers.x.q')).toBe('other');
   });
 });
+
+describe('defaults, caps and argument checks with the numbers they name', () => {
+  test('updateSpectrum: r defaults to 8 on a 10 x 10 diagonal (σ = 10..1), and r is the count of values kept', () => {
+    const s = [10, 9, 8, 7, 6, 5, 4, 3, 2, 1];
+    const w = build(s.map((_, i) => e(10, i)), s, s.map((_, i) => e(10, 9 - i)));
+    const sq = s.map((x) => x * x), total = sq.reduce((a, b) => a + b, 0);
+    const top = (r: number) => sq.slice(0, r).reduce((a, b) => a + b, 0) / total;
+    expect(updateSpectrum(tensor(w, [10, 10])).topREnergy).toBeCloseTo(top(8), 12);
+    expect(updateSpectrum(tensor(w, [10, 10]), 3).topREnergy).toBeCloseTo(top(3), 12);
+    const sum = s.reduce((a, b) => a + b, 0);
+    expect(updateSpectrum(tensor(w, [10, 10])).effectiveRank).toBeCloseTo(Math.exp(-s.reduce((h, x) => h + (x / sum) * Math.log(x / sum), 0)), 10);
+    expect(() => updateSpectrum(tensor(w, [10, 10]), 0)).toThrow(/'r' must be >= 1, got 0/);
+    expect(() => updateSpectrum(tensor(w, [10, 10]), 1.5)).toThrow(/'r' must be an integer/);
+  });
+
+  test('intruderDimensions: k defaults to 10 and is checked', () => {
+    const n = 12;
+    const s = Array.from({ length: n }, (_, i) => n - i);
+    const w0 = build(s.map((_, i) => e(n, i)), s, s.map((_, i) => e(n, i)));
+    // W moves its weakest direction e12 into the lead: with the default k = 10 it is examined, and it
+    // is W0's own vector, so nothing is an intruder; the similarities are exactly 1.
+    const w = build([11, 0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10].map((i) => e(n, i)), [20, ...s.slice(0, 11)], s.map((_, i) => e(n, i)));
+    const r = run(w0, w, n, n);
+    expect(r.similarities).toEqual(new Array(10).fill(1));
+    expect(r.count).toBe(0);
+    expect(() => run(w0, w, n, n, { k: 0 })).toThrow(/analysis\.intruderDimensions: 'k' must be >= 1, got 0/);
+    expect(() => run(w0, w, n, n, { k: 2.5 })).toThrow(/'k' must be an integer/);
+    expect(() => run(w0, w, n, n, { k: 13 })).toThrow(/analysis\.intruderDimensions: 'k' must be <= min\(m, n\) = 12 for shape \[12, 12\], got 13/);
+    expect(() => run(w0, w, n, n, { epsilon: -0.1 })).toThrow(/'epsilon' must be >= 0/);
+    expect(() => run(w0, w, n, n, { epsilon: 1.01 })).toThrow(/'epsilon' must be <= 1/);
+    expect(() => intruderDimensions(tensor(w0, [n, n]), tensor(w, [n, n]), 3 as never)).toThrow(/options must be an object/);
+  });
+
+  test('svdLeft refuses an empty matrix', () => {
+    expect(() => intruderDimensions(tensor(new Float32Array(0), [0, 3]), tensor(new Float32Array(0), [0, 3]), { k: 1 })).toThrow();
+    expect(() => updateSpectrum(tensor(new Float32Array(0), [2, 0]))).toThrow(/analysis\.svdLeft: 't' must not be empty, got shape \[2, 0\]/);
+  });
+
+  test('analyzeModel: k is capped per matrix, epsilons are checked', () => {
+    using model = loadModel(LLAMA);
+    expect(() => analyzeModel(model)).toThrow(/analysis\.analyzeModel: the model has no adapter attached/);
+    loadAdapter(model, LLAMA);
+    expect(() => analyzeModel(model, { epsilons: 0.5 as never })).toThrow(/analysis\.analyzeModel: 'epsilons' must be an array of numbers/);
+    expect(() => analyzeModel(model, { epsilons: [0.5, 1.5] })).toThrow(/'epsilons\[1\]' must be <= 1/);
+    expect(() => analyzeModel(model, { epsilons: [-1] })).toThrow(/'epsilons\[0\]' must be >= 0/);
+    // k = 1000 examines every left vector of each matrix: min(out, in) of them, all compared at ε = 1.
+    const res = analyzeModel(model, { k: 1000, epsilon: 1, epsilons: [1] });
+    const k = model.linears.get('model.layers.0.self_attn.k_proj')!;
+    const [out, inn] = k.weight.shape as [number, number];
+    const w0 = (k.weight as ReturnType<typeof tensor>).toFloat32Array();
+    const a = k.adapter!;
+    const ba = matmul64(a.loraB.toFloat32Array(), out, a.loraA.shape[0]!, false, a.loraA.toFloat32Array(), a.loraA.shape[0]!, inn, false);
+    const w = Float32Array.from(w0, (v, i) => v + a.scale * ba[i]!);
+    const direct = intruderDimensions(tensor(w0, [out, inn]), tensor(w, [out, inn]), { k: Math.min(out, inn), epsilon: 1 });
+    expect(res.intruders.byMatrix['model.layers.0.self_attn.k_proj.weight']).toBe(direct.count);
+    expect(direct.similarities).toHaveLength(32);
+    expect(res.intruders.sweep![0]!.total).toBe(res.intruders.total);
+  });
+});
