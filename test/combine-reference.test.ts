@@ -265,3 +265,61 @@ describe("'svd'", () => {
     expect(relErr(attached(m, Q0).delta, exactSum(terms.get(Q0)!))).toBeLessThan(1e-5);
   });
 });
+
+describe('the combined config and the delta error', () => {
+  test("a tie between ranks makes the larger one r; the others become escaped rank and alpha patterns", () => {
+    const list = [{ dir: R, weight: 0.5 }, { dir: Q, weight: 2 }];
+    using m = loadModel(LLAMA);
+    const config = combineAdapters(m, list, { method: 'cat' });
+    // q: 2 + 4 = 6 at two modules, v: 4 at two modules → a tie, broken towards 6.
+    expect(config.r).toBe(6);
+    expect(config.loraAlpha).toBe(6);
+    expect(config.rankPattern).toEqual({ 'model\\.layers\\.0\\.self_attn\\.v_proj': 4, 'model\\.layers\\.1\\.self_attn\\.v_proj': 4 });
+    expect(config.alphaPattern).toEqual(config.rankPattern);
+    expect([...(config.targetModules as string[])].sort()).toEqual(
+      ['model.layers.0.self_attn.q_proj', 'model.layers.0.self_attn.v_proj', 'model.layers.1.self_attn.q_proj', 'model.layers.1.self_attn.v_proj'],
+    );
+    const terms = termsOf(list);
+    for (const [name, parts] of terms) expect(relErr(attached(m, name).delta, exactSum(parts))).toBeLessThan(1e-6);
+  });
+
+  test('deltaError of an adapter against a list it was not made from, module by module', () => {
+    using m = loadModel(LLAMA);
+    combineAdapters(m, [{ dir: Q, weight: 1 }], { method: 'cat' });
+    // Against P at weight 1: q/v hold Q's update where P's is expected; the other modules have no
+    // attached adapter and P's update is missing entirely (relative error 1).
+    const p = termsOf([{ dir: P, weight: 1 }]), q = termsOf([{ dir: Q, weight: 1 }]);
+    const err = deltaError(m, [{ dir: P, weight: 1 }]);
+    expect(Object.keys(err.modules).sort()).toEqual([...p.keys()].sort());
+    let num = 0, den = 0;
+    for (const [name, parts] of p) {
+      const exact = exactSum(parts);
+      const got = q.has(name) ? exactSum(q.get(name)!) : new Float64Array(exact.length);
+      let n = 0, d = 0;
+      exact.forEach((x, i) => {
+        n += (x - got[i]!) ** 2;
+        d += x * x;
+      });
+      expect(err.modules[name]!).toBeCloseTo(Math.sqrt(n / d), 5);
+      if (!q.has(name)) expect(err.modules[name]).toBe(1);
+      num += n;
+      den += d;
+    }
+    expect(err.relative).toBeCloseTo(Math.sqrt(num / den), 5);
+    // Q's own list, on a model holding only Q: zero, and the modules nobody adapts are left out.
+    const own = deltaError(m, [{ dir: Q, weight: 1 }]);
+    expect(Object.keys(own.modules).sort()).toEqual([...q.keys()].sort());
+    expect(own.relative).toBeLessThan(1e-6);
+    // A zero combination (weight 0) against itself: 0 / 0 is reported as 0, not NaN.
+    combineAdapters(m, [{ dir: Q, weight: 0 }], { method: 'cat' });
+    const zero = deltaError(m, [{ dir: Q, weight: 0 }]);
+    expect(zero.relative).toBe(0);
+    for (const x of Object.values(zero.modules)) expect(x).toBe(0);
+  });
+
+  test('svd rank is checked', () => {
+    using m = loadModel(LLAMA);
+    expect(() => combineAdapters(m, [{ dir: P, weight: 1 }], { method: 'svd', rank: 0 })).toThrow(/combineAdapters: 'rank' must be >= 1, got 0/);
+    expect(() => combineAdapters(m, [{ dir: P, weight: 1 }], { method: 'svd', rank: 1.5 })).toThrow(/'rank' must be an integer/);
+  });
+});
