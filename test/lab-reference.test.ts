@@ -306,6 +306,11 @@ describe('formatLab', () => {
     const lines = formatLab(report);
     expect(lines[0]).toBe('lorakit lab --quick: 3 seeds, 40 steps of 8 x 64 tokens, lr 0.002 (LoRA/QLoRA) and 0.0005 (full)');
     expect(lines[1]).toBe('retain: 64 documents, base loss 2.346 (NF4 base 2.400)');
+    // The legend states the definitions the numbers follow.
+    expect(lines[2]).toContain('exact: the greedy completion is the reference, token for token');
+    expect(lines[3]).toContain('forgetting: retain loss rise over the base the arm started from (the NF4 base for QLoRA); intruders at k 10, epsilon 0.5');
+    expect(lines[4]).toContain('merge err: merged vs unmerged logits on the float32 base, relative Frobenius');
+    expect(lines[5]).toBe('');
     expect(lines).toContain('knowledge: 2000 train, 150 held-out eval; base eval loss 3.210, exact 6.3%');
     const header = lines.find((l) => l.startsWith('arm'))!;
     const rows = lines.slice(lines.indexOf(header), lines.indexOf(header) + 3);
