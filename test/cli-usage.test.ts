@@ -428,6 +428,19 @@ describe('merge --dtype bfloat16', () => {
     const b = await inProcess(mergeCommand, ['merge', '--model', LLAMA, '--adapter', LLAMA, '--out', path.join(dir, 'bf16'), '--dtype', 'bfloat16']);
     expect(a.code).toBe(0);
     expect(b.code).toBe(0);
+    // What it says: the folders and dtype, and the error of the written checkpoint on the fixed random probe
+    // (2 x 64 tokens: the fixture's whole context), which bf16 rounding makes larger than float32's.
+    const said = (r: Ran, dtype: string) => {
+      const lines = r.out.trim().split('\n');
+      expect(lines).toHaveLength(2);
+      expect(lines[0]).toBe(`merged tiny-llama into tiny-llama -> ${path.join(dir, dtype === 'float32' ? 'f32' : 'bf16')} (${dtype})`);
+      const m = new RegExp(`^merge error of the written ${dtype} checkpoint on a fixed random batch of 2 x 64 tokens: max \\|Δlogit\\| (\\S+), relative (\\S+)$`).exec(lines[1]!)!;
+      return { max: Number(m[1]), relative: Number(m[2]) };
+    };
+    const ea = said(a, 'float32'), eb = said(b, 'bfloat16');
+    expect(ea.relative).toBeLessThan(1e-5);
+    expect(eb.relative).toBeGreaterThan(10 * ea.relative);
+    expect(eb.max).toBeGreaterThan(ea.max);
     const full = rawTensors(path.join(dir, 'f32', 'model.safetensors'));
     const half = rawTensors(path.join(dir, 'bf16', 'model.safetensors'));
     expect([...half.keys()].sort()).toEqual([...full.keys()].sort());
