@@ -303,7 +303,7 @@ describe('the training record beside an adapter', () => {
     fs.writeFileSync(path.join(run, 'run.json'), JSON.stringify([1]));
     expect(trainingRecord(path.join(run, 'best'))).toBeNull();
     fs.writeFileSync(path.join(run, 'run.json'), '{oops');
-    expect(() => trainingRecord(path.join(run, 'best'))).toThrow(/run\.json/);
+    expect(() => trainingRecord(path.join(run, 'best'))).toThrow(new RegExp(`^inspect: '${path.join(run, 'run.json').replace(/[.\\/]/g, '\\$&')}' `));
   });
 });
 

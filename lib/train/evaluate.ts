@@ -52,6 +52,7 @@ function evaluateOne(model: CausalLM, ex: Example, i: number, acc: { sum: number
 }
 
 function result(acc: { sum: number; tokens: number }, examples: number): EvalResult {
-  const loss = acc.tokens > 0 ? acc.sum / acc.tokens : NaN;
+  // No counted token: 0 / 0, NaN.
+  const loss = acc.sum / acc.tokens;
   return { loss, perplexity: Math.exp(loss), tokens: acc.tokens, examples };
 }
