@@ -30,6 +30,13 @@ function rowsAfter(html: string, header: string): string[][] {
 
 const s = (mean: number, ci95: number, n = 3) => ({ n, mean, sd: 0, ci95 });
 
+/** Every table of a document holds cells and nothing else: no stray text between them. */
+function wellFormedTables(html: string): void {
+  const tables = html.match(/<table>[\s\S]*?<\/table>/g) ?? [];
+  expect(tables.length).toBeGreaterThan(0);
+  for (const t of tables) expect(t).toMatch(/^<table><thead><tr>(<th>[^<]*<\/th>)+<\/tr><\/thead><tbody>(<tr>(<td>[^<]*<\/td>)+<\/tr>)*<\/tbody><\/table>$/);
+}
+
 describe('the sweep section', () => {
   const config = (id: string, label: string, loss: number, forgetting: number | null) => ({
     id, label, values: {}, seeds: [1, 2, 3], loss: s(loss, 0.1), forgetting: forgetting === null ? null : s(forgetting, 0.02),
@@ -91,6 +98,7 @@ describe('the sweep section', () => {
     ]);
     expect(html).toContain('<p class="note">Note: runs shared the process</p>');
     expect(html).not.toContain('One seed per configuration');
+     wellFormedTables(html);
   });
 
   test('one seed: no intervals, no band, and a note saying so', () => {
@@ -170,6 +178,7 @@ describe('the analysis section', () => {
     const bare = renderReport({ title: 'a', analysis: { ...analysis, merge: undefined, forgetting: undefined, quantization: { ...analysis.quantization, data: undefined }, spectra: { 'lm_head.weight': analysis.spectra[q]! } } });
     expect(bare).not.toMatch(/Merge error|retain file|<th>data<\/th>/);
     expect(bare).toContain('<title>lm_head: 2, 1</title>');
+    wellFormedTables(html);
   });
 });
 
@@ -214,6 +223,7 @@ describe('the lab section\'s text and tables', () => {
     expect(rowsAfter(zero, 'task')).toEqual([['knowledge', '3', '3.5', '0', '0']]);
     const bar = elements(plotsOf(html).get('lab-quantization')!, 'rect').find((r) => r.class === 'mark')!;
     expect(bar.height).toBe('276.0');
+    wellFormedTables(html);
   });
 });
 
