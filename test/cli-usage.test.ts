@@ -367,7 +367,7 @@ describe('sweep and lab summaries', () => {
     expect(gathered.runs.map((x: { index: number; seed: number; result: { final: unknown } }) => [x.index, x.seed, x.result.final])).toEqual(
       [0, 1, 2, 3].map((i) => [i, [1, 2][i % 2], { heldout: finals[Math.floor(i / 2)]![i % 2] }]),
     );
-  }, 90_000);
+  }, 300_000);
 
   test('lab --quick: the tables are the mean and t-interval of each arm\'s runs, and every run found is skipped', async () => {
     const out = tmp();
