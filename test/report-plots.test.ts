@@ -294,6 +294,12 @@ describe('the report\'s own plots', () => {
     near(m[0]!.x, 70 + 670 / 4);
     near(m[0]!.y, place(25, 20, 60, 310, 34));
     near(m[1]!.y, place(50, 20, 60, 310, 34));
+    // Error bars of ± 5 points: 20..30 and 45..55 on the same axis.
+    const stems = [...plots.get('lab-exact-behaviour')!.matchAll(/<g class="errorbar"[^>]*><line x1="[\d.]+" y1="([\d.]+)" x2="[\d.]+" y2="([\d.]+)"\/>/g)].map((g) => [Number(g[1]), Number(g[2])]);
+    expect(stems).toHaveLength(2);
+    near(stems[0]![0]!, place(20, 20, 60, 310, 34));
+    near(stems[0]![1]!, place(30, 20, 60, 310, 34));
+    near(stems[1]![1]!, place(55, 20, 60, 310, 34));
     const ev = marks(plots.get('lab-eval-behaviour')!);
     higherIsUp([{ value: 2.5, y: ev[0]!.y }, { value: 2.6, y: ev[1]!.y }]);
     const fg = marks(plots.get('lab-forgetting-behaviour')!);

@@ -208,6 +208,7 @@ describe('the lab section\'s text and tables', () => {
     expect(html).toContain('2000 training and 150 held-out questions; the base scores eval loss 3, exact match 25% (NF4 base 3.5, 12.5%).');
     expect(html).toContain('3 runs trained, 1 resumed from earlier results; 42.5 s.');
     expect(html).toContain('knowledge: eval loss per arm (mean, 95% CI over 2 seeds)');
+    expect(html).toContain('<h3>knowledge</h3><p class="note">2000 training');
     expect(labSection({ ...lab, quick: false })).toContain('lorakit lab: seeds 1, 2;');
   });
 
