@@ -109,6 +109,9 @@ describe('score() on hand-made logits', () => {
     // Label -100 in the middle is skipped, the positions around it still count.
     expect(score(model, [{ inputIds: [7, 1, 2], labels: [-100, 1, -100] }]).exactMatch).toBe(1);
     expect(score(model, [{ inputIds: [7, 1, 2], labels: [-100, -100, 1] }]).exactMatch).toBe(0);
+    // A row's argmax looks at that row only, not into the next row's first logit.
+    const next = [0, 0, 1, 0, 9, 0, 0, 0, ...row(0)];
+    expect(score(fakeModel(V, new Map([[7, next]])).model, [{ inputIds: [7, 2, 0], labels: [-100, 2, 0] }]).exactMatch).toBe(1);
     // The last vocabulary id can be the argmax.
     const last = row(3).concat(row(3), row(0));
     expect(score(fakeModel(V, new Map([[7, last]])).model, [{ inputIds: [7, 3, 3], labels: [-100, 3, 3] }]).exactMatch).toBe(1);
@@ -324,6 +327,11 @@ describe('formatLab', () => {
     expect(rows[2]!.startsWith('full  ')).toBe(true);
     expect(lines).toContain('quantization tax (NF4 base vs float32 base on the eval data): loss +0.0900, exact -6.3 points');
     expect(lines[lines.length - 1]).toBe('5 runs trained, 1 resumed from earlier results; 100 s');
+    expect(lines[lines.length - 2]).toBe('');
+    // Right-aligned columns end together on every row.
+    const end = (row: string, cell: string) => row.indexOf(cell) + cell.length;
+    expect([end(rows[1]!, '1.235 ± 0.046'), end(rows[2]!, '1.235 ± 0.046')]).toEqual([end(rows[0]!, 'eval loss'), end(rows[0]!, 'eval loss')]);
+    expect([end(rows[1]!, '3 ± 1'), end(rows[2]!, '3 ± 1')]).toEqual([end(rows[0]!, 'peak MB'), end(rows[0]!, 'peak MB')]);
     expect(lines.filter((l) => l.startsWith('behaviour'))).toEqual([]);
   });
 

@@ -3,8 +3,7 @@ import { type Summary } from '../sweep/stats';
 import { type LabReport } from './lab';
 import { TASKS } from './world';
 
-function pm(s: Summary | null, digits: number, scale = 1): string {
-  if (s === null) return '-';
+function pm(s: Summary, digits: number, scale = 1): string {
   const m = (s.mean * scale).toFixed(digits);
   return Number.isFinite(s.ci95) ? `${m} ± ${(s.ci95 * scale).toFixed(digits)}` : m;
 }
