@@ -389,6 +389,15 @@ describe.each(CASES)('$name', ({ name, config, lora }) => {
     expect(memory().tensors).toBe(held);
   });
 
+  test('dispose frees every tensor the model and its adapter hold', () => {
+    const before = memory().tensors;
+    const model = loadModel(dir);
+    loadAdapter(model, adir);
+    expect(memory().tensors).toBeGreaterThan(before);
+    model.dispose();
+    expect(memory().tensors).toBe(before);
+  });
+
   test('LoRA dropout in training: the same seed gives the same loss, another seed another one', () => {
     using model = loadModel(dir);
     loadAdapter(model, adir);
