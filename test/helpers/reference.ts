@@ -120,31 +120,47 @@ export function readSafetensors(file: string): Map<string, { shape: number[]; dt
   return out;
 }
 
-/** Eigenvalues of a symmetric n x n matrix by cyclic Jacobi rotations in float64 (unsorted). */
-export function jacobiEigenvalues(a0: ArrayLike<number>, n: number): number[] {
+/** Eigenvalues and eigenvectors (columns) of a symmetric n x n matrix, cyclic Jacobi in float64, descending. */
+export function eigenSym(a0: ArrayLike<number>, n: number): { values: number[]; vectors: number[][] } {
   const a = Float64Array.from(a0);
+  const v = new Float64Array(n * n);
+  for (let i = 0; i < n; i++) v[i * n + i] = 1;
   for (let sweep = 0; sweep < 100; sweep++) {
-    let off = 0;
-    for (let p = 0; p < n; p++) for (let q = p + 1; q < n; q++) off += a[p * n + q]! ** 2;
-    if (off < 1e-30) break;
+    let off = 0, diag = 0;
+    for (let p = 0; p < n; p++) {
+      diag += a[p * n + p]! ** 2;
+      for (let q = p + 1; q < n; q++) off += a[p * n + q]! ** 2;
+    }
+    if (off <= 1e-32 * diag || off === 0) break;
     for (let p = 0; p < n; p++)
       for (let q = p + 1; q < n; q++) {
         const apq = a[p * n + q]!;
         if (apq === 0) continue;
         const theta = (a[q * n + q]! - a[p * n + p]!) / (2 * apq);
         const t = Math.sign(theta || 1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), sn = t * c;
+        const c = 1 / Math.sqrt(t * t + 1), s = t * c;
         for (let k = 0; k < n; k++) {
-          const akp = a[k * n + p]!, akq = a[k * n + q]!;
-          a[k * n + p] = c * akp - sn * akq;
-          a[k * n + q] = sn * akp + c * akq;
+          const kp = a[k * n + p]!, kq = a[k * n + q]!;
+          a[k * n + p] = c * kp - s * kq;
+          a[k * n + q] = s * kp + c * kq;
         }
         for (let k = 0; k < n; k++) {
-          const apk = a[p * n + k]!, aqk = a[q * n + k]!;
-          a[p * n + k] = c * apk - sn * aqk;
-          a[q * n + k] = sn * apk + c * aqk;
+          const pk = a[p * n + k]!, qk = a[q * n + k]!;
+          a[p * n + k] = c * pk - s * qk;
+          a[q * n + k] = s * pk + c * qk;
+        }
+        for (let k = 0; k < n; k++) {
+          const kp = v[k * n + p]!, kq = v[k * n + q]!;
+          v[k * n + p] = c * kp - s * kq;
+          v[k * n + q] = s * kp + c * kq;
         }
       }
   }
-  return Array.from({ length: n }, (_, i) => a[i * n + i]!);
+  const order = Array.from({ length: n }, (_, i) => i).sort((x, y) => a[y * n + y]! - a[x * n + x]!);
+  return { values: order.map((i) => a[i * n + i]!), vectors: order.map((j) => Array.from({ length: n }, (_, k) => v[k * n + j]!)) };
+}
+
+/** Eigenvalues of a symmetric n x n matrix (cyclic Jacobi in float64), descending. */
+export function jacobiEigenvalues(a0: ArrayLike<number>, n: number): number[] {
+  return eigenSym(a0, n).values;
 }
