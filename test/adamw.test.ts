@@ -114,3 +114,31 @@ describe('AdamW', () => {
     expect(() => opt.step([zeros([2, 3])])).toThrow(DisposedError);
   });
 });
+
+describe('AdamW errors name what is wrong (mutants of lib/train/adamw.ts that survived)', () => {
+  test('a disposed optimizer refuses step and loadState by name; a disposed parameter is named by its index', () => {
+    const p = tensor([1, 2, 3]);
+    const opt = new AdamW([p], { lr: 0.1 });
+    opt.dispose();
+    expect(() => opt.step([tensor([0.1, 0.2, 0.3])])).toThrow(new DisposedError('AdamW'));
+    expect(() => opt.step([tensor([0.1, 0.2, 0.3])])).toThrow(/^AdamW has been disposed$/);
+    expect(() => opt.loadState(0, [])).toThrow(/^AdamW has been disposed$/);
+    const q = tensor([1, 2]);
+    const o2 = new AdamW([q]);
+    q.dispose();
+    expect(() => o2.step([tensor([1, 1])])).toThrow(/^AdamW\.step: 'params\[0\]' \(a float32 tensor of shape \[2\]\) has been disposed$/);
+    o2.dispose();
+  });
+
+  test('loadState names the moment of the wrong dtype', () => {
+    const opt = new AdamW([tensor([1, 2, 3])], { lr: 0.1 });
+    expect(() => opt.loadState(1, [{ expAvg: zeros([3], { dtype: 'bfloat16' }), expAvgSq: zeros([3]) }])).toThrow(
+      /^AdamW\.loadState: 'moments\[0\]\.expAvg' must be float32, got bfloat16$/,
+    );
+    expect(() => opt.loadState(1, [{ expAvg: zeros([3]), expAvgSq: zeros([3], { dtype: 'bfloat16' }) }])).toThrow(
+      /^AdamW\.loadState: 'moments\[0\]\.expAvgSq' must be float32, got bfloat16$/,
+    );
+    expect(opt.stepCount).toBe(0);
+    opt.dispose();
+  });
+});
