@@ -5,7 +5,6 @@
  */
 import { spawn } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import yargs, { type Argv } from 'yargs';
 import { main, unknownOptions } from '../lib/cli';
@@ -15,24 +14,17 @@ import { sweepCommand } from '../lib/cli/commands/sweep';
 import { trainCommand } from '../lib/cli/commands/train';
 import { ARMS, QUICK } from '../lib/lab';
 import { TASKS } from '../lib/lab/world';
+import { tempDirs } from './helpers/tmp';
 
 const ROOT = path.resolve(__dirname, '..');
 const CLI = path.join(ROOT, 'dist/cli/index.js');
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 const DEFAULT = path.join(ROOT, 'assets/default');
 
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-usage-'));
-  dirs.push(d);
-  return d;
-};
+const tmp = tempDirs('lorakit-usage-');
 
 beforeAll(() => {
   if (!fs.existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does) first');
-});
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
 });
 
 interface Ran { code: number | null; out: string; err: string }

@@ -5,7 +5,6 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { tensor } from '../lib';
 import { runLab } from '../lib/lab';
@@ -15,16 +14,12 @@ import { loadModel } from '../lib/models';
 import { evaluate } from '../lib/train/evaluate';
 import { configurations, parseSpec } from '../lib/sweep/spec';
 import { readSafetensors } from './helpers/reference';
+import { tempDirs } from './helpers/tmp';
 
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
 const FIX = path.join(__dirname, 'fixtures/peft');
 const LLAMA = path.join(FIX, 'tiny-llama');
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-hcli-'));
-  dirs.push(d);
-  return d;
-};
+const tmp = tempDirs('lorakit-hcli-');
 const run = (...args: string[]) => {
   const r = spawnSync(process.execPath, [CLI, ...args], { encoding: 'utf8', timeout: 60_000 });
   return { code: r.status, out: r.stdout, err: r.stderr, signal: r.signal };
@@ -34,10 +29,6 @@ const STACK = /\n\s+at /;
 beforeAll(() => {
   if (!fs.existsSync(CLI)) throw new Error('dist/ is missing: run `npm run build` (npm test does) first');
 });
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
-
 /** A copy of the tiny Llama fixture (model and adapter in one folder), so a test may try to damage it. */
 function fixtureCopy(): string {
   const dir = path.join(tmp(), 'model');

@@ -4,25 +4,17 @@
  */
 import { spawn, spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { Progress } from '../lib/train/progress';
 import { train, type TrainOptions } from '../lib/train/trainer';
+import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 const DEFAULT = path.join(__dirname, '../assets/default');
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
 const PKG = JSON.parse(fs.readFileSync(path.join(__dirname, '../package.json'), 'utf8'));
 
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-htrain-'));
-  dirs.push(d);
-  return d;
-};
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const tmp = tempDirs('lorakit-htrain-');
 
 /** A learnable task: four cycles through 32 token ids. */
 function sequences(n = 240, len = 24): string {

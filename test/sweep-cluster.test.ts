@@ -13,18 +13,11 @@ import { parseSpec } from '../lib/sweep/spec';
 import { listRuns, runSweep, type RunRecord } from '../lib/sweep/runner';
 import { indexedJob } from '../lib/sweep/k8s';
 import { indexRanges, jobName } from '../lib/sweep/slurm';
+import { tempDirs } from './helpers/tmp';
 
 const root = path.join(__dirname, '..');
 const cli = path.join(root, 'dist', 'cli', 'index.js');
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-sweep-cluster-'));
-  dirs.push(d);
-  return d;
-};
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const tmp = tempDirs('lorakit-sweep-cluster-');
 
 function lorakit(args: string[], env: NodeJS.ProcessEnv = {}): { code: number | null; out: string; err: string } {
   const r = spawnSync(process.execPath, [cli, ...args], { encoding: 'utf8', env: { ...process.env, ...env }, timeout: 300_000 });

@@ -4,7 +4,6 @@
  * character by character, option names and --config files, and the training record beside an adapter.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { evaluate, evaluateAsync } from '../lib/train/evaluate';
 import { Progress, type StepInfo } from '../lib/train/progress';
@@ -20,18 +19,11 @@ import { loadModel } from '../lib/models';
 import { loadAdapter } from '../lib/lora/adapter';
 import { tensor, zeros } from '../lib/tensor/tensor';
 import { type Example } from '../lib/data/jsonl';
+import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-trainmut-'));
-  dirs.push(d);
-  return d;
-};
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const tmp = tempDirs('lorakit-trainmut-');
 
 describe('evaluate against a float64 cross-entropy', () => {
   const model = loadModel(LLAMA);

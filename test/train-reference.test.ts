@@ -4,7 +4,6 @@
  * AdamW written out here in float64), and gradient accumulation against one larger batch.
  */
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { learningRate, type ScheduleKind } from '../lib/train/schedule';
 import { train, type TrainOptions } from '../lib/train/trainer';
@@ -12,19 +11,12 @@ import { loadModel } from '../lib/models';
 import { type CausalLM } from '../lib/models/causal-lm';
 import { addAdapter, loadAdapter } from '../lib/lora/adapter';
 import { tensor } from '../lib/tensor/tensor';
+import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 const GPT2 = path.join(__dirname, 'fixtures/peft/tiny-gpt2');
 
-const dirs: string[] = [];
-const tmp = () => {
-  const d = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-trainref-'));
-  dirs.push(d);
-  return d;
-};
-afterAll(() => {
-  for (const d of dirs) fs.rmSync(d, { recursive: true, force: true });
-});
+const tmp = tempDirs('lorakit-trainref-');
 
 const readJsonl = (f: string) => fs.readFileSync(f, 'utf8').trim().split('\n').filter(Boolean).map((l) => JSON.parse(l));
 
