@@ -12,6 +12,7 @@ import { addInPlace, copyRows, crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
 import { NF4Tensor, dequantize } from '../nf4';
 import { transpose2d } from './weights';
+import { logitsError } from './compare';
 import { type LoraConfig } from '../lora/adapter';
 
 export interface ForwardOptions {
@@ -196,15 +197,7 @@ export abstract class CausalLM {
     try {
       this.mergeAdapters();
       using after = this.forward(inputIds, { returnLogits: true }).logits!;
-      const a = before.toFloat32Array(), b = after.toFloat32Array();
-      let maxAbs = 0, num = 0, den = 0;
-      for (let i = 0; i < a.length; i++) {
-        const d = Math.abs(a[i]! - b[i]!);
-        maxAbs = Math.max(maxAbs, d);
-        num += d * d;
-        den += a[i]! * a[i]!;
-      }
-      return { maxAbs, relative: Math.sqrt(num / (den || 1)) };
+      return logitsError(before.toFloat32Array(), after.toFloat32Array());
     } finally {
       before.dispose();
     }
