@@ -1,7 +1,6 @@
 import * as path from 'node:path';
 import { AdamW, DisposedError, LorakitRangeError, LorakitTypeError, gradNorm, tensor, zeros } from '../lib';
-import { randomArray } from './helpers/reference';
-import { readSafetensors } from './helpers/reference';
+import { randomArray, readSafetensors } from './helpers/reference';
 
 const fixture = readSafetensors(path.join(__dirname, 'fixtures/peft/adamw/expected.safetensors'));
 const get = (k: string) => {
@@ -96,6 +95,26 @@ describe('AdamW', () => {
     expect(() => opt.step([tensor([0, NaN, 0])], { maxGradNorm: 1 })).toThrow(/gradient norm is NaN; no parameter was updated/);
     expect(p.toArray()).toEqual([1, 2, 3]);
     expect(opt.stepCount).toBe(0);
+  });
+
+  test('tryStep returns a non-finite gradient norm as a value, updating nothing; a finite one as step() would', () => {
+    const p = tensor([1, 2, 3]);
+    const opt = new AdamW([p]);
+    for (const bad of [NaN, Infinity]) {
+      const r = opt.tryStep([tensor([0, bad, 0])], { maxGradNorm: 1 });
+      expect(r).toEqual({ ok: false, reason: 'grad-norm', gradNorm: expect.anything() });
+      expect(Number.isFinite(r.gradNorm)).toBe(false);
+    }
+    expect(p.toArray()).toEqual([1, 2, 3]);
+    expect(opt.stepCount).toBe(0);
+    const q = tensor([1, 2, 3]);
+    const expected = new AdamW([q]).step([tensor([3, 0, 4])], { maxGradNorm: 1 });
+    expect(opt.tryStep([tensor([3, 0, 4])], { maxGradNorm: 1 })).toEqual({ ok: true, ...expected });
+    expect(p.toArray()).toEqual(q.toArray());
+    expect(opt.tryStep([tensor([3, 0, 4])])).toEqual({ ok: true, clipScale: 1 });
+    expect(opt.stepCount).toBe(2);
+    // Bad input is still an error, named by the method.
+    expect(() => opt.tryStep([])).toThrow(/AdamW\.tryStep: expected 1 gradients/);
   });
 
   test('bad input', () => {

@@ -5,12 +5,12 @@ import * as path from 'node:path';
 import { io, nf4, tensor } from '../lib';
 import { type Tensor } from '../lib/tensor/tensor';
 import { analyzeModel } from '../lib/analysis';
-import { meanTokenKL, type AnalyzeReport } from '../lib/analysis/report';
+import { meanTokenKL, type AnalyzeReport } from '../lib/analysis/analyze-run';
 import { runAnalyze } from '../lib/cli/commands/analyze';
 import { loadAdapter } from '../lib/lora/adapter';
 import { loadModel, type CausalLM } from '../lib/models';
 import { evaluate } from '../lib/train/evaluate';
-import { type Example } from '../lib/data/jsonl';
+import { type Example } from '../lib/data/example';
 import { readSafetensors } from './helpers/reference';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');

@@ -4,11 +4,12 @@ import * as path from 'node:path';
 import { tensor } from '../lib';
 import { loadModel, type CausalLM } from '../lib/models';
 import { addAdapter, loadAdapter, saveAdapter } from '../lib/lora/adapter';
-import { combineAdapters, deltaError, interference } from '../lib/lora/combine';
+import { combineAdapters, deltaError } from '../lib/lora/combine';
+import { interference } from '../lib/analysis/interference';
 import { matmul } from '../lib/ops/matmul';
 import { addInPlace } from '../lib/ops/nn';
 import { type Tensor } from '../lib/tensor/tensor';
-import { type Example } from '../lib/data/jsonl';
+import { type Example } from '../lib/data/example';
 import { evaluate } from '../lib/train/evaluate';
 import { jacobiEigenvalues, matmul64, relErr } from './helpers/reference';
 

@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import { type Example } from '../lib/data/jsonl';
+import { type Example } from '../lib/data/example';
 import { loadExamples } from '../lib/data/load';
 import { ARMS, LAB_BASE, armScale, formatLab, makeTask, runLab, score, trainableParameters, type LabReport } from '../lib/lab';
 import { loadAdapter } from '../lib/lora/adapter';

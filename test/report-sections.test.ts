@@ -7,7 +7,7 @@
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
-import type { AnalyzeReport } from '../lib/analysis/report';
+import type { AnalyzeReport } from '../lib/analysis/analyze-run';
 import { type LabReport } from '../lib/lab';
 import { labSection, readMetrics, renderReport, sweepRuns, writeReport } from '../lib/report';
 import type { SweepReport } from '../lib/sweep/runner';

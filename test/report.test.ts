@@ -3,7 +3,7 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
-import { analyzeRun, type AnalyzeReport } from '../lib/analysis/report';
+import { analyzeRun, type AnalyzeReport } from '../lib/analysis/analyze-run';
 import { runAnalyze } from '../lib/cli/commands/analyze';
 import { TASKS, type LabReport } from '../lib/lab';
 import { barPlot, escapeHtml, estimatePlot, formatNumber, labSection, linePlot, linearScale, logScale, readMetrics, renderReport, scatterPlot, thin, writeReport, sweepRuns, type MetricLine } from '../lib/report';

@@ -18,7 +18,7 @@ import { spawnSync } from 'node:child_process';
 import { loadModel } from '../lib/models';
 import { loadAdapter } from '../lib/lora/adapter';
 import { tensor, zeros } from '../lib/tensor/tensor';
-import { type Example } from '../lib/data/jsonl';
+import { type Example } from '../lib/data/example';
 import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');

@@ -4,9 +4,9 @@
  * batches it would have seen.
  */
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { checkNumber, checkOptions } from '../ops/check';
-import { type Device, type Tensor, describe, tensor } from '../tensor/tensor';
-import { type Example } from './jsonl';
+import { checkNumber, checkOptions, describe, type Device } from '../check';
+import { type Tensor, tensor } from '../tensor/tensor';
+import { type Example } from './example';
 
 export interface BatcherOptions {
   /** Tokens per row (T); at least 2, as a row of one token predicts nothing. */

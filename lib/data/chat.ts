@@ -4,9 +4,9 @@
  */
 import { Environment, Interpreter, Template } from '@huggingface/jinja';
 import { LorakitError } from '../errors';
-import { isObject, show } from '../io/config';
+import { isObject, show } from '../check';
 import { type Tokenizer } from '../tokenizer/tokenizer';
-import { type Example } from './jsonl';
+import { type Example } from './example';
 
 export type ChatRole = 'system' | 'user' | 'assistant';
 

@@ -1,4 +1,5 @@
-export { readJsonl, tokenize, type Example, type DataRecord } from './jsonl';
+export { readJsonl, tokenize, type DataRecord } from './jsonl';
+export { type Example } from './example';
 export { loadExamples, splitExample, type LoadOptions } from './load';
 export { type ChatMessage, type ChatRole } from './chat';
 export { Batcher, seededPermutation, type Batch, type BatcherOptions } from './batching';

@@ -5,16 +5,11 @@
  * Every malformed line is an error naming the file and the line number.
  */
 import { LorakitError } from '../errors';
-import { isObject, show } from '../io/config';
+import { isObject, show } from '../check';
 import { type Tokenizer } from '../tokenizer/tokenizer';
 import { parseMessages, tokenizeChat, type ChatMessage } from './chat';
 import { readLines, type ReadOptions } from './lines';
-
-/** A tokenized sequence; labels are aligned with the ids (-100 where no loss is taken). */
-export interface Example {
-  inputIds: number[];
-  labels: number[];
-}
+import { type Example } from './example';
 
 /** One line's content before tokenization. */
 export type DataRecord =

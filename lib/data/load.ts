@@ -1,10 +1,10 @@
 /** Training data from a file: the examples of a JSONL file, or the documents of a plain text file. */
 import * as path from 'node:path';
 import { LorakitError, LorakitTypeError } from '../errors';
-import { checkNumber, checkOptions } from '../ops/check';
-import { describe } from '../tensor/tensor';
+import { checkNumber, checkOptions, describe } from '../check';
 import { type Tokenizer } from '../tokenizer/tokenizer';
-import { jsonlRecords, tokenizeRecord, type Example } from './jsonl';
+import { jsonlRecords, tokenizeRecord } from './jsonl';
+import { type Example } from './example';
 import { MAX_LINE_BYTES, readLines, type ReadOptions } from './lines';
 
 const OP = 'loadExamples';

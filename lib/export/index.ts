@@ -7,7 +7,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitTypeError } from '../errors';
-import { isObject, readJsonFile, readModelConfig, show, type ModelConfig } from '../io/config';
+import { isObject, show } from '../check';
+import { readJsonFile, readModelConfig, type ModelConfig } from '../io/config';
 import { assertOutputApart, makeDir } from '../io/fs';
 import { loadAdapter } from '../lora/adapter';
 import { loadModel, type CausalLM } from '../models';

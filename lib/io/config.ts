@@ -6,7 +6,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError, type ErrorCode } from '../errors';
 import { type DType } from '../tensor/dtype';
-import { describe } from '../tensor/tensor';
+import { describe, isObject, show } from '../check';
 
 export type ModelType = 'gpt2' | 'llama' | 'mistral' | 'qwen2';
 
@@ -58,18 +58,6 @@ const DEFAULT_MAX_POSITIONS: Readonly<Record<Exclude<ModelType, 'gpt2'>, number>
   mistral: 4096 * 32,
   qwen2: 32768,
 };
-
-/** @internal A non-null, non-array object, as JSON objects are. */
-export function isObject(x: unknown): x is Record<string, unknown> {
-  return typeof x === 'object' && x !== null && !Array.isArray(x);
-}
-
-/** @internal A JSON value for a message, cut short so a hostile file cannot flood it. */
-export function show(x: unknown): string {
-  if (x === undefined) return 'nothing';
-  const s = JSON.stringify(x) ?? describe(x);
-  return s.length > 80 ? `${s.slice(0, 77)}...` : s;
-}
 
 /**
  * @internal Turns Node's file-system errors into LorakitError('ERR_IO') naming the op and the file; anything

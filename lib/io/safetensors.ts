@@ -8,10 +8,10 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { DisposedError, LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { checkOptions, checkTensor } from '../ops/check';
+import { checkOptions, describe, isObject, show } from '../check';
 import { DTYPE_BYTES, type DType, isDType } from '../tensor/dtype';
-import { Tensor, describe } from '../tensor/tensor';
-import { ioError, isObject, readJsonFile, show } from './config';
+import { checkTensor, Tensor } from '../tensor/tensor';
+import { ioError, readJsonFile } from './config';
 
 /** The reference implementation's limit; a file claiming a larger header is refused before reading it. */
 export const MAX_HEADER_BYTES = 100_000_000;

@@ -3,6 +3,7 @@
  * α/√r, a quantized base, and full fine-tuning.
  */
 import { addAdapter } from '../lora/adapter';
+import { resolveTarget } from '../lora/config';
 import { loadModel } from '../models';
 import { type Method } from '../train/trainer';
 
@@ -16,8 +17,6 @@ export interface Arm {
   rslora: boolean;
   what: string;
 }
-
-const ATTENTION_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj'];
 
 /**
  * On the default Llama (hidden 192, 2 of 4 heads for keys and values, MLP 672) one rank costs 1,344
@@ -46,6 +45,6 @@ export function armScale(arm: Arm): number | null {
 export function trainableParameters(base: string, arm: Arm): number {
   using model = loadModel(base);
   if (arm.method === 'full') model.requireFullGrad();
-  else addAdapter(model, { r: arm.r, loraAlpha: arm.alpha, useRslora: arm.rslora, targetModules: arm.target === 'attention' ? ATTENTION_MODULES : 'all-linear' });
+  else addAdapter(model, { r: arm.r, loraAlpha: arm.alpha, useRslora: arm.rslora, targetModules: resolveTarget(arm.target, model.linears.keys()) });
   return model.parameters().reduce((s, p) => s + p.param.numel, 0);
 }

@@ -5,122 +5,24 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { isObject, readJsonFile, show, writeJsonFile } from '../io/config';
+import { checkNumber, checkOptions, isObject, show } from '../check';
+import { readJsonFile, writeJsonFile } from '../io/config';
 import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
 import { type CausalLM } from '../models/causal-lm';
 import { type Linear } from '../models/linear';
 import { Tensor, tensor, zeros } from '../tensor/tensor';
 import { rand, randn } from '../tensor/random';
-import { checkNumber, checkOptions } from '../ops/check';
 import { matmul } from '../ops/matmul';
+import { svdLeft } from '../ops/linalg';
 import { addInPlace } from '../ops/nn';
-import { loraScale } from './linear';
-
-/** The LoRA fields of PEFT's LoraConfig, camelCase (files keep PEFT's names). */
-export interface LoraConfig {
-  r: number;
-  loraAlpha: number;
-  loraDropout: number;
-  /** Module names (matched as name suffixes), one regex (full match), or 'all-linear'. */
-  targetModules: string[] | string;
-  /** Modules left out, matched the same way. */
-  excludeModules: string[] | string | null;
-  useRslora: boolean;
-  /** true: A Kaiming-uniform, B zero; 'gaussian': A ~ N(0, 1/r), B zero; 'pissa': principal singular vectors; false: both random. */
-  initLoraWeights: boolean | 'gaussian' | 'pissa';
-  rankPattern: Record<string, number>;
-  alphaPattern: Record<string, number>;
-  /** Only these layer indices get adapters (null: all). */
-  layersToTransform: number[] | null;
-}
-
-export type LoraOptions = Partial<LoraConfig> & {
-  /** Seed of the initial A (and B) values. */
-  seed?: number;
-};
-
-export const LORA_DEFAULTS: Readonly<LoraConfig> = {
-  r: 16,
-  loraAlpha: 32,
-  loraDropout: 0.05,
-  targetModules: 'all-linear',
-  excludeModules: null,
-  useRslora: false,
-  initLoraWeights: true,
-  rankPattern: {},
-  alphaPattern: {},
-  layersToTransform: null,
-};
+import { INIT_LORA_WEIGHTS, LORA_DEFAULTS, matches, matchesName, moduleScale, parseLoraConfig, matchTargets, type LoraConfig, type LoraOptions } from './config';
 
 const KEY = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
 
-function configError(file: string, msg: string): LorakitError {
-  return new LorakitError('ERR_INVALID_ARG', `adapter: ${file}: ${msg}`);
-}
-
 /** Reads and validates adapter_config.json. */
 export function readLoraConfig(file: string): LoraConfig {
-  const j = readJsonFile('adapter', file, 'ERR_INVALID_ARG');
-  if (!isObject(j)) throw configError(file, `expected a JSON object, got ${show(j)}`);
-  if (j.peft_type !== undefined && j.peft_type !== 'LORA') throw configError(file, `peft_type must be "LORA", got ${show(j.peft_type)}`);
-  const posInt = (k: string, v: unknown) => {
-    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw configError(file, `'${k}' must be a positive integer, got ${show(v)}`);
-    return v;
-  };
-  const num = (k: string, v: unknown, dflt: number) => {
-    if (v === undefined || v === null) return dflt;
-    if (typeof v !== 'number' || !Number.isFinite(v)) throw configError(file, `'${k}' must be a number, got ${show(v)}`);
-    return v;
-  };
-  const r = posInt('r', j.r ?? 8);
-  const pattern = (k: string, integer: boolean): Record<string, number> => {
-    const v = j[k];
-    if (v === undefined || v === null) return {};
-    if (!isObject(v)) throw configError(file, `'${k}' must be an object of module pattern to number, got ${show(v)}`);
-    for (const [p, n] of Object.entries(v)) (integer ? posInt(`${k}.${p}`, n) : num(`${k}.${p}`, n, 0));
-    return v as Record<string, number>;
-  };
-  if (j.bias !== undefined && j.bias !== 'none') throw configError(file, `bias ${show(j.bias)} is not supported (only "none")`);
-  const tm = j.target_modules;
-  const dropout = num('lora_dropout', j.lora_dropout, 0);
-  if (dropout < 0 || dropout >= 1) throw configError(file, `'lora_dropout' must be in [0, 1), got ${dropout}`);
-  const names = (k: string, v: unknown): string[] | string | null => {
-    if (v === undefined || v === null) return null;
-    if (typeof v === 'string' || (Array.isArray(v) && v.every((x) => typeof x === 'string'))) return v as string[] | string;
-    throw configError(file, `'${k}' must be a list of names or a regex string, got ${show(v)}`);
-  };
-  const init = j.init_lora_weights ?? true;
-  if (init !== true && init !== false && init !== 'gaussian' && init !== 'pissa')
-    throw configError(file, `'init_lora_weights' ${show(init)} is not supported (true, false, "gaussian" or "pissa")`);
-  const layers = j.layers_to_transform;
-  if (layers !== undefined && layers !== null && !(Number.isInteger(layers) || (Array.isArray(layers) && layers.every((x) => Number.isInteger(x)))))
-    throw configError(file, `'layers_to_transform' must be a layer index or a list of them, got ${show(layers)}`);
-  return {
-    r,
-    loraAlpha: num('lora_alpha', j.lora_alpha, 8),
-    loraDropout: dropout,
-    targetModules: names('target_modules', tm) ?? [],
-    excludeModules: names('exclude_modules', j.exclude_modules),
-    useRslora: j.use_rslora === true,
-    initLoraWeights: init as LoraConfig['initLoraWeights'],
-    rankPattern: pattern('rank_pattern', true),
-    alphaPattern: pattern('alpha_pattern', false),
-    layersToTransform: layers === undefined || layers === null ? null : typeof layers === 'number' ? [layers] : (layers as number[]),
-  };
-}
-
-/** PEFT's pattern lookup: a key matches a module whose name ends with it (as a regex) after a dot. */
-function patternValue(patterns: Record<string, number>, module: string, name: string): number | undefined {
-  for (const [key, value] of Object.entries(patterns)) if (compile(`^(.*\\.)?(${key})$`, name, key).test(module)) return value;
-  return undefined;
-}
-
-/** Rank and scale of one module under a config (rank_pattern / alpha_pattern first). */
-export function moduleScale(config: LoraConfig, module: string): { r: number; scale: number } {
-  const r = patternValue(config.rankPattern, module, 'rank_pattern') ?? config.r;
-  const alpha = patternValue(config.alphaPattern, module, 'alpha_pattern') ?? config.loraAlpha;
-  return { r, scale: loraScale(alpha, r, config.useRslora) };
+  return parseLoraConfig(readJsonFile('adapter', file, 'ERR_INVALID_ARG'), file);
 }
 
 /**
@@ -178,31 +80,6 @@ export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
   return config;
 }
 
-/** PEFT's list matching: a module named exactly so or ending in '.name'. */
-function matchesName(name: string, module: string): boolean {
-  return module === name || module.endsWith(`.${name}`);
-}
-
-/** `source`, made from the config value `pattern` of `key`; a pattern JavaScript cannot compile is the config's error. */
-function compile(source: string, key: string, pattern: string): RegExp {
-  try {
-    return new RegExp(source);
-  } catch (e) {
-    throw new LorakitTypeError('ERR_INVALID_ARG', `adapter: '${key}' ${show(pattern)} is not a valid regular expression: ${(e as Error).message}`);
-  }
-}
-
-/** A regex form of target_modules or exclude_modules, which PEFT full-matches against module names. */
-function fullMatch(pattern: string, key: string): RegExp {
-  return compile(`^(?:${pattern})$`, key, pattern);
-}
-
-/** PEFT's module matching: a list matches a module named exactly so or ending in '.name'; a string is a regex that must match the whole name. */
-function matches(spec: string[] | string, module: string, key: string): boolean {
-  if (typeof spec === 'string') return fullMatch(spec, key).test(module);
-  return spec.some((n) => matchesName(n, module));
-}
-
 /**
  * Refuses target_modules that name modules the model lacks, as PEFT refuses a config that matches none ("Target
  * modules ... not found in the base model"), but per name: a misspelt name in a list would otherwise leave that
@@ -223,22 +100,9 @@ function checkTargetsExist(model: CausalLM, targets: string[] | string, where: s
   );
 }
 
-/** The layer index in a module path (`...layers.3...` or GPT-2's `...h.3...`). */
-function layerOf(module: string): number | undefined {
-  const m = /\.(?:layers|h)\.(\d+)\./.exec(module);
-  return m ? Number(m[1]) : undefined;
-}
-
 /** The modules a config adapts in this model (all-linear: every linear; the output head is not one). */
 export function targetModules(model: CausalLM, config: LoraConfig): string[] {
-  const out: string[] = [];
-  for (const name of model.linears.keys()) {
-    if (config.targetModules !== 'all-linear' && !matches(config.targetModules, name, 'target_modules')) continue;
-    if (config.excludeModules !== null && matches(config.excludeModules, name, 'exclude_modules')) continue;
-    if (config.layersToTransform !== null && !config.layersToTransform.includes(layerOf(name) ?? -1)) continue;
-    out.push(name);
-  }
-  return out;
+  return matchTargets(model.linears.keys(), config);
 }
 
 function checkLoraOptions(o: LoraOptions): LoraConfig {
@@ -247,7 +111,7 @@ function checkLoraOptions(o: LoraOptions): LoraConfig {
   checkNumber(op, 'r', c.r, { integer: true, min: 1 });
   checkNumber(op, 'loraAlpha', c.loraAlpha);
   checkNumber(op, 'loraDropout', c.loraDropout, { min: 0, max: 1, maxExclusive: true });
-  if (![true, false, 'gaussian', 'pissa'].includes(c.initLoraWeights))
+  if (!INIT_LORA_WEIGHTS.includes(c.initLoraWeights))
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'initLoraWeights' must be true, false, 'gaussian' or 'pissa', got ${show(c.initLoraWeights)}`);
   for (const [k, v] of Object.entries(c.rankPattern)) checkNumber(op, `rankPattern.${k}`, v, { integer: true, min: 1 });
   for (const [k, v] of Object.entries(c.alphaPattern)) checkNumber(op, `alphaPattern.${k}`, v);
@@ -299,124 +163,33 @@ function initialWeights(lin: Linear, r: number, scale: number, init: LoraConfig[
  */
 function pissa(lin: Linear, r: number, scale: number): { a: Tensor; b: Tensor } {
   if (!(lin.weight instanceof Tensor)) throw new LorakitTypeError('ERR_INVALID_ARG', `addAdapter: PiSSA needs a float base weight; '${lin.name}' is NF4`);
-  const { u, s, vt } = topSingular(lin.weight, r);
   const [m, n] = [lin.outFeatures, lin.inFeatures];
+  // r may exceed the matrix's rank bound; the triplets beyond min(m, n) are zero.
+  const k = Math.min(r, m, n);
+  const { u, s } = svdLeft(lin.weight, k);
+  // svdLeft gives U and Σ; each right vector is v_j = Wᵀ u_j / σ_j, taken in float64 from W itself.
+  const w = Float64Array.from(lin.weight.toFloat32Array());
   const a = new Float32Array(r * n), b = new Float32Array(m * r);
-  for (let k = 0; k < r; k++) {
-    const root = Math.sqrt(s[k]! / scale);
-    for (let j = 0; j < n; j++) a[k * n + j] = root * vt[k * n + j]!;
-    for (let i = 0; i < m; i++) b[i * r + k] = root * u[i * r + k]!;
+  for (let j = 0; j < k; j++) {
+    const sigma = s[j]!;
+    if (!(sigma > 0)) continue;
+    const root = Math.sqrt(sigma / scale);
+    for (let i = 0; i < m; i++) b[i * r + j] = root * u[i * k + j]!;
+    const v = new Float64Array(n);
+    for (let i = 0; i < m; i++) {
+      const ui = u[i * k + j]!;
+      if (ui !== 0) for (let c = 0; c < n; c++) v[c] = v[c]! + w[i * n + c]! * ui;
+    }
+    for (let c = 0; c < n; c++) a[j * n + c] = (root * v[c]!) / sigma;
   }
   const A = tensor(a, [r, n], { device: lin.weight.device }), B = tensor(b, [m, r], { device: lin.weight.device });
   using delta = matmul(B, A, { alpha: -scale });
-  using w = lin.weight.to('float32');
-  addInPlace(w, delta);
-  const residual = w.to(lin.weight.dtype);
+  using wf = lin.weight.to('float32');
+  addInPlace(wf, delta);
+  const residual = wf.to(lin.weight.dtype);
   lin.weight.dispose();
   lin.weight = residual;
   return { a: A, b: B };
-}
-
-/**
- * Top-r singular triplets of W [m, n]: subspace iteration on WᵀW with 16 extra vectors (our GEMM,
- * float64 Gram-Schmidt), then Rayleigh-Ritz on the small k x k problem (float64 Jacobi). The extra
- * vectors make convergence depend on σ(r+17)/σ(r), not on the often tiny gap after σ(r).
- */
-function topSingular(w: Tensor, r: number): { u: Float64Array; s: Float64Array; vt: Float64Array } {
-  const [m, n] = w.shape as [number, number];
-  const k = Math.min(r + 16, m, n);
-  let v: Float64Array;
-  {
-    using start = randn([n, k], { seed: 12345 });
-    v = orthonormalColumns(start.toFloat32Array(), n, k);
-  }
-  using wf = w.to('float32');
-  for (let it = 0; it < 40; it++) {
-    using V = tensor(Float32Array.from(v), [n, k], { device: w.device });
-    using WV = matmul(wf, V); // [m, k]
-    using WtWV = matmul(wf, WV, { transposeA: true }); // [n, k]
-    v = orthonormalColumns(WtWV.toFloat32Array(), n, k);
-  }
-  using V = tensor(Float32Array.from(v), [n, k], { device: w.device });
-  using WV = matmul(wf, V);
-  const wv = Float64Array.from(WV.toFloat32Array());
-  // Rayleigh-Ritz: (WV)ᵀ(WV) = E Λ Eᵀ gives the singular values (√λ) and the rotation E of V.
-  const g = new Float64Array(k * k);
-  for (let i = 0; i < m; i++) for (let a = 0; a < k; a++) for (let b = 0; b < k; b++) g[a * k + b] = g[a * k + b]! + wv[i * k + a]! * wv[i * k + b]!;
-  const { values, vectors } = symmetricEigen(g, k);
-  const order = [...values.keys()].sort((x, y) => values[y]! - values[x]!).slice(0, Math.min(r, k));
-  const u = new Float64Array(m * r), s = new Float64Array(r), vt = new Float64Array(r * n);
-  order.forEach((e, c) => {
-    const sigma = Math.sqrt(Math.max(values[e]!, 0));
-    s[c] = sigma;
-    for (let i = 0; i < n; i++) {
-      let x = 0;
-      for (let j = 0; j < k; j++) x += v[i * k + j]! * vectors[j * k + e]!;
-      vt[c * n + i] = x;
-    }
-    for (let i = 0; i < m; i++) {
-      let x = 0;
-      for (let j = 0; j < k; j++) x += wv[i * k + j]! * vectors[j * k + e]!;
-      u[i * r + c] = sigma > 0 ? x / sigma : 0;
-    }
-  });
-  return { u, s, vt };
-}
-
-/** Eigen-decomposition of a small symmetric matrix by cyclic Jacobi rotations (float64); vectors in columns. */
-function symmetricEigen(a0: Float64Array, n: number): { values: number[]; vectors: Float64Array } {
-  const a = Float64Array.from(a0);
-  const q = new Float64Array(n * n);
-  for (let i = 0; i < n; i++) q[i * n + i] = 1;
-  for (let sweep = 0; sweep < 60; sweep++) {
-    let off = 0, diag = 0;
-    for (let p = 0; p < n; p++) {
-      diag += a[p * n + p]! ** 2;
-      for (let j = p + 1; j < n; j++) off += a[p * n + j]! ** 2;
-    }
-    if (off <= 1e-30 * diag) break;
-    for (let p = 0; p < n; p++)
-      for (let j = p + 1; j < n; j++) {
-        const apq = a[p * n + j]!;
-        if (apq === 0) continue;
-        const theta = (a[j * n + j]! - a[p * n + p]!) / (2 * apq);
-        const t = (theta >= 0 ? 1 : -1) / (Math.abs(theta) + Math.sqrt(theta * theta + 1));
-        const c = 1 / Math.sqrt(t * t + 1), sn = t * c;
-        for (let i = 0; i < n; i++) {
-          const aip = a[i * n + p]!, aiq = a[i * n + j]!;
-          a[i * n + p] = c * aip - sn * aiq;
-          a[i * n + j] = sn * aip + c * aiq;
-        }
-        for (let i = 0; i < n; i++) {
-          const api = a[p * n + i]!, aqi = a[j * n + i]!;
-          a[p * n + i] = c * api - sn * aqi;
-          a[j * n + i] = sn * api + c * aqi;
-        }
-        for (let i = 0; i < n; i++) {
-          const qip = q[i * n + p]!, qiq = q[i * n + j]!;
-          q[i * n + p] = c * qip - sn * qiq;
-          q[i * n + j] = sn * qip + c * qiq;
-        }
-      }
-  }
-  return { values: Array.from({ length: n }, (_, i) => a[i * n + i]!), vectors: q };
-}
-
-/** Modified Gram-Schmidt on the columns of a row-major [rows, cols] matrix, in float64. */
-function orthonormalColumns(x: ArrayLike<number>, rows: number, cols: number): Float64Array {
-  const q = Float64Array.from(x);
-  for (let j = 0; j < cols; j++) {
-    for (let p = 0; p < j; p++) {
-      let d = 0;
-      for (let i = 0; i < rows; i++) d += q[i * cols + p]! * q[i * cols + j]!;
-      for (let i = 0; i < rows; i++) q[i * cols + j] = q[i * cols + j]! - d * q[i * cols + p]!;
-    }
-    let nrm = 0;
-    for (let i = 0; i < rows; i++) nrm += q[i * cols + j]! ** 2;
-    nrm = Math.sqrt(nrm) || 1;
-    for (let i = 0; i < rows; i++) q[i * cols + j] = q[i * cols + j]! / nrm;
-  }
-  return q;
 }
 
 /**

@@ -1,25 +1,19 @@
 /**
- * Combining PEFT LoRA adapters into one (PEFT's add_weighted_adapter), and the interference the
- * combination causes: how much each adapter's own loss rises when it shares the model with the others.
+ * Combining PEFT LoRA adapters into one (PEFT's add_weighted_adapter). What the combination costs each
+ * adapter is measured above, in lib/analysis/interference.ts.
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { show } from '../io/config';
 import { openSafetensors } from '../io/safetensors';
 import { type CausalLM } from '../models/causal-lm';
-import { loadModel } from '../models';
 import { Tensor, tensor, zeros } from '../tensor/tensor';
-import { checkNumber, checkOptions } from '../ops/check';
+import { checkNumber, checkOptions, show } from '../check';
 import { matmul } from '../ops/matmul';
 import { addInPlace } from '../ops/nn';
-import { svdLeft } from '../analysis';
-import { evaluate } from '../train/evaluate';
-import { loadExamples } from '../data/load';
-import { type Example } from '../data/jsonl';
-import { loadTokenizer } from '../tokenizer/hub';
-import { type Tokenizer } from '../tokenizer/tokenizer';
-import { LORA_DEFAULTS, loadAdapter, moduleScale, readLoraConfig, type LoraConfig } from './adapter';
+import { svdLeft } from '../ops/linalg';
+import { LORA_DEFAULTS, moduleScale, type LoraConfig } from './config';
+import { loadAdapter, readLoraConfig } from './adapter';
 
 /**
  * - 'cat': exact. A = [A_1; A_2; ...] (ranks stacked), B = [c_1·B_1 | c_2·B_2 | ...] with c_i = w_i·s_i
@@ -45,7 +39,7 @@ export interface CombineOptions {
   rank?: number;
 }
 
-const METHODS: readonly CombineMethod[] = ['cat', 'linear', 'svd'];
+export const METHODS: readonly CombineMethod[] = ['cat', 'linear', 'svd'];
 const KEY = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
 
 /** One adapter's contribution to one module: c·B·A with c = weight · scaling. */
@@ -64,7 +58,8 @@ interface Terms extends Disposable {
   ranks: number[];
 }
 
-function checkAdapters(op: string, adapters: unknown): WeightedAdapter[] {
+/** @internal */
+export function checkAdapters(op: string, adapters: unknown): WeightedAdapter[] {
   if (!Array.isArray(adapters) || adapters.length === 0)
     throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: adapters must be a non-empty array of { dir, weight }, got ${show(adapters)}`);
   return adapters.map((x: unknown, i) => {
@@ -226,12 +221,14 @@ function combinedConfig(ranks: Map<string, number>, dropout: number): LoraConfig
 }
 
 /** Detaching a merged adapter would leave its update in the base weight, under the combination. */
-function checkUnmerged(op: string, model: CausalLM): void {
+/** @internal */
+export function checkUnmerged(op: string, model: CausalLM): void {
   for (const l of model.linears.values())
     if (l.merged) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${l.name}' has an adapter merged into its base weight; unmerge it first`);
 }
 
-function clearAdapters(model: CausalLM): void {
+/** @internal */
+export function clearAdapters(model: CausalLM): void {
   for (const l of model.linears.values()) l.detach();
   model.adapterConfig = undefined;
 }
@@ -307,79 +304,4 @@ export function deltaError(model: CausalLM, adapters: WeightedAdapter[]): DeltaE
     den += d;
   }
   return { relative: Math.sqrt(num / (den || 1)), modules };
-}
-
-export interface InterferenceAdapter extends WeightedAdapter {
-  /** The adapter's own evaluation data: a .jsonl / .txt file (see loadExamples), or examples. */
-  evalData: string | readonly Example[];
-}
-
-export interface InterferenceOptions {
-  /** Default: all three. */
-  methods?: CombineMethod[];
-  /** The rank of 'svd'. */
-  rank?: number;
-  /** Tokenizes file evalData; by default the base folder's tokenizer when it has one. */
-  tokenizer?: Tokenizer | null;
-}
-
-export interface AdapterInterference {
-  dir: string;
-  /** Eval loss on its own data with only this adapter (at weight 1, as trained). */
-  alone: number;
-  /** Eval loss on the same data with the combined adapter. */
-  combined: number;
-  /** combined - alone: the interference. */
-  rise: number;
-}
-
-export interface MethodInterference {
-  method: CombineMethod;
-  /** The combined update's relative error against the exact weighted sum (DeltaError.relative). */
-  deltaError: number;
-  adapters: AdapterInterference[];
-}
-
-/**
- * For each method, combines the adapters and measures each adapter's own eval loss rise against using
- * it alone. `base` is a model folder (loaded and freed here) or a model, which is left without adapters.
- */
-export function interference(base: string | CausalLM, adapters: InterferenceAdapter[], options: InterferenceOptions = {}): MethodInterference[] {
-  const op = 'interference';
-  const o = checkOptions<InterferenceOptions>(op, options);
-  const methods = o.methods ?? [...METHODS];
-  if (!Array.isArray(methods) || methods.length === 0 || methods.some((m) => !METHODS.includes(m)))
-    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'methods' must be a non-empty list of ${METHODS.map((m) => `'${m}'`).join(', ')}, got ${show(methods)}`);
-  const weighted = checkAdapters(op, adapters);
-  let tokenizer: Tokenizer | null = o.tokenizer ?? null;
-  if (o.tokenizer === undefined && typeof base === 'string' && fs.existsSync(path.join(base, 'tokenizer.json'))) tokenizer = loadTokenizer(base);
-  const data = adapters.map((a, i) => {
-    if (typeof a.evalData === 'string') return loadExamples(a.evalData, tokenizer);
-    if (Array.isArray(a.evalData)) return a.evalData;
-    throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: adapters[${i}].evalData must be a file path or an array of examples, got ${show(a.evalData)}`);
-  });
-  const model = typeof base === 'string' ? loadModel(base) : base;
-  checkUnmerged(op, model);
-  try {
-    const alone = weighted.map(({ dir }, i) => {
-      clearAdapters(model);
-      loadAdapter(model, dir);
-      return evaluate(model, data[i]!).loss;
-    });
-    return methods.map((method) => {
-      combineAdapters(model, weighted, { method, rank: method === 'svd' ? o.rank : undefined });
-      const err = deltaError(model, weighted).relative;
-      return {
-        method,
-        deltaError: err,
-        adapters: weighted.map(({ dir }, i) => {
-          const combined = evaluate(model, data[i]!).loss;
-          return { dir, alone: alone[i]!, combined, rise: combined - alone[i]! };
-        }),
-      };
-    });
-  } finally {
-    if (typeof base === 'string') model.dispose();
-    else clearAdapters(model);
-  }
 }

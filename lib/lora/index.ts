@@ -8,17 +8,7 @@ export {
   type LoraBackwardOptions,
   type LoraBackwardResult,
 } from './linear';
-export { addAdapter, loadAdapter, saveAdapter, readLoraConfig, targetModules, moduleScale, LORA_DEFAULTS, type LoraConfig, type LoraOptions } from './adapter';
-export {
-  combineAdapters,
-  deltaError,
-  interference,
-  type CombineMethod,
-  type WeightedAdapter,
-  type CombineOptions,
-  type DeltaError,
-  type InterferenceAdapter,
-  type InterferenceOptions,
-  type AdapterInterference,
-  type MethodInterference,
-} from './combine';
+export { addAdapter, loadAdapter, saveAdapter, readLoraConfig, targetModules } from './adapter';
+export { moduleScale, LORA_DEFAULTS, type LoraConfig, type LoraOptions } from './config';
+export { combineAdapters, deltaError, type CombineMethod, type WeightedAdapter, type CombineOptions, type DeltaError } from './combine';
+export { interference, type InterferenceAdapter, type InterferenceOptions, type AdapterInterference, type MethodInterference } from '../analysis/interference';

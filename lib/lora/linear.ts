@@ -6,9 +6,9 @@
  */
 import { native, type AddonOperand } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { Tensor, describe } from '../tensor/tensor';
+import { checkTensor, FLOATS, Tensor } from '../tensor/tensor';
+import { checkNumber, checkOptions, describe, shapeStr } from '../check';
 import { NF4Tensor, nativeNF4 } from '../nf4';
-import { FLOATS, checkNumber, checkOptions, checkTensor, shapeStr } from '../ops/check';
 import { operand } from '../ops/matmul';
 
 /** The layer's parameters. */

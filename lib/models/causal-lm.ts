@@ -5,15 +5,15 @@
  */
 import { DisposedError, LorakitRangeError } from '../errors';
 import { type ModelConfig } from '../io/config';
-import { type Device, Tensor, tensor, zeros } from '../tensor/tensor';
-import { checkOptions, checkTensor } from '../ops/check';
+import { checkOptions, type Device } from '../check';
+import { checkTensor, Tensor, tensor, zeros } from '../tensor/tensor';
 import { matmul } from '../ops/matmul';
 import { addInPlace, copyRows, crossEntropy } from '../ops/nn';
 import { Linear } from './linear';
 import { NF4Tensor, dequantize } from '../nf4';
 import { transpose2d } from './weights';
 import { logitsError } from './compare';
-import { type LoraConfig } from '../lora/adapter';
+import { type LoraConfig } from '../lora/config';
 
 export interface ForwardOptions {
   /**

@@ -3,7 +3,7 @@ import { readModelConfig } from '../io/config';
 import { openCheckpoint } from '../io/safetensors';
 import { CausalLM } from './causal-lm';
 import { CheckpointWeights, type LoadModelOptions } from './weights';
-import { checkOptions } from '../ops/check';
+import { checkOptions } from '../check';
 import { GPT2 } from './gpt2';
 import { Llama } from './llama';
 

@@ -6,7 +6,8 @@
  */
 import { parseModelConfig, type ModelConfig } from '../io/config';
 import { type TensorSource } from '../io/safetensors';
-import { type Device, type Tensor, full } from '../tensor/tensor';
+import { type Device } from '../check';
+import { type Tensor, full } from '../tensor/tensor';
 import { randn } from '../tensor/random';
 import { LorakitError } from '../errors';
 import { type CausalLM } from './causal-lm';

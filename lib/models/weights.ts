@@ -6,10 +6,9 @@
  */
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { type TensorSource } from '../io/safetensors';
-import { isObject, show } from '../io/config';
+import { checkDevice, type Device, isObject, shapeStr, show } from '../check';
 import { NF4Tensor, NF4_CODE, absmaxCodeBook, quantize } from '../nf4';
-import { type Device, Tensor, checkDevice, tensor } from '../tensor/tensor';
-import { shapeStr } from '../ops/check';
+import { Tensor, tensor } from '../tensor/tensor';
 
 export interface LoadModelOptions {
   /** Storage of the linear weights (default float32). Everything else stays float32. */

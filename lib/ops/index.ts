@@ -1,2 +1,3 @@
 export { matmul, type MatmulOptions } from './matmul';
 export * from './nn';
+export { svdLeft, type LeftSVD } from './linalg';

@@ -2,8 +2,8 @@ import { native, type AddonNF4, type AddonOperand } from '../native/binding';
 import { NF4Tensor, nativeNF4 } from '../nf4';
 import { LorakitRangeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
-import { Tensor } from '../tensor/tensor';
-import { FLOATS, checkNumber, checkOptions, checkTensor, shapeStr } from './check';
+import { Tensor, FLOATS, checkTensor } from '../tensor/tensor';
+import { checkNumber, checkOptions, shapeStr } from '../check';
 
 export interface MatmulOptions {
   transposeA?: boolean;

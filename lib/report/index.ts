@@ -6,7 +6,7 @@
  */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import type { AnalyzeReport } from '../analysis/report';
+import type { AnalyzeReport } from '../analysis/analyze-run';
 import { makeDir, writeTextFile } from '../io/fs';
 import type { LabReport } from '../lab/lab';
 import type { SweepReport } from '../sweep/runner';

@@ -2,7 +2,7 @@
 import * as fs from 'node:fs';
 import { memory } from '../tensor/tensor';
 import { train, type TrainOptions } from '../train/trainer';
-import { runIntruders } from '../analysis/report';
+import { runIntruders } from '../analysis/analyze-run';
 
 /** What one run measured. */
 export interface RunOutcome {

@@ -1,7 +1,8 @@
 import { native } from '../native/binding';
 import { LorakitRangeError, LorakitTypeError } from '../errors';
 import { isDType, isFloat } from './dtype';
-import { Tensor, checkDevice, describe, type TensorOptions } from './tensor';
+import { Tensor, type TensorOptions } from './tensor';
+import { checkDevice, describe } from '../check';
 
 /**
  * Random tensors from a counter-based generator (Philox4x32-10): element i of a draw is a function of

@@ -1,20 +1,8 @@
 import '../native/polyfill';
-import { gpuCount, loadedBackend, native, type AddonStorage } from '../native/binding';
+import { gpuCount, native, type AddonStorage } from '../native/binding';
+import { checkDevice, checkShape, describe, shapeStr, type Device } from '../check';
 import { DisposedError, LorakitRangeError, LorakitTypeError, fromNative } from '../errors';
-import {
-  DTYPE_BYTES,
-  DTYPE_CODE,
-  type DType,
-  type TypedArrayOf,
-  bf16ToNumber,
-  dtypeOfArray,
-  f16ToNumber,
-  isDType,
-  typedArrayFor,
-} from './dtype';
-
-/** Where a tensor's bytes live: host memory, or GPU N ('cuda' is 'cuda:0'; AMD GPUs use the same names). */
-export type Device = 'cpu' | 'cuda' | `cuda:${number}`;
+import { DTYPE_BYTES, DTYPE_CODE, type DType, type TypedArrayOf, bf16ToNumber, dtypeOfArray, f16ToNumber, isDType, typedArrayFor } from './dtype';
 
 export interface TensorOptions {
   dtype?: DType;
@@ -43,46 +31,8 @@ const registry = new FinalizationRegistry<SharedStorage>((s) => {
   liveTensors--;
 });
 
-/** @internal Validates a device name against what loaded, and returns its canonical form ('cuda' -> 'cuda:0'). */
-function checkDevice(op: string, device: unknown): Device {
-  if (device === undefined || device === 'cpu') return 'cpu';
-  const m = typeof device === 'string' ? /^cuda(?::(\d+))?$/.exec(device) : null;
-  if (!m) throw new LorakitTypeError('ERR_DEVICE', `${op}: device must be 'cpu' or 'cuda[:N]', got ${describe(device)}`);
-  const ordinal = m[1] === undefined ? 0 : Number(m[1]);
-  const count = gpuCount();
-  if (count === 0)
-    throw new LorakitTypeError(
-      'ERR_DEVICE',
-      `${op}: device '${device}' is not available: no GPU backend is active (${loadedBackend().gpuUnavailableReason ?? 'unknown reason'})`,
-    );
-  if (ordinal >= count)
-    throw new LorakitTypeError('ERR_DEVICE', `${op}: device '${device}' does not exist: ${count} GPU(s) visible (cuda:0..cuda:${count - 1})`);
-  return `cuda:${ordinal}`;
-}
-
 function isDeviceName(x: unknown): boolean {
   return typeof x === 'string' && (x === 'cpu' || /^cuda(:\d+)?$/.test(x));
-}
-
-export function describe(x: unknown): string {
-  if (x === null) return 'null';
-  if (Array.isArray(x)) return `an array of length ${x.length}`;
-  if (ArrayBuffer.isView(x)) return `a ${x.constructor.name}`;
-  if (typeof x === 'object') return `an object (${(x as object).constructor?.name ?? 'Object'})`;
-  if (typeof x === 'string') return `'${x}'`;
-  return `${typeof x} ${String(x)}`;
-}
-
-export function checkShape(op: string, shape: unknown): number[] {
-  if (!Array.isArray(shape))
-    throw new LorakitTypeError('ERR_SHAPE', `${op}: shape must be an array of non-negative integers, got ${describe(shape)}`);
-  for (const d of shape)
-    if (typeof d !== 'number' || !Number.isSafeInteger(d) || d < 0)
-      throw new LorakitRangeError(
-        'ERR_SHAPE',
-        `${op}: shape must be an array of non-negative integers, got [${shape.map(String).join(', ')}]`,
-      );
-  return [...(shape as number[])];
 }
 
 export function numelOf(shape: readonly number[]): number {
@@ -468,4 +418,31 @@ export function memory(): {
   return { tensors: liveTensors, hostBytes: m.hostBytes, hostCachedBytes: m.hostCachedBytes, gpus };
 }
 
-export { checkDevice };
+export interface TensorRequirement {
+  dtypes?: readonly DType[];
+  ndim?: number;
+  minDim?: number;
+  shape?: readonly number[];
+}
+
+export const FLOATS: readonly DType[] = ['float32', 'bfloat16', 'float16'];
+
+/**
+ * Checks that `t` is a live, contiguous tensor that meets `req`, and returns it: the tensor argument check
+ * of every op, kept beside the class it tests (lib/check.ts, below this module, holds the others). Devices
+ * are checked where the op's storages meet (csrc/napi): every tensor of one call must be on one device.
+ */
+export function checkTensor(op: string, arg: string, t: unknown, req: TensorRequirement = {}): Tensor {
+  if (!(t instanceof Tensor)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${arg}' must be a Tensor, got ${describe(t)}`);
+  t.storage(op, arg); // throws DisposedError
+  if (!t.contiguous) throw new LorakitTypeError('ERR_NOT_CONTIGUOUS', `${op}: '${arg}' must be contiguous; make a copy with clone()`);
+  if (req.dtypes && !req.dtypes.includes(t.dtype))
+    throw new LorakitTypeError('ERR_DTYPE', `${op}: '${arg}' must be ${req.dtypes.join(' or ')}, got ${t.dtype}`);
+  if (req.ndim !== undefined && t.ndim !== req.ndim)
+    throw new LorakitRangeError('ERR_SHAPE', `${op}: '${arg}' must be ${req.ndim}-D, got shape ${shapeStr(t.shape)}`);
+  if (req.minDim !== undefined && t.ndim < req.minDim)
+    throw new LorakitRangeError('ERR_SHAPE', `${op}: '${arg}' must have at least ${req.minDim} dimensions, got shape ${shapeStr(t.shape)}`);
+  if (req.shape && (req.shape.length !== t.ndim || req.shape.some((d, i) => d !== t.shape[i])))
+    throw new LorakitRangeError('ERR_SHAPE', `${op}: '${arg}' must have shape ${shapeStr(req.shape)}, got ${shapeStr(t.shape)}`);
+  return t;
+}

@@ -8,8 +8,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { Tokenizer as HfTokenizer } from '@huggingface/tokenizers';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { ioError, isObject, readJsonFile, show } from '../io/config';
-import { describe } from '../tensor/tensor';
+import { ioError, readJsonFile } from '../io/config';
+import { isObject, show, describe } from '../check';
 import { boolOption, checkIds, checkText, type Tokenizer } from './tokenizer';
 
 const OP = 'loadTokenizer';

@@ -1,7 +1,6 @@
 /** The tokenizer interface lorakit trains against, and the argument checks its implementations share. */
 import { LorakitRangeError, LorakitTypeError } from '../errors';
-import { checkOptions } from '../ops/check';
-import { describe } from '../tensor/tensor';
+import { checkOptions, describe } from '../check';
 
 export interface Tokenizer {
   /** Token ids of `text`; `addSpecialTokens` (default true) adds the bos/eos tokens the tokenizer is configured to add. */

@@ -9,8 +9,8 @@ import { addAdapter } from '../lora/adapter';
 import { type CausalLM } from '../models/causal-lm';
 import { MODEL_SHAPES, randomModel } from '../models/random';
 import { native } from '../native/binding';
-import { checkNumber } from '../ops/check';
-import { type Device, checkDevice, memory, tensor } from '../tensor/tensor';
+import { checkNumber, type Device, checkDevice } from '../check';
+import { memory, tensor } from '../tensor/tensor';
 import { AdamW } from './adamw';
 import { type Method } from './trainer';
 

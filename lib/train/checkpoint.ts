@@ -6,7 +6,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../errors';
-import { ioError, isObject, readJsonFile, writeJsonFile } from '../io/config';
+import { ioError, readJsonFile, writeJsonFile } from '../io/config';
+import { isObject } from '../check';
 import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
 import { saveAdapter } from '../lora/adapter';

@@ -7,7 +7,8 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { parse as parseYaml } from 'yaml';
 import { LorakitError } from '../errors';
-import { ioError, isObject } from '../io/config';
+import { ioError } from '../io/config';
+import { isObject } from '../check';
 import { nearestName } from '../suggest';
 
 /** Every key of TrainOptions; an options object with any other key is refused rather than ignored. */

@@ -1,6 +1,6 @@
 import { LorakitRangeError } from '../errors';
 import { type CausalLM } from '../models/causal-lm';
-import { type Example } from '../data/jsonl';
+import { type Example } from '../data/example';
 import { splitExample } from '../data/load';
 import { tensor } from '../tensor/tensor';
 

@@ -5,7 +5,8 @@
 import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { LorakitError } from '../errors';
-import { ioError, isObject } from '../io/config';
+import { ioError } from '../io/config';
+import { isObject } from '../check';
 import { isSameOrInside, makeDir } from '../io/fs';
 import { STATE_FILE } from './checkpoint';
 

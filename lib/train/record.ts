@@ -1,7 +1,8 @@
 /** The training record beside an adapter: which method (lora, qlora, full) trained it, and where that is said. */
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { isObject, readJsonFile } from '../io/config';
+import { isObject } from '../check';
+import { readJsonFile } from '../io/config';
 
 /**
  * The method of the lorakit run that trained the adapter in `dir`: its checkpoint's trainer_state.json,

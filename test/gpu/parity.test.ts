@@ -255,6 +255,23 @@ suite('GPU parity with the CPU backend', () => {
     }
   });
 
+  test('document starts outside [0, t] are clamped to it on the GPU (never read back to be checked), as the CPU computes the clamped ones', () => {
+    const [batch, seq, h, d] = [2, 9, 2, 8];
+    const q = keep(randn([batch, seq, h * d], { seed: 5 })), k = keep(randn([batch, seq, h * d], { seed: 6 })), v = keep(randn([batch, seq, h * d], { seed: 7 }));
+    const dout = keep(randn([batch, seq, h * d], { seed: 8 }));
+    const bad = Array.from({ length: batch * seq }, (_, i) => (i % 3 === 0 ? -5 : i % 3 === 1 ? (i % seq) + 4 : 2));
+    const clamped = bad.map((s, i) => Math.min(Math.max(s, 0), i % seq));
+    const starts = (a: number[]) => keep(tensor(a.map(BigInt), [batch, seq], { dtype: 'int64' }));
+    const oc = { heads: h, docStarts: starts(clamped) }, og = { heads: h, docStarts: toGpu(starts(bad)) };
+    const fc = ops.attention(q, k, v, oc), fg = ops.attention(toGpu(q), toGpu(k), toGpu(v), og);
+    [fc.out, fc.lse, fg.out, fg.lse].forEach(keep);
+    expectClose(fg.out, fc.out, 1e-4, 1e-5, 'clamped starts out');
+    expectClose(fg.lse, fc.lse, 1e-5, 1e-5, 'clamped starts lse');
+    const bc = ops.attentionBackward(dout, q, k, v, fc.out, fc.lse, oc);
+    const bg = ops.attentionBackward(toGpu(dout), toGpu(q), toGpu(k), toGpu(v), fg.out, fg.lse, og);
+    for (const key of ['dq', 'dk', 'dv'] as const) expectClose(keep(bg[key]), keep(bc[key]), 1e-3, 1e-4, `clamped starts ${key}`);
+  });
+
   test('GELU, SwiGLU, embedding and cross-entropy forward and backward', () => {
     for (const n of [1, 5, 4099]) {
       const x = keep(randn([n], { seed: n, std: 3 })), u = keep(randn([n], { seed: n + 1 })), dy = keep(randn([n], { seed: n + 2 }));

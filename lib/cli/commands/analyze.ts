@@ -5,12 +5,12 @@ import * as path from 'node:path';
 import { LorakitError } from '../../errors';
 import { assertOutputApart } from '../../io/fs';
 import { layerKey } from '../../analysis';
-import { analyzeRun, type AnalyzeReport } from '../../analysis/report';
+import { analyzeRun, type AnalyzeReport } from '../../analysis/analyze-run';
 import { writeReport } from '../../report';
 import { print, runCommand } from '../run';
 
 /*
- * `analyze --json` prints one AnalyzeReport (lib/analysis/report.ts):
+ * `analyze --json` prints one AnalyzeReport (lib/analysis/analyze-run.ts):
  *   base, tuned: { kind: 'adapter' | 'checkpoint', dir }, k, epsilon,
  *   intruders: { total, byMatrix: { '<module>.weight': count }, byLayer: { '<layer index>' | 'other': count },
  *                sweep: [{ epsilon, total }] at ε = 0.1 … 0.9 },

@@ -3,7 +3,7 @@ import { LorakitTypeError } from '../../errors';
 import { readJsonFile } from '../../io/config';
 import { MODEL_SHAPES } from '../../models/random';
 import { backend } from '../../backend';
-import { type Device } from '../../tensor/tensor';
+import { type Device } from '../../check';
 import { benchTrain } from '../../train/bench';
 import { type Method } from '../../train/trainer';
 import { print, runCommandAsync } from '../run';

@@ -1,7 +1,8 @@
 import type { Argv } from 'yargs';
 import * as path from 'node:path';
 import { LorakitError, LorakitRangeError, LorakitTypeError } from '../../errors';
-import { readJsonl, type Example } from '../../data/jsonl';
+import { readJsonl } from '../../data/jsonl';
+import { type Example } from '../../data/example';
 import { loadExamples } from '../../data/load';
 import { readModelConfig } from '../../io/config';
 import { score } from '../../lab/lab';

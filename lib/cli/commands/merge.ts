@@ -1,7 +1,8 @@
 import type { Argv } from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
-import { ioError, readJsonFile, writeJsonFile, isObject } from '../../io/config';
+import { ioError, readJsonFile, writeJsonFile } from '../../io/config';
+import { isObject } from '../../check';
 import { assertOutputApart, makeDir } from '../../io/fs';
 import { writeSafetensors } from '../../io/safetensors';
 import { jsonlRecords, tokenize, type LineRecord } from '../../data/jsonl';

@@ -2,11 +2,12 @@
  * What fine-tuning did to a model, measured against its base: intruder dimensions and update spectra
  * (for a LoRA adapter or a fully fine-tuned checkpoint), forgetting on retained text, what NF4
  * quantization of the base costs, and how faithfully an adapter merges into float32, bfloat16 and NF4
- * bases. `lorakit analyze` prints this report.
+ * bases. `lorakit analyze` prints this analysis (the HTML report of `lorakit report` is lib/report/).
  */
 import * as path from 'node:path';
 import { LorakitError, LorakitTypeError } from '../errors';
-import { jsonlRecords, type Example } from '../data/jsonl';
+import { jsonlRecords } from '../data/jsonl';
+import { type Example } from '../data/example';
 import { readModelConfig } from '../io/config';
 import { loadExamples } from '../data/load';
 import { loadAdapter } from '../lora/adapter';
