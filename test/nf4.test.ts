@@ -471,6 +471,16 @@ describe('nf4: constants against the bitsandbytes source', () => {
     }
   });
 
+  test("nf4.NF4_CODE, read from the addon's code book, is bitsandbytes' table bit for bit, and frozen", () => {
+    expect(nf4.NF4_CODE).toEqual(Array.from(NF4));
+    expect(Array.isArray(nf4.NF4_CODE)).toBe(true);
+    expect(Object.isFrozen(nf4.NF4_CODE)).toBe(true);
+    expect(() => {
+      (nf4.NF4_CODE as number[])[0] = 0;
+    }).toThrow(TypeError);
+    expect(nf4.NF4_CODE[0]).toBe(-1);
+  });
+
   test('nf4.absmaxCodeBook() is the dynamic map, bit for bit', () => {
     expect(Array.from(nf4.absmaxCodeBook())).toEqual(Array.from(MAP));
   });

@@ -221,6 +221,13 @@ describe('layer op bad input', () => {
     ['rope odd head', () => ops.ropeInPlace(zeros([1, 2, 6]), { heads: 2, theta: 1e4 }), LorakitRangeError, /even head size/],
     ['attention heads', () => ops.attention(zeros([1, 2, 6]), zeros([1, 2, 6]), zeros([1, 2, 6]), { heads: 3, kvHeads: 2 }), LorakitRangeError, /multiple of 2 kv heads/],
     ['attention k shape', () => ops.attention(zeros([1, 2, 4]), zeros([1, 3, 4]), zeros([1, 2, 4]), { heads: 2 }), LorakitRangeError, /'k' must have shape \[1, 2, 4\], got \[1, 3, 4\]/],
+    // A document start past its token or below 0 would index outside the row: the CPU path refuses it.
+    ['attention start past its token', () => ops.attention(zeros([1, 3, 2]), zeros([1, 3, 2]), zeros([1, 3, 2]), { heads: 1, docStarts: tensor([[0n, 2n, 1n]]) }),
+      LorakitRangeError, /^attention: starts\[1\] = 2 must lie in \[0, its position in the row\]/],
+    ['attention negative start', () => {
+      const x = zeros([1, 3, 2]), { out, lse } = ops.attention(x, x, x, { heads: 1 });
+      return ops.attentionBackward(x, x, x, x, out, lse, { heads: 1, docStarts: tensor([[0n, 0n, -1n]]) });
+    }, LorakitRangeError, /^attention\.backward: starts\[2\] = -1 must lie in \[0, its position in the row\]/],
     ['embedding ids dtype', () => ops.embedding(zeros([2], { dtype: 'int32' }), zeros([3, 2])), LorakitTypeError, /'ids' must be int64, got int32/],
     ['crossEntropy labels', () => ops.crossEntropy(zeros([2, 3]), tensor([1n])), LorakitRangeError, /'labels' must have shape \[2\], got \[1\]/],
     ['copyColumns range', () => ops.copyColumns(zeros([2, 4]), 2, zeros([2, 4]), 0, 3), LorakitRangeError, /out of range/],

@@ -2,7 +2,8 @@
 #include <napi.h>
 
 #include <cstdint>
-#include <string>
+#include <initializer_list>
+#include <utility>
 
 namespace lorakit::napi {
 
@@ -10,13 +11,14 @@ namespace lorakit::napi {
 struct Instance {
   Napi::FunctionReference storage_ctor;
   int64_t host_bytes = 0;
-  // The device of the current call's storages (see object_arg/on_gpu), and the argument that set it.
-  int call_device = -1;
-  std::string call_device_key;
 };
 
 Instance& instance(Napi::Env env);
 
+using Binding = Napi::Value (*)(const Napi::CallbackInfo&);
+
+// exports[name] = a JavaScript function calling f, for each {name, f}.
+void export_all(Napi::Env env, Napi::Object exports, std::initializer_list<std::pair<const char*, Binding>> fns);
 
 void register_ops(Napi::Env env, Napi::Object exports);
 void register_nn(Napi::Env env, Napi::Object exports);

@@ -86,15 +86,14 @@ Napi::Value SetGemmFallback(const Napi::CallbackInfo& info) {
 }  // namespace
 
 void register_gpu(Napi::Env env, Napi::Object exports) {
-  auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
-    exports.Set(name, Napi::Function::New(env, f, name));
-  };
-  fn("gpuInfo", GpuInfo);
-  fn("gpuMemory", GpuMemory);
-  fn("gpuSynchronize", OnDevice<gpu::synchronize>);
-  fn("gpuEmptyCache", OnDevice<gpu::empty_cache>);
-  fn("gpuResetPeak", OnDevice<gpu::reset_peak>);
-  fn("setGemmFallback", SetGemmFallback);
+  export_all(env, exports, {
+      {"gpuInfo", GpuInfo},
+      {"gpuMemory", GpuMemory},
+      {"gpuSynchronize", OnDevice<gpu::synchronize>},
+      {"gpuEmptyCache", OnDevice<gpu::empty_cache>},
+      {"gpuResetPeak", OnDevice<gpu::reset_peak>},
+      {"setGemmFallback", SetGemmFallback},
+  });
 }
 
 }  // namespace lorakit::napi

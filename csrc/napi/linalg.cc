@@ -7,24 +7,22 @@ namespace lorakit::napi {
 namespace {
 
 Napi::Value SvdLeft(const Napi::CallbackInfo& info) {
-  const char* op = "svdLeft";
-  Napi::Env env = info.Env();
-  auto o = object_arg(info, 0, op);
-  const int64_t m = i64(o, "m", op), n = i64(o, "n", op), k = i64(o, "k", op);
-  if (m < 1 || n < 1) throw_range(env, std::string(op) + ": 'm' and 'n' must be positive");
+  Call c(info, "svdLeft");
+  const int64_t m = c.i64("m"), n = c.i64("n"), k = c.i64("k");
+  if (m < 1 || n < 1) c.range_error("'m' and 'n' must be positive");
   if (k < 1 || k > std::min(m, n))
-    throw_range(env, std::string(op) + ": 'k' must be in [1, min(m, n) = " + std::to_string(std::min(m, n)) + "], got " + std::to_string(k));
-  const float* w = ptr<float>(o, "w", {m, n}, op);
-  double* u = ptr<double>(o, "u", {m, k}, op);
-  double* s = ptr<double>(o, "s", {k}, op);
-  guarded(env, [&] { LK_CALL(on_gpu(info.Env()), svd_left, w, m, n, u, s, k); });
-  return env.Undefined();
+    c.range_error("'k' must be in [1, min(m, n) = " + std::to_string(std::min(m, n)) + "], got " + std::to_string(k));
+  const float* w = c.ptr<float>("w", {m, n});
+  double* u = c.ptr<double>("u", {m, k});
+  double* s = c.ptr<double>("s", {k});
+  LK_RUN(c, svd_left, w, m, n, u, s, k);
+  return info.Env().Undefined();
 }
 
 }  // namespace
 
 void register_linalg(Napi::Env env, Napi::Object exports) {
-  exports.Set("svdLeft", Napi::Function::New(env, SvdLeft, "svdLeft"));
+  export_all(env, exports, {{"svdLeft", SvdLeft}});
 }
 
 }  // namespace lorakit::napi

@@ -8,203 +8,184 @@
 namespace lorakit::napi {
 namespace {
 
-void positive(const Napi::Object& o, const char* op, std::initializer_list<std::pair<const char*, int64_t>> dims) {
+void non_negative(const Call& c, std::initializer_list<std::pair<const char*, int64_t>> dims) {
   for (auto& [name, v] : dims)
-    if (v < 0) throw_range(o.Env(), std::string(op) + ": '" + name + "' must be non-negative");
+    if (v < 0) c.range_error(std::string("'") + name + "' must be non-negative");
 }
 
-NormArgs norm_args(const Napi::Object& o, const char* op, bool backward, bool centered) {
+NormArgs norm_args(Call& c, bool backward, bool centered) {
   NormArgs a;
-  a.rows = i64(o, "rows", op);
-  a.dim = i64(o, "dim", op);
-  positive(o, op, {{"rows", a.rows}, {"dim", a.dim}});
-  const int64_t n = product(o.Env(), op, "x", {a.rows, a.dim});
-  a.x = ptr<float>(o, "x", {n}, op);
-  a.w = ptr<float>(o, "w", {a.dim}, op);
-  a.rstd = ptr<float>(o, "rstd", {a.rows}, op);
-  if (centered) a.mean = ptr<float>(o, "mean", {a.rows}, op);
+  a.rows = c.i64("rows");
+  a.dim = c.i64("dim");
+  non_negative(c, {{"rows", a.rows}, {"dim", a.dim}});
+  const int64_t n = c.product("x", {a.rows, a.dim});
+  a.x = c.ptr<float>("x", {n});
+  a.w = c.ptr<float>("w", {a.dim});
+  a.rstd = c.ptr<float>("rstd", {a.rows});
+  if (centered) a.mean = c.ptr<float>("mean", {a.rows});
   if (!backward) {
-    a.eps = static_cast<float>(num(o, "eps", op));
-    a.b = centered ? ptr<float>(o, "b", {a.dim}, op, true) : nullptr;
-    a.y = ptr<float>(o, "y", {n}, op);
+    a.eps = static_cast<float>(c.num("eps"));
+    a.b = centered ? c.ptr<float>("b", {a.dim}, true) : nullptr;
+    a.y = c.ptr<float>("y", {n});
   } else {
-    a.dy = ptr<float>(o, "dy", {n}, op);
-    a.dx = ptr<float>(o, "dx", {n}, op, true);
-    a.dw = ptr<float>(o, "dw", {a.dim}, op, true);
-    if (centered) a.db = ptr<float>(o, "db", {a.dim}, op, true);
+    a.dy = c.ptr<float>("dy", {n});
+    a.dx = c.ptr<float>("dx", {n}, true);
+    a.dw = c.ptr<float>("dw", {a.dim}, true);
+    if (centered) a.db = c.ptr<float>("db", {a.dim}, true);
   }
   return a;
 }
 
 template <bool Backward, bool Centered>
 Napi::Value Norm(const Napi::CallbackInfo& info) {
-  const char* op = Centered ? (Backward ? "layerNorm.backward" : "layerNorm") : (Backward ? "rmsNorm.backward" : "rmsNorm");
-  Napi::Env env = info.Env();
-  auto o = object_arg(info, 0, op);
-  NormArgs a = norm_args(o, op, Backward, Centered);
-  guarded(env, [&] {
-    const bool g = on_gpu(env);
+  Call c(info, Centered ? (Backward ? "layerNorm.backward" : "layerNorm") : (Backward ? "rmsNorm.backward" : "rmsNorm"));
+  NormArgs a = norm_args(c, Backward, Centered);
+  c.run([&](bool g) {
     if (Centered && Backward) LK_CALL(g, layernorm_backward, a);
     else if (Centered) LK_CALL(g, layernorm_forward, a);
     else if (Backward) LK_CALL(g, rmsnorm_backward, a);
     else LK_CALL(g, rmsnorm_forward, a);
   });
-  return env.Undefined();
+  return info.Env().Undefined();
 }
 
 Napi::Value Rope(const Napi::CallbackInfo& info) {
-  const char* op = "rope";
-  auto o = object_arg(info, 0, op);
+  Call c(info, "rope");
   RopeArgs a;
-  a.tokens = i64(o, "tokens", op);
-  a.heads = i64(o, "heads", op);
-  a.head_dim = i64(o, "headDim", op);
-  a.seq = i64(o, "seq", op);
-  positive(o, op, {{"tokens", a.tokens}, {"heads", a.heads}, {"headDim", a.head_dim}});
-  if (a.head_dim % 2) throw_range(o.Env(), std::string(op) + ": 'headDim' must be even, got " + std::to_string(a.head_dim));
-  if (a.seq < 1) throw_range(o.Env(), std::string(op) + ": 'seq' must be positive");
-  a.x = ptr<float>(o, "x", {a.tokens, a.heads, a.head_dim}, op);
-  a.pos = ptr<int64_t>(o, "pos", {a.tokens}, op, true);
-  a.theta = static_cast<float>(num(o, "theta", op));
-  a.inverse = flag(o, "inverse", op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), rope, a); });
+  a.tokens = c.i64("tokens");
+  a.heads = c.i64("heads");
+  a.head_dim = c.i64("headDim");
+  a.seq = c.i64("seq");
+  non_negative(c, {{"tokens", a.tokens}, {"heads", a.heads}, {"headDim", a.head_dim}});
+  if (a.head_dim % 2) c.range_error("'headDim' must be even, got " + std::to_string(a.head_dim));
+  if (a.seq < 1) c.range_error("'seq' must be positive");
+  a.x = c.ptr<float>("x", {a.tokens, a.heads, a.head_dim});
+  a.pos = c.ptr<int64_t>("pos", {a.tokens}, true);
+  a.theta = static_cast<float>(c.num("theta"));
+  a.inverse = c.flag("inverse");
+  LK_RUN(c, rope, a);
   return info.Env().Undefined();
 }
 
 template <bool Backward>
 Napi::Value Attention(const Napi::CallbackInfo& info) {
-  const char* op = Backward ? "attention.backward" : "attention";
-  auto o = object_arg(info, 0, op);
+  Call c(info, Backward ? "attention.backward" : "attention");
   AttentionArgs a;
-  a.batch = i64(o, "batch", op);
-  a.seq = i64(o, "seq", op);
-  a.hq = i64(o, "hq", op);
-  a.hkv = i64(o, "hkv", op);
-  a.d = i64(o, "d", op);
-  positive(o, op, {{"batch", a.batch}, {"seq", a.seq}, {"d", a.d}});
+  a.batch = c.i64("batch");
+  a.seq = c.i64("seq");
+  a.hq = c.i64("hq");
+  a.hkv = c.i64("hkv");
+  a.d = c.i64("d");
+  non_negative(c, {{"batch", a.batch}, {"seq", a.seq}, {"d", a.d}});
   if (a.hq < 1 || a.hkv < 1 || a.hq % a.hkv)
-    throw_range(o.Env(), std::string(op) + ": query heads (" + std::to_string(a.hq) + ") must be a positive multiple of kv heads (" +
-                             std::to_string(a.hkv) + ")");
-  a.scale = static_cast<float>(num(o, "scale", op));
-  const int64_t nq = product(o.Env(), op, "q", {a.batch, a.seq, a.hq, a.d}), nkv = product(o.Env(), op, "k", {a.batch, a.seq, a.hkv, a.d});
-  a.q = ptr<float>(o, "q", {nq}, op);
-  a.k = ptr<float>(o, "k", {nkv}, op);
-  a.v = ptr<float>(o, "v", {nkv}, op);
-  a.out = ptr<float>(o, "out", {nq}, op);
-  a.lse = ptr<float>(o, "lse", {a.batch, a.hq, a.seq}, op);
-  a.starts = ptr<int64_t>(o, "starts", {a.batch, a.seq}, op, true);
-  // A bad document start would index outside the row, so it is checked here, on a host copy for a GPU.
-  std::vector<int64_t> host_starts;
-  const int64_t* starts = a.starts;
-#ifdef LORAKIT_WITH_GPU
-  if (starts && instance(o.Env()).call_device >= 0) {
-    host_starts.resize(static_cast<size_t>(a.batch * a.seq));
-    guarded(o.Env(), [&] {
-      gpu_select(instance(o.Env()).call_device);
-      gpu::copy_to_host(host_starts.data(), a.starts, host_starts.size() * sizeof(int64_t));
-    });
-    starts = host_starts.data();
-  }
-#endif
-  if (starts)
+    c.range_error("query heads (" + std::to_string(a.hq) + ") must be a positive multiple of kv heads (" + std::to_string(a.hkv) + ")");
+  a.scale = static_cast<float>(c.num("scale"));
+  const int64_t nq = c.product("q", {a.batch, a.seq, a.hq, a.d}), nkv = c.product("k", {a.batch, a.seq, a.hkv, a.d});
+  a.q = c.ptr<float>("q", {nq});
+  a.k = c.ptr<float>("k", {nkv});
+  a.v = c.ptr<float>("v", {nkv});
+  a.out = c.ptr<float>("out", {nq});
+  a.lse = c.ptr<float>("lse", {a.batch, a.hq, a.seq});
+  a.starts = c.ptr<int64_t>("starts", {a.batch, a.seq}, true);
+  // A bad document start would index outside its row. Host starts are refused here; GPU starts are not
+  // read back (a copy and a sync on every call): the GPU kernels clamp each start to [0, t] instead
+  // (doc_start in csrc/gpu/attention.cu), which keeps every read in bounds. lib/data makes valid ones.
+  if (a.starts && !c.on_gpu())
     for (int64_t i = 0; i < a.batch * a.seq; ++i)
-      if (starts[i] < 0 || starts[i] > i % a.seq)
-        throw_range(o.Env(), std::string(op) + ": starts[" + std::to_string(i) + "] = " + std::to_string(starts[i]) +
-                                 " must lie in [0, its position in the row]");
+      if (a.starts[i] < 0 || a.starts[i] > i % a.seq)
+        c.range_error("starts[" + std::to_string(i) + "] = " + std::to_string(a.starts[i]) + " must lie in [0, its position in the row]");
   if (Backward) {
-    a.dout = ptr<float>(o, "dout", {nq}, op);
-    a.dq = ptr<float>(o, "dq", {nq}, op);
-    a.dk = ptr<float>(o, "dk", {nkv}, op);
-    a.dv = ptr<float>(o, "dv", {nkv}, op);
+    a.dout = c.ptr<float>("dout", {nq});
+    a.dq = c.ptr<float>("dq", {nq});
+    a.dk = c.ptr<float>("dk", {nkv});
+    a.dv = c.ptr<float>("dv", {nkv});
   }
-  guarded(info.Env(), [&] {
-    if (Backward) LK_CALL(on_gpu(info.Env()), attention_backward, a);
-    else LK_CALL(on_gpu(info.Env()), attention_forward, a);
+  c.run([&](bool g) {
+    if (Backward) LK_CALL(g, attention_backward, a);
+    else LK_CALL(g, attention_forward, a);
   });
   return info.Env().Undefined();
 }
 
+// An elementwise op's count 'n' and its float storages at `keys`, n elements each, read in that order.
+struct Elementwise {
+  int64_t n;
+  std::vector<float*> p;
+};
+
+Elementwise elementwise(Call& c, std::initializer_list<const char*> keys) {
+  Elementwise e{c.i64("n"), {}};
+  non_negative(c, {{"n", e.n}});
+  for (const char* key : keys) e.p.push_back(c.ptr<float>(key, {e.n}));
+  return e;
+}
+
 Napi::Value Gelu(const Napi::CallbackInfo& info) {
-  const char* op = "gelu";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op);
-  positive(o, op, {{"n", n}});
-  const float* x = ptr<float>(o, "x", {n}, op);
-  float* y = ptr<float>(o, "y", {n}, op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_forward, x, y, n); });
+  Call c(info, "gelu");
+  const Elementwise e = elementwise(c, {"x", "y"});
+  LK_RUN(c, gelu_tanh_forward, e.p[0], e.p[1], e.n);
   return info.Env().Undefined();
 }
 
 Napi::Value GeluBackward(const Napi::CallbackInfo& info) {
-  const char* op = "gelu.backward";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op);
-  positive(o, op, {{"n", n}});
-  const float* dy = ptr<float>(o, "dy", {n}, op);
-  const float* x = ptr<float>(o, "x", {n}, op);
-  float* dx = ptr<float>(o, "dx", {n}, op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), gelu_tanh_backward, dy, x, dx, n); });
+  Call c(info, "gelu.backward");
+  const Elementwise e = elementwise(c, {"dy", "x", "dx"});
+  LK_RUN(c, gelu_tanh_backward, e.p[0], e.p[1], e.p[2], e.n);
   return info.Env().Undefined();
 }
 
 Napi::Value Swiglu(const Napi::CallbackInfo& info) {
-  const char* op = "swiglu";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op);
-  positive(o, op, {{"n", n}});
-  const float* gate = ptr<float>(o, "gate", {n}, op);
-  const float* up = ptr<float>(o, "up", {n}, op);
-  float* y = ptr<float>(o, "y", {n}, op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_forward, gate, up, y, n); });
+  Call c(info, "swiglu");
+  const Elementwise e = elementwise(c, {"gate", "up", "y"});
+  LK_RUN(c, swiglu_forward, e.p[0], e.p[1], e.p[2], e.n);
   return info.Env().Undefined();
 }
 
 Napi::Value SwigluBackward(const Napi::CallbackInfo& info) {
-  const char* op = "swiglu.backward";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op);
-  positive(o, op, {{"n", n}});
-  const float* dy = ptr<float>(o, "dy", {n}, op);
-  const float* gate = ptr<float>(o, "gate", {n}, op);
-  const float* up = ptr<float>(o, "up", {n}, op);
-  float* dgate = ptr<float>(o, "dgate", {n}, op);
-  float* dup = ptr<float>(o, "dup", {n}, op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), swiglu_backward, dy, gate, up, dgate, dup, n); });
+  Call c(info, "swiglu.backward");
+  const Elementwise e = elementwise(c, {"dy", "gate", "up", "dgate", "dup"});
+  LK_RUN(c, swiglu_backward, e.p[0], e.p[1], e.p[2], e.p[3], e.p[4], e.n);
+  return info.Env().Undefined();
+}
+
+Napi::Value Axpy(const Napi::CallbackInfo& info) {
+  Call c(info, "axpy");
+  const Elementwise e = elementwise(c, {"x", "y"});
+  const float alpha = static_cast<float>(c.num("alpha"));
+  LK_RUN(c, axpy, alpha, e.p[0], e.p[1], e.n);
   return info.Env().Undefined();
 }
 
 template <bool Backward>
 Napi::Value Embedding(const Napi::CallbackInfo& info) {
-  const char* op = Backward ? "embedding.backward" : "embedding";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op), dim = i64(o, "dim", op), vocab = i64(o, "vocab", op);
-  positive(o, op, {{"n", n}, {"dim", dim}, {"vocab", vocab}});
-  const int64_t* ids = ptr<int64_t>(o, "ids", {n}, op);
+  Call c(info, Backward ? "embedding.backward" : "embedding");
+  int64_t n = c.i64("n"), dim = c.i64("dim"), vocab = c.i64("vocab");
+  non_negative(c, {{"n", n}, {"dim", dim}, {"vocab", vocab}});
+  const int64_t* ids = c.ptr<int64_t>("ids", {n});
   if (Backward) {
-    const float* dout = ptr<float>(o, "dout", {n, dim}, op);
-    float* dtable = ptr<float>(o, "dtable", {vocab, dim}, op);
-    guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_backward, ids, dout, dtable, n, dim, vocab); });
+    const float* dout = c.ptr<float>("dout", {n, dim});
+    float* dtable = c.ptr<float>("dtable", {vocab, dim});
+    LK_RUN(c, embedding_backward, ids, dout, dtable, n, dim, vocab);
   } else {
-    const float* table = ptr<float>(o, "table", {vocab, dim}, op);
-    float* out = ptr<float>(o, "out", {n, dim}, op);
-    guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), embedding_forward, ids, table, out, n, dim, vocab); });
+    const float* table = c.ptr<float>("table", {vocab, dim});
+    float* out = c.ptr<float>("out", {n, dim});
+    LK_RUN(c, embedding_forward, ids, table, out, n, dim, vocab);
   }
   return info.Env().Undefined();
 }
 
 Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
-  const char* op = "crossEntropy";
   Napi::Env env = info.Env();
-  auto o = object_arg(info, 0, op);
-  int64_t rows = i64(o, "rows", op), vocab = i64(o, "vocab", op);
-  positive(o, op, {{"rows", rows}, {"vocab", vocab}});
-  if (vocab < 1) throw_range(env, std::string(op) + ": 'vocab' must be positive");
-  float* logits = ptr<float>(o, "logits", {rows, vocab}, op);
-  const int64_t* labels = ptr<int64_t>(o, "labels", {rows}, op);
-  int64_t ignore = i64(o, "ignoreIndex", op), count = 0;
-  float scale = static_cast<float>(num(o, "gradScale", op));
-  bool grad = flag(o, "wantGrad", op);
-  double loss = guarded(env, [&] { return LK_CALL(on_gpu(env), cross_entropy, logits, labels, rows, vocab, ignore, scale, grad, &count); });
+  Call c(info, "crossEntropy");
+  int64_t rows = c.i64("rows"), vocab = c.i64("vocab");
+  non_negative(c, {{"rows", rows}, {"vocab", vocab}});
+  if (vocab < 1) c.range_error("'vocab' must be positive");
+  float* logits = c.ptr<float>("logits", {rows, vocab});
+  const int64_t* labels = c.ptr<int64_t>("labels", {rows});
+  int64_t ignore = c.i64("ignoreIndex"), count = 0;
+  float scale = static_cast<float>(c.num("gradScale"));
+  bool grad = c.flag("wantGrad");
+  double loss = LK_RUN(c, cross_entropy, logits, labels, rows, vocab, ignore, scale, grad, &count);
   Napi::Object r = Napi::Object::New(env);
   r.Set("loss", loss);
   r.Set("count", static_cast<double>(count));
@@ -213,57 +194,43 @@ Napi::Value CrossEntropy(const Napi::CallbackInfo& info) {
 
 // {src, srcLd, srcOffset, dst, dstLd, dstOffset, rows, cols, accumulate}: offsets in elements.
 Napi::Value Copy2d(const Napi::CallbackInfo& info) {
-  const char* op = "copy2d";
-  auto o = object_arg(info, 0, op);
-  int64_t rows = i64(o, "rows", op), cols = i64(o, "cols", op);
-  int64_t sld = i64(o, "srcLd", op), soff = i64(o, "srcOffset", op), dld = i64(o, "dstLd", op), doff = i64(o, "dstOffset", op);
-  positive(o, op, {{"rows", rows}, {"cols", cols}, {"srcOffset", soff}, {"dstOffset", doff}});
-  if (sld < cols || dld < cols) throw_range(o.Env(), std::string(op) + ": row strides must be at least 'cols'");
+  Call c(info, "copy2d");
+  int64_t rows = c.i64("rows"), cols = c.i64("cols");
+  int64_t sld = c.i64("srcLd"), soff = c.i64("srcOffset"), dld = c.i64("dstLd"), doff = c.i64("dstOffset");
+  non_negative(c, {{"rows", rows}, {"cols", cols}, {"srcOffset", soff}, {"dstOffset", doff}});
+  if (sld < cols || dld < cols) c.range_error("row strides must be at least 'cols'");
   if (rows == 0 || cols == 0) return info.Env().Undefined();
   // The elements up to the last one read or written: offset + (rows - 1) * ld + cols. The offset and
   // cols are below 2^54 (i64) and the checked product below 2^53, so the sum cannot wrap.
-  const auto extent = [&](const char* key, int64_t off, int64_t ld) { return off + product(o.Env(), op, key, {rows - 1, ld}) + cols; };
-  const float* src = ptr<float>(o, "src", {extent("src", soff, sld)}, op) + soff;
-  float* dst = ptr<float>(o, "dst", {extent("dst", doff, dld)}, op) + doff;
-  bool acc = flag(o, "accumulate", op);
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), copy2d, src, sld, dst, dld, rows, cols, acc); });
-  return info.Env().Undefined();
-}
-
-Napi::Value Axpy(const Napi::CallbackInfo& info) {
-  const char* op = "axpy";
-  auto o = object_arg(info, 0, op);
-  int64_t n = i64(o, "n", op);
-  positive(o, op, {{"n", n}});
-  const float* x = ptr<float>(o, "x", {n}, op);
-  float* y = ptr<float>(o, "y", {n}, op);
-  float alpha = static_cast<float>(num(o, "alpha", op));
-  guarded(info.Env(), [&] { LK_CALL(on_gpu(info.Env()), axpy, alpha, x, y, n); });
+  const auto extent = [&](const char* key, int64_t off, int64_t ld) { return off + c.product(key, {rows - 1, ld}) + cols; };
+  const float* src = c.ptr<float>("src", {extent("src", soff, sld)}) + soff;
+  float* dst = c.ptr<float>("dst", {extent("dst", doff, dld)}) + doff;
+  bool acc = c.flag("accumulate");
+  LK_RUN(c, copy2d, src, sld, dst, dld, rows, cols, acc);
   return info.Env().Undefined();
 }
 
 }  // namespace
 
 void register_nn(Napi::Env env, Napi::Object exports) {
-  auto fn = [&](const char* name, Napi::Value (*f)(const Napi::CallbackInfo&)) {
-    exports.Set(name, Napi::Function::New(env, f, name));
-  };
-  fn("layerNormForward", Norm<false, true>);
-  fn("layerNormBackward", Norm<true, true>);
-  fn("rmsNormForward", Norm<false, false>);
-  fn("rmsNormBackward", Norm<true, false>);
-  fn("rope", Rope);
-  fn("attentionForward", Attention<false>);
-  fn("attentionBackward", Attention<true>);
-  fn("geluForward", Gelu);
-  fn("geluBackward", GeluBackward);
-  fn("swigluForward", Swiglu);
-  fn("swigluBackward", SwigluBackward);
-  fn("embeddingForward", Embedding<false>);
-  fn("embeddingBackward", Embedding<true>);
-  fn("crossEntropy", CrossEntropy);
-  fn("copy2d", Copy2d);
-  fn("axpy", Axpy);
+  export_all(env, exports, {
+      {"layerNormForward", Norm<false, true>},
+      {"layerNormBackward", Norm<true, true>},
+      {"rmsNormForward", Norm<false, false>},
+      {"rmsNormBackward", Norm<true, false>},
+      {"rope", Rope},
+      {"attentionForward", Attention<false>},
+      {"attentionBackward", Attention<true>},
+      {"geluForward", Gelu},
+      {"geluBackward", GeluBackward},
+      {"swigluForward", Swiglu},
+      {"swigluBackward", SwigluBackward},
+      {"embeddingForward", Embedding<false>},
+      {"embeddingBackward", Embedding<true>},
+      {"crossEntropy", CrossEntropy},
+      {"copy2d", Copy2d},
+      {"axpy", Axpy},
+  });
 }
 
 }  // namespace lorakit::napi

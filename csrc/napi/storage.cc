@@ -103,27 +103,20 @@ std::pair<uint8_t*, size_t> view(const Napi::CallbackInfo& info, const char* wha
 }
 }  // namespace
 
-Napi::Value Storage::Upload(const Napi::CallbackInfo& info) {
+Napi::Value Storage::Copy(const Napi::CallbackInfo& info, bool upload) {
   // Plain variables, not a structured binding: C++17 lambdas cannot capture those.
-  const auto span = view(info, "upload", bytes_, live_);
+  const auto span = view(info, upload ? "upload" : "download", bytes_, live_);
   uint8_t* p = span.first;
   const size_t n = span.second;
   if (!n) return info.Env().Undefined();
-  if (device_ < 0) std::memcpy(data_, p, n);
+  if (device_ < 0) std::memcpy(upload ? data_ : p, upload ? p : data_, n);
 #ifdef LORAKIT_WITH_GPU
-  else guarded(info.Env(), [&] { gpu_select(device_); gpu::copy_to_device(data_, p, n); });
-#endif
-  return info.Env().Undefined();
-}
-
-Napi::Value Storage::Download(const Napi::CallbackInfo& info) {
-  const auto span = view(info, "download", bytes_, live_);
-  uint8_t* p = span.first;
-  const size_t n = span.second;
-  if (!n) return info.Env().Undefined();
-  if (device_ < 0) std::memcpy(p, data_, n);
-#ifdef LORAKIT_WITH_GPU
-  else guarded(info.Env(), [&] { gpu_select(device_); gpu::copy_to_host(p, data_, n); });
+  else
+    guarded(info.Env(), [&] {
+      gpu_select(device_);
+      if (upload) gpu::copy_to_device(data_, p, n);
+      else gpu::copy_to_host(p, data_, n);
+    });
 #endif
   return info.Env().Undefined();
 }
@@ -153,18 +146,18 @@ void throw_range(Napi::Env env, const std::string& msg) {
   throw e;
 }
 
-Napi::Object object_arg(const Napi::CallbackInfo& info, size_t i, const char* op) {
-  if (info.Length() <= i || !info[i].IsObject()) throw_type(info.Env(), std::string(op) + ": expected an argument object");
-  Instance& inst = instance(info.Env());
-  inst.call_device = -2;
-  inst.call_device_key.clear();
-  return info[i].As<Napi::Object>();
+Call::Call(const Napi::CallbackInfo& info, const char* op, size_t i) : env_(info.Env()), op_(op) {
+  if (info.Length() <= i || !info[i].IsObject()) napi::throw_type(env_, std::string(op) + ": expected an argument object");
+  args_ = info[i].As<Napi::Object>();
 }
 
-bool on_gpu(Napi::Env env) {
-  const int d = instance(env).call_device;
-  if (d >= 0) gpu_select(d);
-  return d >= 0;
+void Call::type_error(const std::string& msg) const { napi::throw_type(env_, std::string(op_) + ": " + msg); }
+
+void Call::range_error(const std::string& msg) const { napi::throw_range(env_, std::string(op_) + ": " + msg); }
+
+bool Call::on_gpu() const {
+  if (device_ >= 0) gpu_select(device_);
+  return device_ >= 0;
 }
 
 double num(const Napi::Object& o, const char* key, const char* op) {
@@ -219,29 +212,26 @@ int64_t product(Napi::Env env, const char* op, const char* what, std::initialize
   return p;
 }
 
-Storage* storage(const Napi::Object& o, const char* key, size_t bytes, const char* op, bool optional, const char* label) {
+Storage* Call::storage(const Napi::Object& o, const char* key, size_t bytes, bool optional, const char* label) {
   if (!label) label = key;
-  Napi::Env env = o.Env();
   Napi::Value v = o.Get(key);
   if (optional && (v.IsUndefined() || v.IsNull())) return nullptr;
-  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(instance(env).storage_ctor.Value()))
-    throw_type(env, std::string(op) + ": '" + label + "' must be a Storage");
+  if (!v.IsObject() || !v.As<Napi::Object>().InstanceOf(instance(env_).storage_ctor.Value()))
+    type_error(std::string("'") + label + "' must be a Storage");
   Storage* s = Storage::Unwrap(v.As<Napi::Object>());
-  if (!s->live()) throw_type(env, std::string(op) + ": '" + label + "' has been disposed");
-  Instance& inst = instance(env);
-  if (inst.call_device == -2) {
-    inst.call_device = s->device();
-    inst.call_device_key = label;
-  } else if (inst.call_device != s->device()) {
-    Napi::Error e = Napi::TypeError::New(env, std::string(op) + ": '" + label + "' is on " + device_name(s->device()) + " but '" +
-                                                  inst.call_device_key + "' is on " + device_name(inst.call_device) +
-                                                  "; move tensors with .to(device) first");
+  if (!s->live()) type_error(std::string("'") + label + "' has been disposed");
+  if (device_ == -2) {
+    device_ = s->device();
+    device_key_ = label;
+  } else if (device_ != s->device()) {
+    Napi::Error e = Napi::TypeError::New(env_, std::string(op_) + ": '" + label + "' is on " + device_name(s->device()) + " but '" +
+                                                   device_key_ + "' is on " + device_name(device_) +
+                                                   "; move tensors with .to(device) first");
     e.Set("code", "ERR_DEVICE");
     throw e;
   }
   if (s->bytes() < bytes)
-    throw_range(env, std::string(op) + ": '" + label + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " +
-                         std::to_string(bytes));
+    range_error(std::string("'") + label + "' holds " + std::to_string(s->bytes()) + " bytes, the call needs " + std::to_string(bytes));
   return s;
 }
 

@@ -172,6 +172,8 @@ export interface Addon {
   firstNonFinite(a: { src: AddonStorage; dtype: number; n: number }): number;
   absmaxQuantize(a: { absmax: AddonStorage; n: number; codes: AddonStorage; scales: AddonStorage }): number;
   absmaxDequantize(a: { codes: AddonStorage; scales: AddonStorage; offset: number; n: number; absmax: AddonStorage }): void;
+  /** The NF4 code book of csrc/bnb_codes.h, index = 4-bit code: a fresh copy on each call. */
+  nf4CodeBook(): Float32Array;
   adamwStep(a: { tensors: AddonAdamWTensor[]; step: number; gradScale: number }): void;
   /** The clipped step: the global norm of the scaled gradients, the clip factor, and whether it updated (a non-finite norm does not). */
   adamwStep(a: { tensors: AddonAdamWTensor[]; step: number; gradScale: number; maxGradNorm: number }): { gradNorm: number; clipScale: number; updated: boolean };

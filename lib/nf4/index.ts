@@ -8,12 +8,31 @@ import { DTYPE_CODE, type DType } from '../tensor/dtype';
 import { type Device, Tensor, describe, numelOf, tensor } from '../tensor/tensor';
 import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
 
-/** The 16 NF4 values, index = 4-bit code (bitsandbytes' table). */
-export const NF4_CODE: readonly number[] = [
-  -1.0, -0.6961928009986877, -0.5250730514526367, -0.39491748809814453, -0.28444138169288635, -0.18477343022823334,
-  -0.09105003625154495, 0.0, 0.07958029955625534, 0.16093020141124725, 0.24611230194568634, 0.33791524171829224,
-  0.44070982933044434, 0.5626170039176941, 0.7229568362236023, 1.0,
-];
+/**
+ * The 16 NF4 values, index = 4-bit code (bitsandbytes' table), frozen. They are read from the addon, whose
+ * csrc/bnb_codes.h is the one copy that both backends quantize with, on first use: importing lorakit loads
+ * no native code.
+ */
+export const NF4_CODE: readonly number[] = lazyFrozen(() => Array.from(native().nf4CodeBook()));
+
+// An array that `fill` fills, then frozen, on the first operation on it: a Proxy whose every trap fills
+// its target first and then acts on it.
+function lazyFrozen(fill: () => number[]): readonly number[] {
+  const values: number[] = [];
+  const ready = (): number[] => {
+    if (!Object.isFrozen(values)) {
+      values.push(...fill());
+      Object.freeze(values);
+    }
+    return values;
+  };
+  const traps = ['get', 'has', 'ownKeys', 'getOwnPropertyDescriptor', 'set', 'defineProperty', 'deleteProperty',
+    'isExtensible', 'preventExtensions', 'getPrototypeOf', 'setPrototypeOf'] as const;
+  const handler: Record<string, unknown> = {};
+  for (const trap of traps)
+    handler[trap] = (_: number[], ...args: unknown[]) => (Reflect[trap] as (...a: unknown[]) => unknown)(ready(), ...args);
+  return new Proxy(values, handler as ProxyHandler<number[]>);
+}
 
 /** Block size of the double-quantized absmax (fixed by bitsandbytes). */
 export const ABSMAX_BLOCK = 256;

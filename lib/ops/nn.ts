@@ -110,7 +110,9 @@ export interface AttentionOptions {
   scale?: number;
   /**
    * Packed sequences: int64 [batch, seq], the index in its row where each token's document starts;
-   * a token then attends only to earlier tokens of its own document.
+   * a token then attends only to earlier tokens of its own document. A start outside [0, the token's
+   * position] is refused on the CPU; on a GPU it is clamped to that range, since checking it would copy
+   * the tensor back to the host on every call.
    */
   docStarts?: Tensor;
 }
