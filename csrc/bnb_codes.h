@@ -7,7 +7,8 @@
 #include "philox.h"  // LK_HD
 
 // The NF4 code book (bitsandbytes' nf4_dequantization_lut); index 7 is exactly zero. A list of literals,
-// so that each backend puts it in its own memory (host constants, or __constant__ on a GPU).
+// so that each backend puts it in its own memory (host constants, or __constant__ on a GPU). The one copy:
+// the addon exports it (nf4CodeBook, csrc/napi/addon.cc) for lib/nf4's NF4_CODE.
 #define LORAKIT_NF4_CODES                                                                                \
   -1.0f, -0.6961928009986877f, -0.5250730514526367f, -0.39491748809814453f, -0.28444138169288635f,        \
       -0.18477343022823334f, -0.09105003625154495f, 0.0f, 0.07958029955625534f, 0.16093020141124725f,     \
