@@ -8,6 +8,7 @@ import * as path from 'node:path';
 import { LorakitTypeError } from '../errors';
 import { ioError, readJsonFile } from '../io/config';
 import { isObject, show } from '../check';
+import { INIT_LORA_WEIGHTS, type LoraInit } from '../lora/config';
 import { makeDir, writeTextFile } from '../io/fs';
 import { seededPermutation } from '../data';
 import { resolveOptions, type TrainOptions } from '../train/trainer';
@@ -71,7 +72,7 @@ const AXIS_CHECKS: Record<AxisName, [(v: unknown) => boolean, string]> = {
   target: [(v) => (typeof v === 'string' && v !== '') || (Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === 'string' && m !== '')), 'a preset or module name(s)'],
   alpha: [(v) => typeof v === 'number' && Number.isFinite(v) && v >= 0, 'a number >= 0'],
   dropout: [(v) => typeof v === 'number' && v >= 0 && v <= 0.99, 'a number in [0, 0.99]'],
-  init: [(v) => v === true || v === false || v === 'gaussian' || v === 'pissa', 'true, false, gaussian or pissa'],
+  init: [(v) => INIT_LORA_WEIGHTS.includes(v as LoraInit), 'true, false, gaussian or pissa'],
   dataSize: [(v) => isInt(v, 1), 'an integer >= 1'],
 };
 
