@@ -5,8 +5,8 @@
 import { native, type AddonNF4 } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
 import { DTYPE_CODE, type DType } from '../tensor/dtype';
-import { type Device, Tensor, describe, numelOf, tensor } from '../tensor/tensor';
-import { FLOATS, checkNumber, checkOptions, checkTensor } from '../ops/check';
+import { type Device, describe, checkNumber, checkOptions } from '../check';
+import { Tensor, numelOf, tensor, FLOATS, checkTensor } from '../tensor/tensor';
 
 /**
  * The 16 NF4 values, index = 4-bit code (bitsandbytes' table), frozen. They are read from the addon, whose

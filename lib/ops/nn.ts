@@ -5,8 +5,8 @@
  */
 import { native } from '../native/binding';
 import { LorakitRangeError, LorakitTypeError } from '../errors';
-import { Tensor } from '../tensor/tensor';
-import { checkNumber, checkOptions, checkTensor, shapeStr } from './check';
+import { Tensor, checkTensor } from '../tensor/tensor';
+import { checkNumber, checkOptions, shapeStr } from '../check';
 
 const F32 = ['float32'] as const;
 
