@@ -13,33 +13,32 @@ export type ErrorCode =
   | 'ERR_TOKENIZER'
   | 'ERR_SAFETENSORS' | 'ERR_CONFIG' | 'ERR_IO';
 
-export class LorakitError extends Error {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
-    super(message);
-    this.name = 'LorakitError';
-    this.code = code;
-  }
+/**
+ * The shape of lorakit's three base errors: a stable `code`, and a `name` of its own on one of the
+ * standard classes (so a LorakitTypeError is still `instanceof TypeError`).
+ */
+function codedError(Base: ErrorConstructor, name: string) {
+  return class extends Base {
+    readonly code: ErrorCode;
+    constructor(code: ErrorCode, message: string) {
+      super(message);
+      this.name = name;
+      this.code = code;
+    }
+  };
 }
+
+export class LorakitError extends codedError(Error, 'LorakitError') {}
 
 /** A wrong argument type or dtype. */
-export class LorakitTypeError extends TypeError {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
-    super(message);
-    this.name = 'LorakitTypeError';
-    this.code = code;
-  }
-}
+export class LorakitTypeError extends codedError(TypeError, 'LorakitTypeError') {}
 
 /** A value or shape outside what the operation accepts. */
-export class LorakitRangeError extends RangeError {
-  readonly code: ErrorCode;
-  constructor(code: ErrorCode, message: string) {
-    super(message);
-    this.name = 'LorakitRangeError';
-    this.code = code;
-  }
+export class LorakitRangeError extends codedError(RangeError, 'LorakitRangeError') {}
+
+/** One of lorakit's own errors (a user mistake or an unreadable file), as opposed to a bug. */
+export function isLorakitError(e: unknown): e is LorakitError | LorakitTypeError | LorakitRangeError {
+  return e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError;
 }
 
 /** Use of a tensor (or other native object) after dispose(). */

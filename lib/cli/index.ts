@@ -2,8 +2,9 @@
 /** The `lorakit` command line. Each command lives in lib/cli/commands and has its own --help. */
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
-import { LorakitError, LorakitRangeError, LorakitTypeError } from '../errors';
+import { isLorakitError } from '../errors';
 import { nearestName } from '../suggest';
+import { kebab } from './options';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';
@@ -19,8 +20,6 @@ const COMMANDS: [string, (y: Argv) => Argv][] = [
   ['train', trainCommand], ['inspect', inspectCommand], ['eval', evalCommand], ['merge', mergeCommand], ['analyze', analyzeCommand],
   ['sweep', sweepCommand], ['plan', planCommand], ['lab', labCommand], ['bench', benchCommand], ['export', exportCommand],
 ];
-
-const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 /**
  * The `--name` flags of `args` that the command does not know, each with the nearest option it does
@@ -55,8 +54,6 @@ function optionsOf(add: (y: Argv) => Argv): string[] {
   const o = (parser as unknown as { getOptions(): { key: Record<string, unknown>; alias: Record<string, string[]> } }).getOptions();
   return ['help', 'h', 'version', ...Object.keys(o.key), ...Object.entries(o.alias).flat(2)];
 }
-
-const isLorakitError = (e: unknown): e is Error => e instanceof LorakitError || e instanceof LorakitTypeError || e instanceof LorakitRangeError;
 
 /**
  * The last word on an error nothing else caught: lorakit's own errors (a user mistake or a file that

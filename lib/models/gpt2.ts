@@ -7,6 +7,7 @@ import { type ModelConfig } from '../io/config';
 import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, copyColumns, embedding, embeddingBackward, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
+import { endTrunk } from './trunk';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
@@ -124,38 +125,35 @@ export class GPT2 extends CausalLM {
       h = h3;
     });
     const nf = layerNorm(h, this.#lnf.w, this.#lnf.b, eps);
-    scope.keep(nf.saved.mean!);
-    scope.keep(nf.saved.rstd);
-    const hidden = scope.keep(nf.y);
     const last = h;
-    return {
-      hidden,
-      backward: (dHidden: Tensor) => {
-        const lnGrads = (n: { w: Tensor; b: Tensor }) => ({ weight: this.gradOf(n.w), bias: this.gradOf(n.b) });
-        let dh = scope.keep(layerNormBackward(dHidden, last, this.#lnf.w, nf.saved, lnGrads(this.#lnf)));
-        for (let l = this.#blocks.length - 1; l >= 0; l--) {
-          const blk = this.#blocks[l]!, c = caches[l]!;
-          // MLP: h3 = h2 + proj(gelu(fc(ln2(h2))))
-          const dg = scope.keep(blk.mlpProj.backward(dh, c.mlpCtx, train));
-          const df = scope.keep(geluBackward(dg, c.f));
-          const dm = scope.keep(blk.fc.backward(df, c.fcCtx, train));
-          const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2, lnGrads(blk.ln2))), dh);
-          // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
-          const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
-          const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, docStarts });
-          const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32', dout.device));
-          [g.dq, g.dk, g.dv].forEach((t, i) => {
-            copyColumns(t, 0, dqkv, i * D, D);
-            t.dispose();
-          });
-          const da = scope.keep(blk.attn.backward(dqkv, c.attnCtx, train));
-          dh = addInPlace(scope.keep(layerNormBackward(da, c.x, blk.ln1.w, c.ln1, lnGrads(blk.ln1))), dh2);
-        }
+    const lnGrads = (n: { w: Tensor; b: Tensor }) => ({ weight: this.gradOf(n.w), bias: this.gradOf(n.b) });
+    return endTrunk(scope, nf, {
+      norm: (dHidden) => layerNormBackward(dHidden, last, this.#lnf.w, nf.saved, lnGrads(this.#lnf)),
+      layers: this.#blocks.length,
+      layer: (l, dh) => {
+        const blk = this.#blocks[l]!, c = caches[l]!;
+        // MLP: h3 = h2 + proj(gelu(fc(ln2(h2))))
+        const dg = scope.keep(blk.mlpProj.backward(dh, c.mlpCtx, train));
+        const df = scope.keep(geluBackward(dg, c.f));
+        const dm = scope.keep(blk.fc.backward(df, c.fcCtx, train));
+        const dh2 = addInPlace(scope.keep(layerNormBackward(dm, c.h2, blk.ln2.w, c.ln2, lnGrads(blk.ln2))), dh);
+        // Attention: h2 = x + proj(attn(split(c_attn(ln1(x)))))
+        const dout = scope.keep(blk.proj.backward(dh2, c.projCtx, train));
+        const g = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, docStarts });
+        const dqkv = scope.keep(Tensor.empty([batch, seq, 3 * D], 'float32', dout.device));
+        [g.dq, g.dk, g.dv].forEach((t, i) => {
+          copyColumns(t, 0, dqkv, i * D, D);
+          t.dispose();
+        });
+        const da = scope.keep(blk.attn.backward(dqkv, c.attnCtx, train));
+        return addInPlace(scope.keep(layerNormBackward(da, c.x, blk.ln1.w, c.ln1, lnGrads(blk.ln1))), dh2);
+      },
+      embeddings: (dh) => {
         const dwte = this.gradOf(this.#wte), dwpe = this.gradOf(this.#wpe);
         if (dwte) embeddingBackward(ids, dh, dwte);
         if (dwpe) embeddingBackward(pos, dh, dwpe);
       },
-    };
+    });
   }
 
   protected ownWeights(): [string, Tensor][] {

@@ -7,6 +7,7 @@ import { LorakitRangeError, LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
 import { addInPlace, attention, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
+import { endTrunk } from './trunk';
 import { type CheckpointWeights } from './weights';
 import { Linear, type LinearContext } from './linear';
 
@@ -140,37 +141,35 @@ export class Llama extends CausalLM {
       h = h3;
     });
     const nf = rmsNorm(h, this.#norm, eps);
-    scope.keep(nf.saved.rstd);
-    const hidden = scope.keep(nf.y);
     const last = h;
-    return {
-      hidden,
-      backward: (dHidden: Tensor) => {
-        const g = (w: Tensor) => ({ weight: this.gradOf(w) });
-        let dh = scope.keep(rmsNormBackward(dHidden, last, this.#norm, nf.saved, g(this.#norm)));
-        for (let l = this.#layers.length - 1; l >= 0; l--) {
-          const L = this.#layers[l]!, c = caches[l]!;
-          const dact = scope.keep(L.down.backward(dh, c.dc, train));
-          const sw = swigluBackward(dact, c.gate, c.up);
-          scope.keep(sw.dGate);
-          scope.keep(sw.dUp);
-          const dm = addInPlace(scope.keep(L.gate.backward(sw.dGate, c.gc, train)), scope.keep(L.up.backward(sw.dUp, c.uc, train)));
-          const dh2 = addInPlace(scope.keep(rmsNormBackward(dm, c.h2, L.postNorm, c.n2, g(L.postNorm))), dh);
-          const dout = scope.keep(L.o.backward(dh2, c.oc, train));
-          const ag = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads, docStarts });
-          for (const t of [ag.dq, ag.dk, ag.dv]) scope.keep(t);
-          // q and k were rotated after their projections: rotate their gradients back.
-          ropeInPlace(ag.dq, { heads, theta, positions, inverse: true });
-          ropeInPlace(ag.dk, { heads: kvHeads, theta, positions, inverse: true });
-          const da = scope.keep(L.q.backward(ag.dq, c.qc, train));
-          addInPlace(da, scope.keep(L.k.backward(ag.dk, c.kc, train)));
-          addInPlace(da, scope.keep(L.v.backward(ag.dv, c.vc, train)));
-          dh = addInPlace(scope.keep(rmsNormBackward(da, c.x, L.inNorm, c.n1, g(L.inNorm))), dh2);
-        }
+    const g = (w: Tensor) => ({ weight: this.gradOf(w) });
+    return endTrunk(scope, nf, {
+      norm: (dHidden) => rmsNormBackward(dHidden, last, this.#norm, nf.saved, g(this.#norm)),
+      layers: this.#layers.length,
+      layer: (l, dh) => {
+        const L = this.#layers[l]!, c = caches[l]!;
+        const dact = scope.keep(L.down.backward(dh, c.dc, train));
+        const sw = swigluBackward(dact, c.gate, c.up);
+        scope.keep(sw.dGate);
+        scope.keep(sw.dUp);
+        const dm = addInPlace(scope.keep(L.gate.backward(sw.dGate, c.gc, train)), scope.keep(L.up.backward(sw.dUp, c.uc, train)));
+        const dh2 = addInPlace(scope.keep(rmsNormBackward(dm, c.h2, L.postNorm, c.n2, g(L.postNorm))), dh);
+        const dout = scope.keep(L.o.backward(dh2, c.oc, train));
+        const ag = attentionBackward(dout, c.q, c.k, c.v, c.out, c.lse, { heads, kvHeads, docStarts });
+        for (const t of [ag.dq, ag.dk, ag.dv]) scope.keep(t);
+        // q and k were rotated after their projections: rotate their gradients back.
+        ropeInPlace(ag.dq, { heads, theta, positions, inverse: true });
+        ropeInPlace(ag.dk, { heads: kvHeads, theta, positions, inverse: true });
+        const da = scope.keep(L.q.backward(ag.dq, c.qc, train));
+        addInPlace(da, scope.keep(L.k.backward(ag.dk, c.kc, train)));
+        addInPlace(da, scope.keep(L.v.backward(ag.dv, c.vc, train)));
+        return addInPlace(scope.keep(rmsNormBackward(da, c.x, L.inNorm, c.n1, g(L.inNorm))), dh2);
+      },
+      embeddings: (dh) => {
         const demb = this.gradOf(this.#embed);
         if (demb) embeddingBackward(ids, dh, demb);
       },
-    };
+    });
   }
 
   protected ownWeights(): [string, Tensor][] {

@@ -1,4 +1,3 @@
-import type { Argv } from 'yargs';
 import yargs from 'yargs';
 import * as fs from 'node:fs';
 import * as path from 'node:path';
@@ -7,7 +6,8 @@ import { assertOutputApart } from '../../io/fs';
 import { layerKey } from '../../analysis';
 import { analyzeRun, type AnalyzeReport } from '../../analysis/analyze-run';
 import { writeReport } from '../../report';
-import { print, runCommand } from '../run';
+import { command, print, printReportWritten } from '../run';
+import { jsonOption } from '../options';
 
 /*
  * `analyze --json` prints one AnalyzeReport (lib/analysis/analyze-run.ts):
@@ -70,45 +70,40 @@ function requireFolder(flag: string, dir: string): void {
   if (!fs.existsSync(dir) || !fs.statSync(dir).isDirectory()) throw new LorakitError('ERR_INVALID_ARG', `--${flag} ${dir}: no such folder`);
 }
 
-export function analyzeCommand(y: Argv): Argv {
-  return y.command(
-    'analyze',
-    'Intruder dimensions, update spectra, forgetting, NF4 quantization tax and merge error of a fine-tune against its base',
-    (a) =>
-      a
-        .option('base', { type: 'string', demandOption: true, describe: 'base model folder' })
-        .option('adapter', { type: 'string', describe: 'PEFT adapter folder (or --tuned)' })
-        .option('tuned', { type: 'string', describe: 'fine-tuned checkpoint folder (or --adapter)' })
-        .option('data', { type: 'string', describe: 'examples (.jsonl or .txt) for the NF4 loss and KL; the first probes the merge error' })
-        .option('retain', { type: 'string', describe: 'examples (.jsonl or .txt) to measure forgetting on' })
-        .option('k', { type: 'number', default: 10, describe: 'top singular vectors examined per matrix' })
-        .option('epsilon', { type: 'number', default: 0.5, describe: 'intruder threshold on |cosine|' })
-        .option('rank', { type: 'number', default: 16, describe: 'rank whose energy share a checkpoint update spectrum reports' })
-        .option('json', { type: 'boolean', default: false, describe: 'print one JSON object (shape in lib/cli/commands/analyze.ts)' })
-        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
-    (argv) =>
-      runCommand('analyze', () => {
-        // Checked here rather than by yargs so that these are one-line errors with exit code 1.
-        if ((argv.adapter === undefined) === (argv.tuned === undefined)) throw new LorakitError('ERR_INVALID_ARG', 'give exactly one of --adapter and --tuned');
-        requireFolder('base', argv.base);
-        if (argv.adapter !== undefined) requireFolder('adapter', argv.adapter);
-        if (argv.tuned !== undefined) requireFolder('tuned', argv.tuned);
-        // Checked before the (long) analysis: the report must not land on, or inside, anything it reads.
-        if (argv.report !== undefined)
-          assertOutputApart('analyze', argv.report, { '--base': argv.base, '--adapter': argv.adapter, '--tuned': argv.tuned, '--data': argv.data, '--retain': argv.retain }, '--report');
-        const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank,
-          onWarning: (m) => process.stderr.write(`lorakit analyze: warning: ${m}\n`) });
-        if (argv.report !== undefined) {
-          const where = `report written to ${writeReport(argv.report, { title: `lorakit analyze: ${path.basename(report.tuned.dir)} against ${path.basename(report.base)}`, analysis: report })}`;
-          // With --json, stdout stays one JSON object: where the report went is said on stderr.
-          if (argv.json) process.stderr.write(`${where}\n`);
-          else print(where);
-        }
-        if (argv.json) return print(JSON.stringify(report));
-        for (const line of summary(report)) print(line);
-      }),
-  );
-}
+export const analyzeCommand = command({
+  usage: 'analyze',
+  describe: 'Intruder dimensions, update spectra, forgetting, NF4 quantization tax and merge error of a fine-tune against its base',
+  options: (a) =>
+    a
+      .option('base', { type: 'string', demandOption: true, describe: 'base model folder' })
+      .option('adapter', { type: 'string', describe: 'PEFT adapter folder (or --tuned)' })
+      .option('tuned', { type: 'string', describe: 'fine-tuned checkpoint folder (or --adapter)' })
+      .option('data', { type: 'string', describe: 'examples (.jsonl or .txt) for the NF4 loss and KL; the first probes the merge error' })
+      .option('retain', { type: 'string', describe: 'examples (.jsonl or .txt) to measure forgetting on' })
+      .option('k', { type: 'number', default: 10, describe: 'top singular vectors examined per matrix' })
+      .option('epsilon', { type: 'number', default: 0.5, describe: 'intruder threshold on |cosine|' })
+      .option('rank', { type: 'number', default: 16, describe: 'rank whose energy share a checkpoint update spectrum reports' })
+      .option('json', jsonOption('print one JSON object (shape in lib/cli/commands/analyze.ts)'))
+      .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' }),
+  run: (argv) => {
+    // Checked here rather than by yargs so that these are one-line errors with exit code 1.
+    if ((argv.adapter === undefined) === (argv.tuned === undefined)) throw new LorakitError('ERR_INVALID_ARG', 'give exactly one of --adapter and --tuned');
+    requireFolder('base', argv.base);
+    if (argv.adapter !== undefined) requireFolder('adapter', argv.adapter);
+    if (argv.tuned !== undefined) requireFolder('tuned', argv.tuned);
+    // Checked before the (long) analysis: the report must not land on, or inside, anything it reads.
+    if (argv.report !== undefined)
+      assertOutputApart('analyze', argv.report, { '--base': argv.base, '--adapter': argv.adapter, '--tuned': argv.tuned, '--data': argv.data, '--retain': argv.retain }, '--report');
+    const report = analyzeRun({ base: argv.base, adapter: argv.adapter, tuned: argv.tuned, data: argv.data, retain: argv.retain, k: argv.k, epsilon: argv.epsilon, rank: argv.rank,
+      onWarning: (m) => process.stderr.write(`lorakit analyze: warning: ${m}\n`) });
+    if (argv.report !== undefined) {
+      const file = writeReport(argv.report, { title: `lorakit analyze: ${path.basename(report.tuned.dir)} against ${path.basename(report.base)}`, analysis: report });
+      printReportWritten(file, argv.json);
+    }
+    if (argv.json) return print(JSON.stringify(report));
+    for (const line of summary(report)) print(line);
+  },
+});
 
 class UsageError extends Error {}
 

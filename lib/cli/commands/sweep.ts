@@ -1,4 +1,3 @@
-import type { Argv } from 'yargs';
 import * as path from 'node:path';
 import { assertOutputApart } from '../../io/fs';
 import { LorakitTypeError } from '../../errors';
@@ -8,7 +7,8 @@ import { indexRanges, submitSlurm, sweepStatus } from '../../sweep/slurm';
 import { applyJob, indexedJob, kubeconfigFound, writeManifest } from '../../sweep/k8s';
 import { type Summary } from '../../sweep/stats';
 import { sweepRuns, writeReport } from '../../report';
-import { print, runCommandAsync } from '../run';
+import { command, print, printReportWritten } from '../run';
+import { kebab } from '../options';
 
 function pm(s: Summary, digits: number, signed = false): string {
   const f = (x: number) => `${signed && x >= 0 ? '+' : ''}${x.toFixed(digits)}`;
@@ -74,7 +74,6 @@ const OPTION_ACTIONS: Record<string, readonly Action[]> = {
 };
 const SLURM_ONLY = ['partition', 'time', 'maxParallel', 'sbatchArg'];
 const K8S_ONLY = ['image', 'namespace', 'parallelism', 'pvc', 'mount', 'gpuResource', 'backoffLimitPerIndex'];
-const kebab = (s: string) => s.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 function usage(msg: string): LorakitTypeError {
   return new LorakitTypeError('ERR_INVALID_ARG', `sweep: ${msg}`);
@@ -87,13 +86,6 @@ export function reportJson(spec: SweepSpec, report: SweepReport): unknown {
     runs: listRuns(spec).map((r) => ({ index: r.index, configId: r.config.id, label: r.config.label, values: r.config.values, seed: r.seed, result: records.get(r.index) ?? null })),
     summary: report,
   };
-}
-
-function writeHtml(file: string, report: SweepReport, json: boolean): void {
-  const where = `report written to ${writeReport(file, { title: `lorakit sweep: ${report.out}`, sweep: report, runs: sweepRuns(report) })}`;
-  // With --json, stdout stays one JSON object: where the report went is said on stderr.
-  if (json) process.stderr.write(`${where}\n`);
-  else print(where);
 }
 
 async function submit(spec: SweepSpec, specFile: string, argv: Record<string, unknown>): Promise<void> {
@@ -130,80 +122,75 @@ async function submit(spec: SweepSpec, specFile: string, argv: Record<string, un
   print(`created Job ${name} (uid ${uid}) with ${listRuns(spec).length} indices from ${kubeconfig}; manifest in ${file}; follow it with: kubectl get job ${name} -n ${(manifest.metadata as { namespace: string }).namespace}`);
 }
 
-export function sweepCommand(y: Argv): Argv {
-  return y.command(
-    'sweep <what> [spec]',
-    'Train every configuration of a sweep spec over several seeds here, or hand its runs to SLURM or Kubernetes, and say which differences are real',
-    (a) =>
-      a
-        .positional('what', { type: 'string', demandOption: true, describe: `a sweep spec to run here, or one of ${ACTIONS.join(', ')} followed by the spec` })
-        .positional('spec', { type: 'string', describe: 'the JSON sweep spec, after an action (paths in it are relative to its folder)' })
-        .option('json', { type: 'boolean', describe: 'print the report (or the list, or the status) as one JSON object' })
-        .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' })
-        .option('index', { type: 'number', describe: 'run: the index of the one run to train (from `sweep list`)' })
-        .option('slurm', { type: 'boolean', describe: 'submit: as a SLURM job array through sbatch' })
-        .option('k8s', { type: 'boolean', describe: 'submit: as a Kubernetes Indexed Job' })
-        .option('dry-run', { type: 'boolean', describe: 'submit: write the job script or manifest, do not submit it' })
-        .option('gpus-per-task', { type: 'number', describe: 'submit: GPUs for each run' })
-        .option('cpus-per-task', { type: 'number', describe: 'submit: CPUs for each run (its kernel threads; SLURM default 1)' })
-        .option('partition', { type: 'string', describe: 'submit --slurm: the partition' })
-        .option('time', { type: 'string', describe: 'submit --slurm: time limit of each run, as SLURM writes it (01:00:00)' })
-        .option('max-parallel', { type: 'number', describe: 'submit --slurm: runs at once (the array\'s %K)' })
-        .option('sbatch-arg', { type: 'string', array: true, describe: 'submit --slurm: another sbatch option for the script (repeatable, written with =: --sbatch-arg=--account=proj)' })
-        .option('image', { type: 'string', describe: 'submit --k8s: a container image with lorakit on its PATH' })
-        .option('namespace', { type: 'string', describe: 'submit --k8s: the namespace (default "default")' })
-        .option('parallelism', { type: 'number', describe: 'submit --k8s: pods at once (default every run)' })
-        .option('pvc', { type: 'string', describe: 'submit --k8s: the PersistentVolumeClaim (ReadWriteMany) holding the spec, its inputs and its out' })
-        .option('mount', { type: 'string', describe: "submit --k8s: where the claim is mounted in each pod (default the spec's folder: the spec's paths must mean the same there)" })
-        .option('gpu-resource', { type: 'string', describe: 'submit --k8s: the resource a GPU is requested as (default nvidia.com/gpu)' })
-        .option('backoff-limit-per-index', { type: 'number', describe: 'submit --k8s: retries of one run before it counts as failed; the others go on (default 1)' })
-        .epilogue(SPEC_HELP),
-    async (argv) => {
-      const named = ACTIONS.find((x) => x === argv.what);
-      const action: Action = named ?? 'sweep';
-      // Errors read "lorakit sweep: ...": the library's own start with "sweep: ", and that is not said twice.
-      await runCommandAsync('lorakit sweep: ', async () => {
-        if (named === undefined && argv.spec !== undefined) throw usage(`'${argv.what}' is not an action (${ACTIONS.join(', ')}); to run a spec here, name only the spec`);
-        if (named !== undefined && argv.spec === undefined) throw usage(`${named} needs the spec: lorakit sweep ${named} spec.json`);
-        for (const [k, actions] of Object.entries(OPTION_ACTIONS))
-          if (argv[k] !== undefined && !actions.includes(action)) throw usage(`--${kebab(k)} does not apply to ${named ? `sweep ${named}` : 'a local sweep'} (it belongs to sweep ${actions.map((x) => (x === 'sweep' ? '<spec>' : x)).join(', ')})`);
-        const specFile = (named ? argv.spec : argv.what) as string;
-        const spec = readSpec(specFile);
-        const json = argv.json === true;
-        // Checked before hours of training: the report must not land on anything the sweep reads or writes.
-        if (argv.report !== undefined)
-          assertOutputApart('sweep', argv.report, {
-            'the spec': specFile, 'base.model': spec.base.model, 'base.data': spec.base.data, 'base.evalData': spec.base.evalData,
-            'base.retainData': spec.base.retainData, "the sweep's sweep.json": path.join(spec.out, 'sweep.json'), "the sweep's runs": path.join(spec.out, 'runs'),
-            "the sweep's data copies": path.join(spec.out, 'data'),
-          }, '--report');
-        if (action === 'list') {
-          const runs = listRuns(spec);
-          if (json) print(JSON.stringify(runs.map((r) => ({ index: r.index, configId: r.config.id, label: r.config.label, values: r.config.values, seed: r.seed, dir: r.dir })), null, 2));
-          else for (const line of table([['index', 'config', 'values', 'seed', 'folder'], ...runs.map((r) => [String(r.index), r.config.id, r.config.label || '(base)', String(r.seed), r.dir])])) print(line);
-        } else if (action === 'run') {
-          if (argv.index === undefined) throw usage('run needs --index N, the run to train (0 to one less than `sweep list` counts)');
-          const { run, record, ran } = await runIndex(spec, argv.index as number);
-          print(`${ran ? 'trained' : 'already finished:'} run ${run.index} (${run.config.label || 'base'} seed ${run.seed}): final ${JSON.stringify(record.final)}; result in ${path.join(run.dir, 'result.json')}`);
-        } else if (action === 'submit') await submit(spec, specFile, argv);
-        else if (action === 'status') {
-          const st = sweepStatus(spec);
-          if (json) print(JSON.stringify(st, null, 2));
-          else {
-            const counts = new Map<string, number>();
-            for (const r of st.runs) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
-            for (const line of table([['index', 'values', 'seed', 'state', 'job'], ...st.runs.map((r) => [String(r.index), r.label, String(r.seed), r.state, r.jobId ?? '-'])])) print(line);
-            print('');
-            print(`${st.runs.length} runs: ${[...counts].map(([k, v]) => `${v} ${k}`).join(', ')}`);
-            for (const n of st.notes) print(`note: ${n}`);
-          }
-        } else {
-          const report = action === 'report' ? gatherReport(spec) : await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
-          if (json) print(JSON.stringify(action === 'report' ? reportJson(spec, report) : report, null, 2));
-          else for (const line of formatReport(report)) print(line);
-          if (argv.report !== undefined) writeHtml(argv.report, report, json);
-        }
-      });
-    },
-  );
-}
+export const sweepCommand = command({
+  usage: 'sweep <what> [spec]',
+  describe: 'Train every configuration of a sweep spec over several seeds here, or hand its runs to SLURM or Kubernetes, and say which differences are real',
+  options: (a) =>
+    a
+      .positional('what', { type: 'string', demandOption: true, describe: `a sweep spec to run here, or one of ${ACTIONS.join(', ')} followed by the spec` })
+      .positional('spec', { type: 'string', describe: 'the JSON sweep spec, after an action (paths in it are relative to its folder)' })
+      .option('json', { type: 'boolean', describe: 'print the report (or the list, or the status) as one JSON object' })
+      .option('report', { type: 'string', describe: 'also write a self-contained HTML report to this file' })
+      .option('index', { type: 'number', describe: 'run: the index of the one run to train (from `sweep list`)' })
+      .option('slurm', { type: 'boolean', describe: 'submit: as a SLURM job array through sbatch' })
+      .option('k8s', { type: 'boolean', describe: 'submit: as a Kubernetes Indexed Job' })
+      .option('dry-run', { type: 'boolean', describe: 'submit: write the job script or manifest, do not submit it' })
+      .option('gpus-per-task', { type: 'number', describe: 'submit: GPUs for each run' })
+      .option('cpus-per-task', { type: 'number', describe: 'submit: CPUs for each run (its kernel threads; SLURM default 1)' })
+      .option('partition', { type: 'string', describe: 'submit --slurm: the partition' })
+      .option('time', { type: 'string', describe: 'submit --slurm: time limit of each run, as SLURM writes it (01:00:00)' })
+      .option('max-parallel', { type: 'number', describe: 'submit --slurm: runs at once (the array\'s %K)' })
+      .option('sbatch-arg', { type: 'string', array: true, describe: 'submit --slurm: another sbatch option for the script (repeatable, written with =: --sbatch-arg=--account=proj)' })
+      .option('image', { type: 'string', describe: 'submit --k8s: a container image with lorakit on its PATH' })
+      .option('namespace', { type: 'string', describe: 'submit --k8s: the namespace (default "default")' })
+      .option('parallelism', { type: 'number', describe: 'submit --k8s: pods at once (default every run)' })
+      .option('pvc', { type: 'string', describe: 'submit --k8s: the PersistentVolumeClaim (ReadWriteMany) holding the spec, its inputs and its out' })
+      .option('mount', { type: 'string', describe: "submit --k8s: where the claim is mounted in each pod (default the spec's folder: the spec's paths must mean the same there)" })
+      .option('gpu-resource', { type: 'string', describe: 'submit --k8s: the resource a GPU is requested as (default nvidia.com/gpu)' })
+      .option('backoff-limit-per-index', { type: 'number', describe: 'submit --k8s: retries of one run before it counts as failed; the others go on (default 1)' })
+      .epilogue(SPEC_HELP),
+  run: async (argv) => {
+    const named = ACTIONS.find((x) => x === argv.what);
+    const action: Action = named ?? 'sweep';
+    if (named === undefined && argv.spec !== undefined) throw usage(`'${argv.what}' is not an action (${ACTIONS.join(', ')}); to run a spec here, name only the spec`);
+    if (named !== undefined && argv.spec === undefined) throw usage(`${named} needs the spec: lorakit sweep ${named} spec.json`);
+    for (const [k, actions] of Object.entries(OPTION_ACTIONS))
+      if (argv[k] !== undefined && !actions.includes(action)) throw usage(`--${kebab(k)} does not apply to ${named ? `sweep ${named}` : 'a local sweep'} (it belongs to sweep ${actions.map((x) => (x === 'sweep' ? '<spec>' : x)).join(', ')})`);
+    const specFile = (named ? argv.spec : argv.what) as string;
+    const spec = readSpec(specFile);
+    const json = argv.json === true;
+    // Checked before hours of training: the report must not land on anything the sweep reads or writes.
+    if (argv.report !== undefined)
+      assertOutputApart('sweep', argv.report, {
+        'the spec': specFile, 'base.model': spec.base.model, 'base.data': spec.base.data, 'base.evalData': spec.base.evalData,
+        'base.retainData': spec.base.retainData, "the sweep's sweep.json": path.join(spec.out, 'sweep.json'), "the sweep's runs": path.join(spec.out, 'runs'),
+        "the sweep's data copies": path.join(spec.out, 'data'),
+      }, '--report');
+    if (action === 'list') {
+      const runs = listRuns(spec);
+      if (json) print(JSON.stringify(runs.map((r) => ({ index: r.index, configId: r.config.id, label: r.config.label, values: r.config.values, seed: r.seed, dir: r.dir })), null, 2));
+      else for (const line of table([['index', 'config', 'values', 'seed', 'folder'], ...runs.map((r) => [String(r.index), r.config.id, r.config.label || '(base)', String(r.seed), r.dir])])) print(line);
+    } else if (action === 'run') {
+      if (argv.index === undefined) throw usage('run needs --index N, the run to train (0 to one less than `sweep list` counts)');
+      const { run, record, ran } = await runIndex(spec, argv.index as number);
+      print(`${ran ? 'trained' : 'already finished:'} run ${run.index} (${run.config.label || 'base'} seed ${run.seed}): final ${JSON.stringify(record.final)}; result in ${path.join(run.dir, 'result.json')}`);
+    } else if (action === 'submit') await submit(spec, specFile, argv);
+    else if (action === 'status') {
+      const st = sweepStatus(spec);
+      if (json) print(JSON.stringify(st, null, 2));
+      else {
+        const counts = new Map<string, number>();
+        for (const r of st.runs) counts.set(r.state, (counts.get(r.state) ?? 0) + 1);
+        for (const line of table([['index', 'values', 'seed', 'state', 'job'], ...st.runs.map((r) => [String(r.index), r.label, String(r.seed), r.state, r.jobId ?? '-'])])) print(line);
+        print('');
+        print(`${st.runs.length} runs: ${[...counts].map(([k, v]) => `${v} ${k}`).join(', ')}`);
+        for (const n of st.notes) print(`note: ${n}`);
+      }
+    } else {
+      const report = action === 'report' ? gatherReport(spec) : await runSweep(spec, { log: (line) => process.stderr.write(`${line}\n`) });
+      if (json) print(JSON.stringify(action === 'report' ? reportJson(spec, report) : report, null, 2));
+      else for (const line of formatReport(report)) print(line);
+      if (argv.report !== undefined) printReportWritten(writeReport(argv.report, { title: `lorakit sweep: ${report.out}`, sweep: report, runs: sweepRuns(report) }), json);
+    }
+  },
+});
