@@ -3,18 +3,17 @@
 // Each case runs in a fresh Node process, since the loader decides once per process.
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { gpuAddonCandidates } from '../lib/native/binding';
+import { tempDirs } from './helpers/tmp';
 
 const root = path.resolve(__dirname, '..');
 const dist = path.join(root, 'dist');
+const tmp = tempDirs('lorakit-backend-');
 let dir: string;
-
 beforeAll(() => {
-  dir = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-backend-'));
+  dir = tmp();
 });
-afterAll(() => fs.rmSync(dir, { recursive: true, force: true }));
 
 // Runs `body` (with L = lorakit) in a child and returns what it printed as JSON.
 function child(env: Record<string, string>, body: string): Record<string, unknown> {

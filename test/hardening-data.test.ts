@@ -4,7 +4,6 @@
  */
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import { ByteTokenizer, LorakitError, LorakitTypeError, lora } from '../lib';
 import { loadExamples, type Example } from '../lib/data';
@@ -14,24 +13,14 @@ import { loadTokenizer, type Tokenizer } from '../lib/tokenizer';
 import { train } from '../lib/train/trainer';
 import { expectError } from './helpers/errors';
 import { byteLevelJson } from './helpers/tokenizers';
+import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 // The shipped model: a real byte-level BPE tokenizer, and a context of 256 positions.
 const DEFAULT = path.join(__dirname, '../assets/default');
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
 
-let tmp: string;
-beforeAll(() => {
-  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-hardening-data-'));
-});
-afterAll(() => fs.rmSync(tmp, { recursive: true, force: true }));
-
-let dirCount = 0;
-function freshDir(): string {
-  const dir = path.join(tmp, `d-${dirCount++}`);
-  fs.mkdirSync(dir);
-  return dir;
-}
+const freshDir = tempDirs('lorakit-hardening-data-');
 
 /** A model folder with the byte-level BPE test tokenizer, tokenizer.json changed by `overrides`, and this tokenizer_config.json. */
 function modelDir(config: Record<string, unknown>, overrides: Record<string, unknown> = {}): string {
