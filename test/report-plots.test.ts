@@ -10,6 +10,7 @@ import * as fs from 'node:fs';
 import * as path from 'node:path';
 import { type ArmSummary, type LabReport } from '../lib/lab';
 import { barPlot, estimatePlot, formatNumber, labSection, learningAndForgetting, linePlot, linearScale, logScale, renderReport, scaleFor, scatterPlot, thin, type MetricLine } from '../lib/report';
+import { RUN_METRICS as metrics } from './helpers/report';
 
 type Attrs = Record<string, string>;
 
@@ -196,14 +197,6 @@ describe('bars, estimates and scatter', () => {
 });
 
 describe('the report\'s own plots', () => {
-  const metrics: MetricLine[] = [
-    ...[3, 2.5, 2.2, 2.0].map((loss, i) => ({ type: 'step' as const, step: i + 1, loss, lr: 1e-3 })),
-    { type: 'eval', step: 0, split: 'eval', loss: 3.1 },
-    { type: 'eval', step: 4, split: 'eval', loss: 2.4 },
-    { type: 'eval', step: 0, split: 'retain', loss: 2.0 },
-    { type: 'eval', step: 4, split: 'retain', loss: 2.1 },
-  ];
-
   test('a run\'s loss curves: a falling loss is drawn falling, a point placed by hand', () => {
     const svg = plotsOf(renderReport({ title: 'r', runs: [{ name: 'r', metrics }] })).get('loss')!;
     const m = marks(svg);

@@ -1,18 +1,19 @@
 import { spawnSync } from 'node:child_process';
 import * as fs from 'node:fs';
-import * as os from 'node:os';
 import * as path from 'node:path';
 import * as zlib from 'node:zlib';
 import { analyzeRun, type AnalyzeReport } from '../lib/analysis/analyze-run';
 import { runAnalyze } from '../lib/cli/commands/analyze';
 import { TASKS, type LabReport } from '../lib/lab';
-import { barPlot, escapeHtml, estimatePlot, formatNumber, labSection, linePlot, linearScale, logScale, readMetrics, renderReport, scatterPlot, thin, writeReport, sweepRuns, type MetricLine } from '../lib/report';
+import { barPlot, escapeHtml, estimatePlot, formatNumber, labSection, linePlot, linearScale, logScale, readMetrics, renderReport, scatterPlot, thin, writeReport, sweepRuns } from '../lib/report';
 import { parseSpec } from '../lib/sweep/spec';
 import { runSweep, type SweepReport } from '../lib/sweep/runner';
 import { train } from '../lib/train/trainer';
+import { RUN_METRICS as metrics } from './helpers/report';
+import { tempDirs } from './helpers/tmp';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
-const tmp = () => fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-report-'));
+const tmp = tempDirs('lorakit-report-');
 
 /** The <svg> elements of a document by their data-plot name, each with its count of marks. */
 function plots(html: string): { name: string; marks: number; svg: string }[] {
@@ -22,14 +23,6 @@ function plots(html: string): { name: string; marks: number; svg: string }[] {
     svg: m[0],
   }));
 }
-
-const metrics: MetricLine[] = [
-  ...[3, 2.5, 2.2, 2.0].map((loss, i) => ({ type: 'step' as const, step: i + 1, loss, lr: 1e-3 })),
-  { type: 'eval', step: 0, split: 'eval', loss: 3.1 },
-  { type: 'eval', step: 4, split: 'eval', loss: 2.4 },
-  { type: 'eval', step: 0, split: 'retain', loss: 2.0 },
-  { type: 'eval', step: 4, split: 'retain', loss: 2.1 },
-];
 
 describe('plot helpers', () => {
   test('text is escaped everywhere it is shown', () => {
