@@ -5,8 +5,10 @@
  */
 import { native, type AddonAdamWTensor } from '../native/binding';
 import { DisposedError, LorakitRangeError, LorakitTypeError } from '../errors';
-import { Tensor, describe, zeros } from '../tensor/tensor';
-import { checkNumber, checkOptions, checkTensor, shapeStr } from '../ops/check';
+import { Tensor, zeros } from '../tensor/tensor';
+import { describe } from '../check';
+import { checkNumber, checkOptions, shapeStr } from '../check';
+import { checkTensor } from '../tensor/tensor';
 
 export interface AdamWHyper {
   lr: number;
@@ -35,6 +37,12 @@ export interface StepResult {
   /** The factor the gradients were multiplied by (1 when not clipped). */
   clipScale: number;
 }
+
+/**
+ * A step as a value: a non-finite gradient norm is an outcome the caller decides about (the trainer
+ * stops the run naming its step), not an error to recognise by its message.
+ */
+export type StepOutcome = ({ ok: true } & StepResult) | { ok: false; reason: 'grad-norm'; gradNorm: number };
 
 const DEFAULTS: AdamWHyper = { lr: 1e-3, betas: [0.9, 0.999], eps: 1e-8, weightDecay: 1e-2 };
 
@@ -113,6 +121,20 @@ export class AdamW {
   /** One update of every parameter from its gradient (same order as `params`). */
   step(grads: readonly Tensor[], options?: StepOptions): StepResult {
     const op = 'AdamW.step';
+    const r = this.#update(op, grads, options);
+    if (!r.ok) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the gradient norm is ${r.gradNorm}; no parameter was updated`);
+    return r.gradNorm === undefined ? { clipScale: r.clipScale } : { gradNorm: r.gradNorm, clipScale: r.clipScale };
+  }
+
+  /**
+   * The same update, returning a non-finite gradient norm (with `maxGradNorm`) as `{ ok: false }`
+   * instead of throwing; the parameters, moments and step count are then left as they were.
+   */
+  tryStep(grads: readonly Tensor[], options?: StepOptions): StepOutcome {
+    return this.#update('AdamW.tryStep', grads, options);
+  }
+
+  #update(op: string, grads: readonly Tensor[], options: StepOptions | undefined): StepOutcome {
     if (this.#disposed) throw new DisposedError('AdamW');
     const o = checkOptions<StepOptions>(op, options);
     if (!Array.isArray(grads) || grads.length !== this.#slots.length)
@@ -136,14 +158,14 @@ export class AdamW {
     if (max === undefined) {
       native().adamwStep({ tensors, step: this.#step + 1, gradScale: scale });
       this.#step++;
-      return { clipScale: 1 };
+      return { ok: true, clipScale: 1 };
     }
     // The norm, torch.nn.utils.clip_grad_norm_'s coefficient max/(norm + 1e-6) capped at 1, and the
     // update are one native call: on a GPU nothing waits for the norm between them.
     const r = native().adamwStep({ tensors, step: this.#step + 1, gradScale: scale, maxGradNorm: max });
-    if (!r.updated) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the gradient norm is ${r.gradNorm}; no parameter was updated`);
+    if (!r.updated) return { ok: false, reason: 'grad-norm', gradNorm: r.gradNorm };
     this.#step++;
-    return { gradNorm: r.gradNorm, clipScale: r.clipScale };
+    return { ok: true, gradNorm: r.gradNorm, clipScale: r.clipScale };
   }
 
   /**
