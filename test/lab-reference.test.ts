@@ -14,6 +14,7 @@ import { loadAdapter } from '../lib/lora/adapter';
 import { loadModel, type CausalLM } from '../lib/models';
 import { tensor } from '../lib/tensor/tensor';
 import { loadTokenizer } from '../lib/tokenizer';
+import { labArm, quickLab, summary as sum } from './helpers/lab';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');
 
@@ -285,25 +286,18 @@ describe('a miniature lab, measured again', () => {
 });
 
 describe('formatLab', () => {
-  const sum = (mean: number, ci95: number) => ({ n: 3, mean, sd: 0, ci95 });
-  const arm = {
-    arm: 'r8', what: 'w', method: 'lora' as const, target: 'all-linear' as const, r: 8, alpha: 16, rslora: false, scale: 2, trainableParameters: 125952, seeds: [1, 2, 3],
+  const arm = labArm({
+    arm: 'r8', what: 'w', method: 'lora', seeds: [1, 2, 3],
     evalLoss: sum(1.23456, 0.0456), exactMatch: sum(0.4375, 0.125), forgetting: sum(0.01234, 0.002), intruders: sum(2.5, 1.25),
     mergeErrorRelative: sum(3.21e-7, 1e-8), trainSeconds: sum(12.34, 0.56), peakHostBytes: sum(3 * 2 ** 20, 2 ** 19),
-  };
-  const report = {
-    version: 1, quick: true, base: 'b', seeds: [1, 2, 3],
-    settings: { steps: 40, batchSize: 8, seqLen: 64, evalExamples: 64, retainDocs: 64, loraLr: 0.002, fullLr: 0.0005 },
-    retain: { documents: 64, baseLoss: 2.34567, nf4BaseLoss: 2.4 },
-    tasks: {
-      knowledge: {
-        train: 2000, eval: 150, base: { loss: 3.21, exactMatch: 0.0625, tokens: 9 }, nf4Base: { loss: 3.3, exactMatch: 0, tokens: 9 },
-        quantizationTax: { lossRise: 0.09, exactMatchChange: -0.0625 },
-        arms: [arm, { ...arm, arm: 'full', forgetting: sum(-0.5, NaN), mergeErrorRelative: null }],
-      },
+  });
+  const report = quickLab(
+    { seeds: [1, 2, 3], retain: { documents: 64, baseLoss: 2.34567, nf4BaseLoss: 2.4 }, ran: 5, skipped: 1, wallSeconds: 99.6 },
+    {
+      base: { loss: 3.21, exactMatch: 0.0625 }, nf4Base: { loss: 3.3, exactMatch: 0 }, quantizationTax: { lossRise: 0.09, exactMatchChange: -0.0625 },
+      arms: [arm, { ...arm, arm: 'full', forgetting: sum(-0.5, NaN), mergeErrorRelative: null }],
     },
-    runs: [], ran: 5, skipped: 1, wallSeconds: 99.6,
-  } as unknown as LabReport;
+  );
 
   test('every number as the table prints it: means ± half-widths, percents, signs and MB', () => {
     const lines = formatLab(report);

@@ -8,9 +8,9 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import type { AnalyzeReport } from '../lib/analysis/analyze-run';
-import { type LabReport } from '../lib/lab';
 import { labSection, readMetrics, renderReport, sweepRuns, writeReport } from '../lib/report';
 import type { SweepReport } from '../lib/sweep/runner';
+import { labArm, quickLab, summary as s } from './helpers/lab';
 
 type Attrs = Record<string, string>;
 function elements(svg: string, tag: string): Attrs[] {
@@ -27,8 +27,6 @@ function rowsAfter(html: string, header: string): string[][] {
   const table = html.slice(at, html.indexOf('</table>', at));
   return [...table.matchAll(/<tr>((?:<td>[\s\S]*?<\/td>)+)<\/tr>/g)].map((r) => [...r[1]!.matchAll(/<td>([\s\S]*?)<\/td>/g)].map((c) => c[1]!));
 }
-
-const s = (mean: number, ci95: number, n = 3) => ({ n, mean, sd: 0, ci95 });
 
 /** Every table of a document holds cells and nothing else: no stray text between them. */
 function wellFormedTables(html: string): void {
@@ -183,23 +181,18 @@ describe('the analysis section', () => {
 });
 
 describe('the lab section\'s text and tables', () => {
-  const arm = (id: string, method: string, extra: Record<string, unknown> = {}) => ({
-    arm: id, what: id, method, target: 'all-linear', r: 8, alpha: 16, rslora: false, scale: 2, trainableParameters: 125952, seeds: [1, 2],
+  const arm = (id: string, method: string, extra: Record<string, unknown> = {}) => labArm({
+    arm: id, what: id, method, seeds: [1, 2],
     evalLoss: s(2.5, 0.25, 2), exactMatch: s(0.125, 0.0625, 2), forgetting: s(0.05, 0.01, 2), intruders: s(3, 1, 2),
     mergeErrorRelative: s(2e-7, 1e-8, 2), trainSeconds: s(12.5, 0.5, 2), peakHostBytes: s(3 * 2 ** 20, 2 ** 19, 2), ...extra,
   });
-  const lab = {
-    version: 1, quick: true, base: 'b', seeds: [1, 2], runs: [], ran: 3, skipped: 1, wallSeconds: 42.5,
-    settings: { steps: 40, batchSize: 8, seqLen: 64, evalExamples: 64, retainDocs: 64, loraLr: 0.002, fullLr: 0.0005 },
-    retain: { documents: 64, baseLoss: 2.25, nf4BaseLoss: 2.375 },
-    tasks: {
-      knowledge: {
-        train: 2000, eval: 150, base: { loss: 3, exactMatch: 0.25, tokens: 9 }, nf4Base: { loss: 3.5, exactMatch: 0.125, tokens: 9 },
-        quantizationTax: { lossRise: 0.5, exactMatchChange: -0.125 },
-        arms: [arm('qlora-r8', 'qlora'), arm('full', 'full', { scale: null, r: 0, alpha: 0, mergeErrorRelative: null })],
-      },
+  const lab = quickLab(
+    { seeds: [1, 2], retain: { documents: 64, baseLoss: 2.25, nf4BaseLoss: 2.375 }, ran: 3, skipped: 1, wallSeconds: 42.5 },
+    {
+      base: { loss: 3, exactMatch: 0.25 }, nf4Base: { loss: 3.5, exactMatch: 0.125 }, quantizationTax: { lossRise: 0.5, exactMatchChange: -0.125 },
+      arms: [arm('qlora-r8', 'qlora'), arm('full', 'full', { scale: null, r: 0, alpha: 0, mergeErrorRelative: null })],
     },
-  } as unknown as LabReport;
+  );
   const html = labSection(lab);
 
   test('the notes carry the settings, the retain losses and the base scores', () => {
