@@ -17,7 +17,7 @@ export {
   type ErrorCode,
 } from './errors';
 export * as lora from './lora';
-export { AdamW, gradNorm, evaluate, train, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult, type EvalResult, type TrainOptions, type TrainHandle, type TrainResult } from './train';
+export { AdamW, gradNorm, evaluate, train, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult, type StepOutcome, type EvalResult, type TrainOptions, type TrainHandle, type TrainResult } from './train';
 export * as io from './io';
 export { loadTokenizer, ByteTokenizer, type Tokenizer } from './tokenizer';
 export { loadModel, CausalLM, GPT2, Llama, type LoadModelOptions, type ForwardOptions, type ForwardResult } from './models';

@@ -1,4 +1,4 @@
-/** The lines of a trainer's metrics.jsonl (lib/train/trainer.ts writes them). */
+/** The lines of a trainer's metrics.jsonl (lib/train/loop.ts, evaluator.ts and checkpointer.ts write them). */
 import * as fs from 'node:fs';
 import { LorakitError } from '../errors';
 

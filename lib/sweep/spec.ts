@@ -12,6 +12,7 @@ import { INIT_LORA_WEIGHTS, type LoraInit } from '../lora/config';
 import { makeDir, writeTextFile } from '../io/fs';
 import { seededPermutation } from '../data';
 import { resolveOptions, type TrainOptions } from '../train/trainer';
+import { METHODS, type Method } from '../train/options';
 import { TRAIN_OPTION_KEYS } from '../train/config';
 
 export interface Axes {
@@ -67,7 +68,7 @@ const isInt = (v: unknown, min: number): v is number => typeof v === 'number' &&
 const AXIS_CHECKS: Record<AxisName, [(v: unknown) => boolean, string]> = {
   r: [(v) => isInt(v, 1), 'an integer >= 1'],
   lr: [(v) => typeof v === 'number' && Number.isFinite(v) && v > 0, 'a number > 0'],
-  method: [(v) => v === 'lora' || v === 'qlora' || v === 'full', 'lora, qlora or full'],
+  method: [(v) => METHODS.includes(v as Method), 'lora, qlora or full'],
   rslora: [(v) => typeof v === 'boolean', 'true or false'],
   target: [(v) => (typeof v === 'string' && v !== '') || (Array.isArray(v) && v.length > 0 && v.every((m) => typeof m === 'string' && m !== '')), 'a preset or module name(s)'],
   alpha: [(v) => typeof v === 'number' && Number.isFinite(v) && v >= 0, 'a number >= 0'],

@@ -12,7 +12,7 @@ import { native } from '../native/binding';
 import { checkNumber, type Device, checkDevice } from '../check';
 import { memory, tensor } from '../tensor/tensor';
 import { AdamW } from './adamw';
-import { type Method } from './trainer';
+import { METHODS, type Method } from './options';
 
 export interface BenchTrainOptions {
   /** A name of MODEL_SHAPES, or `config.json` fields. */
@@ -78,7 +78,7 @@ export async function benchTrain(options: BenchTrainOptions): Promise<BenchTrain
   const op = 'bench train';
   const { name, config } = resolveShape(options.shape);
   const method = options.method ?? 'lora';
-  if (!['lora', 'qlora', 'full'].includes(method)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: method must be lora, qlora or full, got '${String(method)}'`);
+  if (!METHODS.includes(method as Method)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: method must be lora, qlora or full, got '${String(method)}'`);
   const B = checkNumber(op, 'batchSize', options.batchSize ?? 4, { integer: true, min: 1 });
   const T = checkNumber(op, 'seqLen', options.seqLen ?? 128, { integer: true, min: 2 });
   const steps = checkNumber(op, 'steps', options.steps ?? 5, { integer: true, min: 1 });

@@ -1,9 +1,11 @@
 /** The options of a training run (what train() and run.json take), and the same resolved. */
 import { type Device } from '../check';
+import { type LoraInit } from '../lora/config';
 import { type ProgressMode } from './progress';
 import { type ScheduleKind } from './schedule';
 
 export type Method = 'lora' | 'qlora' | 'full';
+export const METHODS: readonly Method[] = ['lora', 'qlora', 'full'];
 
 export interface TrainOptions {
   /** Model folder (config.json + safetensors + tokenizer.json). */
@@ -19,7 +21,7 @@ export interface TrainOptions {
   target?: string | string[];
   rslora?: boolean;
   /** PEFT's init_lora_weights: true (A Kaiming-uniform, B zero; default), 'gaussian', 'pissa', or false. */
-  init?: boolean | 'gaussian' | 'pissa';
+  init?: LoraInit;
   /** LoRA dropout (default 0.05). */
   dropout?: number;
   /** Peak learning rate (default 2e-4 for LoRA/QLoRA, 2e-5 for full fine-tuning). */

@@ -18,7 +18,7 @@ import { makeDir } from '../io/fs';
 import { PACKAGE_ROOT } from '../native/binding';
 import { Progress } from './progress';
 import { nearestTrainOption, TRAIN_OPTION_KEYS } from './config';
-import { type EvalRecord, type Resolved, type TrainOptions } from './options';
+import { METHODS, type EvalRecord, type Resolved, type TrainOptions } from './options';
 import { prepareData, type TrainData } from './prepare';
 import { buildModel, type BuiltModel, type Resume } from './build';
 import { Evaluator } from './evaluator';
@@ -78,7 +78,7 @@ export function resolveOptions(o: TrainOptions): Resolved {
       throw fail(`'${k}' is not an option${nearestTrainOption(k)}`);
   for (const k of ['model', 'data'] as const) if (typeof o[k] !== 'string' || o[k] === '') throw fail(`'${k}' must be a path, got ${describe(o[k])}`);
   const method = o.method ?? 'lora';
-  checkChoice('train', 'method', method, ['lora', 'qlora', 'full'], 'lora, qlora or full');
+  checkChoice('train', 'method', method, METHODS, 'lora, qlora or full');
   // Validated against the loaded backend, so a machine without a GPU hears why.
   const device = checkDevice('train', o.device);
   const r = positiveInt('r', o.r ?? 16);
