@@ -1,4 +1,7 @@
-/** Suggestions for misspelt names (options, config keys): the one place the edit-distance rule lives. */
+/** Option names as users type them, and suggestions for misspelt ones (options, config keys): the one place the edit-distance rule lives. */
+
+/** The kebab-case of a camelCase option key, as yargs spells the flag (`batchSize` is `--batch-size`). */
+export const kebab = (key: string): string => key.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 /** Levenshtein distance: how many single-character edits turn `a` into `b`. */
 export function editDistance(a: string, b: string): number {

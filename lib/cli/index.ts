@@ -3,8 +3,7 @@
 import yargs, { type Argv } from 'yargs';
 import { hideBin } from 'yargs/helpers';
 import { isLorakitError } from '../errors';
-import { nearestName } from '../suggest';
-import { kebab } from './options';
+import { nearestName, kebab } from '../suggest';
 import { evalCommand } from './commands/eval';
 import { inspectCommand } from './commands/inspect';
 import { mergeCommand } from './commands/merge';

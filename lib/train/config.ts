@@ -9,7 +9,7 @@ import { parse as parseYaml } from 'yaml';
 import { LorakitError } from '../errors';
 import { ioError } from '../io/config';
 import { isObject } from '../check';
-import { nearestName } from '../suggest';
+import { kebab, nearestName } from '../suggest';
 
 /** Every key of TrainOptions; an options object with any other key is refused rather than ignored. */
 export const TRAIN_OPTION_KEYS = [
@@ -47,7 +47,6 @@ export const TRAIN_ALIASES: Readonly<Record<string, TrainOptionKey>> = {
   save_total_limit: 'saveTotalLimit',
 };
 
-const kebab = (k: string) => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`);
 
 /** The option a key stands for, or null when it names none. */
 export function trainOptionKey(key: string): TrainOptionKey | null {

@@ -2,7 +2,8 @@ import { LorakitTypeError } from '../../errors';
 import { readModelConfig } from '../../io/config';
 import { ASSUMPTIONS, assumedLlama, gpuMemory, parseMemory, parseParams, plan, USABLE_SHARE } from '../../sweep/plan';
 import { command, print } from '../run';
-import { jsonOption, kebab } from '../options';
+import { jsonOption } from '../options';
+import { kebab } from '../../suggest';
 
 const size = (b: number) => (b >= 2 ** 30 ? `${(b / 2 ** 30).toFixed(2)} GiB` : `${(b / 2 ** 20).toFixed(2)} MiB`);
 

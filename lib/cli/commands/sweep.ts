@@ -8,7 +8,7 @@ import { applyJob, indexedJob, kubeconfigFound, writeManifest } from '../../swee
 import { type Summary } from '../../sweep/stats';
 import { sweepRuns, writeReport } from '../../report';
 import { command, print, printReportWritten } from '../run';
-import { kebab } from '../options';
+import { kebab } from '../../suggest';
 
 function pm(s: Summary, digits: number, signed = false): string {
   const f = (x: number) => `${signed && x >= 0 ? '+' : ''}${x.toFixed(digits)}`;

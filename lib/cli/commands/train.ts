@@ -4,7 +4,7 @@ import { LorakitError } from '../../errors';
 import { readTrainConfig, TRAIN_ALIASES, TRAIN_OPTION_KEYS } from '../../train/config';
 import { DEFAULT_SAVE_EVERY, train, type TrainOptions } from '../../train/trainer';
 import { command, print } from '../run';
-import { kebab } from '../options';
+import { kebab } from '../../suggest';
 
 /** The job `lorakit train` runs with no arguments: everything it needs ships in the package. */
 export const DEFAULT_DIR = path.join(PACKAGE_ROOT, 'assets', 'default');
