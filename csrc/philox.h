@@ -8,11 +8,7 @@
 #pragma once
 #include <cstdint>
 
-#if defined(__CUDACC__) || defined(__HIPCC__)
-#define LK_HD __host__ __device__
-#else
-#define LK_HD
-#endif
+#include "hd.h"
 
 namespace lorakit {
 

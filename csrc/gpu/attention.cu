@@ -80,14 +80,8 @@ struct Tiles<256> {
 #endif
 
 // Softmax statistics of a row live on its 16 lanes.
-__device__ inline float group_max(float v) {
-  for (int o = kLanes / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
-  return v;
-}
-__device__ inline float group_sum(float v) {
-  for (int o = kLanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
+__device__ inline float group_max(float v) { return lanes_max(v, kLanes); }
+__device__ inline float group_sum(float v) { return lanes_sum(v, kLanes); }
 
 __device__ inline float4 ld4(const float* p) { return *reinterpret_cast<const float4*>(p); }
 __device__ inline float4 zero4() { return make_float4(0.f, 0.f, 0.f, 0.f); }
@@ -150,6 +144,40 @@ __device__ inline void tile_dot(float (&acc)[TM][TN], const float* A, const floa
   }
 }
 
+// The prologue of the kernels over query tiles (forward, dq): start[i], the document start of this thread's
+// row q0 + ty*TM + i (0 past T), and the first key that any row of the tile sees, which bounds the key tiles
+// to visit (start_{q0} <= q0 bounds it). `load` stages the block's own tiles ahead of the barrier it shares.
+template <int TM, typename Load>
+__device__ inline int first_key_of_tile(int (&start)[TM], int& first_key, const AttentionArgs& a, int b, int T, int q0,
+                                        Load load) {
+  const int ty = static_cast<int>(threadIdx.x) / kLanes, tx = static_cast<int>(threadIdx.x) % kLanes;
+#pragma unroll
+  for (int i = 0; i < TM; ++i) {
+    const int t = q0 + ty * TM + i;
+    start[i] = t < T ? doc_start(a.starts, b, T, t) : 0;
+  }
+  if (threadIdx.x == 0) first_key = q0;
+  load();
+  __syncthreads();
+  if (tx == 0) {
+#pragma unroll
+    for (int i = 0; i < TM; ++i)
+      if (q0 + ty * TM + i < T) atomicMin(&first_key, start[i]);
+  }
+  __syncthreads();
+  return first_key;
+}
+
+// Loads rows row0 .. row0 + ROWS - 1 of `head` into the shared tile X (as load_tile), then
+// acc[i][j] += A[ty*TM + i] . X[tx + 16 j]: every score-shaped product of the kernels (S, dP) is this.
+template <int ROWS, int DMAX, int TM, int TN>
+__device__ inline void load_tile_dot(float (&acc)[TM][TN], const float* A, float* X, const float* head, int64_t stride,
+                                     int row0, int T, int d, bool vec) {
+  load_tile<ROWS, DMAX>(X, head, stride, row0, T, d, vec);
+  __syncthreads();
+  tile_dot<TM, TN, DMAX>(acc, A, X);
+}
+
 // acc[i][n] += sum_k P[ty*TM + i][k] X[k][4 tx + 64 n .. + 3] for k < K (P rows LP floats apart).
 template <int TM, int NC, int K, int LP, int DMAX>
 __device__ inline void tile_accumulate(float4 (&acc)[TM][NC], const float* P, const float* X) {
@@ -175,6 +203,16 @@ __device__ inline void tile_accumulate(float4 (&acc)[TM][NC], const float* P, co
         for (int i = 0; i < TM; ++i) fma4(acc[i][n], p[i][e], x);
       }
   }
+}
+
+// Loads rows row0 .. row0 + ROWS - 1 of `head` into the shared tile X (as load_tile), then
+// acc[i][n] += sum_k P[ty*TM + i][k] X[k][...] (as tile_accumulate): P or dS applied to V, K or Q.
+template <int ROWS, int LP, int DMAX, int TM, int NC>
+__device__ inline void load_tile_accumulate(float4 (&acc)[TM][NC], const float* P, float* X, const float* head,
+                                            int64_t stride, int row0, int T, int d, bool vec) {
+  load_tile<ROWS, DMAX>(X, head, stride, row0, T, d, vec);
+  __syncthreads();
+  tile_accumulate<TM, NC, ROWS, LP, DMAX>(acc, P, X);
 }
 
 // Writes one row's columns (this lane's 4 tx + 64 n .. + 3, those below d) times `mul`.
@@ -217,21 +255,9 @@ __global__ __launch_bounds__(kThreads) void attention_forward_kernel(const Atten
   const float* v = a.v + (static_cast<int64_t>(b) * T * hkv + kh) * d;
 
   int start[TM];
-#pragma unroll
-  for (int i = 0; i < TM; ++i) {
-    const int t = q0 + ty * TM + i;
-    start[i] = t < T ? doc_start(a.starts, b, T, t) : 0;
-  }
-  // Key tiles wholly before every row's document start are skipped: start_{q0} <= q0 bounds the minimum.
-  if (threadIdx.x == 0) first_key = q0;
-  load_tile<BQ, DMAX>(sQ, q, static_cast<int64_t>(hq) * d, q0, T, d, vec);
-  __syncthreads();
-  if (tx == 0) {
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-      if (q0 + ty * TM + i < T) atomicMin(&first_key, start[i]);
-  }
-  __syncthreads();
+  const int kt_first = first_key_of_tile(start, first_key, a, b, T, q0, [&] {
+    load_tile<BQ, DMAX>(sQ, q, static_cast<int64_t>(hq) * d, q0, T, d, vec);
+  }) / BK;
 
   float m[TM], l[TM];
   float4 o[TM][NC];
@@ -242,12 +268,10 @@ __global__ __launch_bounds__(kThreads) void attention_forward_kernel(const Atten
 #pragma unroll
     for (int n = 0; n < NC; ++n) o[i][n] = zero4();
   }
-  for (int kt = first_key / BK; kt <= (q_end - 1) / BK; ++kt) {
+  for (int kt = kt_first; kt <= (q_end - 1) / BK; ++kt) {
     const int k0 = kt * BK;
-    load_tile<BK, DMAX>(sKV, k, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
-    __syncthreads();
     float s[TM][TN] = {};
-    tile_dot<TM, TN, DMAX>(s, sQ, sKV);
+    load_tile_dot<BK, DMAX>(s, sQ, sKV, k, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int t = q0 + ty * TM + i;
@@ -276,9 +300,7 @@ __global__ __launch_bounds__(kThreads) void attention_forward_kernel(const Atten
       for (int n = 0; n < NC; ++n) o[i][n] = scale4(o[i][n], alpha);
     }
     __syncthreads();
-    load_tile<BK, DMAX>(sKV, v, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
-    __syncthreads();
-    tile_accumulate<TM, NC, BK, LP, DMAX>(o, sP, sKV);
+    load_tile_accumulate<BK, LP, DMAX>(o, sP, sKV, v, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
     __syncthreads();
   }
 
@@ -347,37 +369,26 @@ __global__ __launch_bounds__(kThreads, 1) void attention_dq_kernel(const Attenti
 #pragma unroll
   for (int i = 0; i < TM; ++i) {
     const int t = q0 + ty * TM + i;
-    start[i] = t < T ? doc_start(a.starts, b, T, t) : 0;
     row_lse[i] = t < T ? lse[t] : 0.f;
     row_delta[i] = t < T ? dl[t] : 0.f;
   }
-  if (threadIdx.x == 0) first_key = q0;
-  load_tile<BQ, DMAX>(sQ, a.q + row0 * d, static_cast<int64_t>(hq) * d, q0, T, d, vec);
-  load_tile<BQ, DMAX>(sdO, a.dout + row0 * d, static_cast<int64_t>(hq) * d, q0, T, d, vec);
-  __syncthreads();
-  if (tx == 0) {
-#pragma unroll
-    for (int i = 0; i < TM; ++i)
-      if (q0 + ty * TM + i < T) atomicMin(&first_key, start[i]);
-  }
-  __syncthreads();
+  const int kt_first = first_key_of_tile(start, first_key, a, b, T, q0, [&] {
+    load_tile<BQ, DMAX>(sQ, a.q + row0 * d, static_cast<int64_t>(hq) * d, q0, T, d, vec);
+    load_tile<BQ, DMAX>(sdO, a.dout + row0 * d, static_cast<int64_t>(hq) * d, q0, T, d, vec);
+  }) / BK;
 
   float4 acc[TM][NC];
 #pragma unroll
   for (int i = 0; i < TM; ++i)
 #pragma unroll
     for (int n = 0; n < NC; ++n) acc[i][n] = zero4();
-  for (int kt = first_key / BK; kt <= (q_end - 1) / BK; ++kt) {
+  for (int kt = kt_first; kt <= (q_end - 1) / BK; ++kt) {
     const int k0 = kt * BK;
-    load_tile<BK, DMAX>(sKV, v, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
-    __syncthreads();
     float dp[TM][TN] = {};
-    tile_dot<TM, TN, DMAX>(dp, sdO, sKV);
-    __syncthreads();
-    load_tile<BK, DMAX>(sKV, k, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
+    load_tile_dot<BK, DMAX>(dp, sdO, sKV, v, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
     __syncthreads();
     float s[TM][TN] = {};
-    tile_dot<TM, TN, DMAX>(s, sQ, sKV);
+    load_tile_dot<BK, DMAX>(s, sQ, sKV, k, static_cast<int64_t>(hkv) * d, k0, T, d, vec);
 #pragma unroll
     for (int i = 0; i < TM; ++i) {
       const int t = q0 + ty * TM + i;
@@ -462,15 +473,11 @@ __global__ __launch_bounds__(kThreads, 1) void attention_dkdv_kernel(const Atten
         col_delta[tid] = t < T ? dl[t] : 0.f;
         col_start[tid] = t < T ? doc_start(a.starts, b, T, t) : 0;
       }
-      load_tile<BQ, DMAX>(sX, q, static_cast<int64_t>(hq) * d, t0, T, d, vec);
-      __syncthreads();
       float s[TM][TN] = {};
-      tile_dot<TM, TN, DMAX>(s, sK, sX);
-      __syncthreads();
-      load_tile<BQ, DMAX>(sX, dout, static_cast<int64_t>(hq) * d, t0, T, d, vec);
+      load_tile_dot<BQ, DMAX>(s, sK, sX, q, static_cast<int64_t>(hq) * d, t0, T, d, vec);
       __syncthreads();
       float dp[TM][TN] = {};
-      tile_dot<TM, TN, DMAX>(dp, sV, sX);
+      load_tile_dot<BQ, DMAX>(dp, sV, sX, dout, static_cast<int64_t>(hq) * d, t0, T, d, vec);
 #pragma unroll
       for (int i = 0; i < TM; ++i) {
         const int key = k0 + ty * TM + i;
@@ -489,9 +496,7 @@ __global__ __launch_bounds__(kThreads, 1) void attention_dkdv_kernel(const Atten
       __syncthreads();
       tile_accumulate<TM, NC, BQ, LP, DMAX>(dv, sP, sX);
       __syncthreads();
-      load_tile<BQ, DMAX>(sX, q, static_cast<int64_t>(hq) * d, t0, T, d, vec);
-      __syncthreads();
-      tile_accumulate<TM, NC, BQ, LP, DMAX>(dk, sdS, sX);
+      load_tile_accumulate<BQ, LP, DMAX>(dk, sdS, sX, q, static_cast<int64_t>(hq) * d, t0, T, d, vec);
       __syncthreads();
     }
   }

@@ -61,6 +61,7 @@
 #include <cuda_runtime.h>
 #endif
 
+#include "../float16.h"
 #include "../ops.h"
 #include "../philox.h"
 
@@ -102,18 +103,10 @@ inline unsigned grid_for(int64_t n, int threads, int64_t cap = 65535LL * 32) {
 }
 
 // ---- numeric conversions on raw bits --------------------------------------------------------------
-__host__ __device__ inline float bf16_to_f32(uint16_t h) {
-  union { uint32_t u; float f; } v;
-  v.u = static_cast<uint32_t>(h) << 16;
-  return v.f;
-}
-__host__ __device__ inline uint16_t f32_to_bf16(float f) {
-  union { uint32_t u; float f; } v;
-  v.f = f;
-  if ((v.u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((v.u >> 16) | 0x40);  // quiet NaN
-  v.u += 0x7fffu + ((v.u >> 16) & 1u);
-  return static_cast<uint16_t>(v.u >> 16);
-}
+// bfloat16 is float32's upper half, so the integer rounding of ../float16.h is also the fastest;
+// float16 below uses the hardware conversion (tensor.cu, which must match the CPU's NaNs, does not).
+using bits::bf16_to_f32;
+using bits::f32_to_bf16;
 __device__ inline float f16_to_f32(uint16_t h) { return __half2float(__ushort_as_half(h)); }
 __device__ inline uint16_t f32_to_f16(float f) { return __half_as_ushort(__float2half_rn(f)); }
 
@@ -129,34 +122,38 @@ __device__ inline float load_as_f32(const void* p, DType dt, int64_t i) {
 // ---- reductions, for any warp width ---------------------------------------------------------------
 // warpSize is 32 on NVIDIA and 64 on CDNA; nothing below assumes either. Shared arrays are sized for the
 // worst case (1024 threads / 32 lanes = 32 warps).
-__device__ inline float warp_max(float v) {
-  for (int o = warpSize / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+// Max and sum over an aligned group of `lanes` lanes (a power of two that divides the warp width); every
+// lane of the group must call them, and every lane gets the result.
+__device__ inline float lanes_max(float v, int lanes) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
   return v;
 }
-__device__ inline double warp_sum_d(double v) {
-  for (int o = warpSize / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+template <typename T>
+__device__ inline T lanes_sum(T v, int lanes) {
+  for (int o = lanes / 2; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
   return v;
 }
-// Block-wide sum/max; every thread of the block must call it, and every thread gets the result.
-__device__ inline float block_max(float v) {
-  __shared__ float part[32];
+__device__ inline float warp_max(float v) { return lanes_max(v, warpSize); }
+__device__ inline double warp_sum_d(double v) { return lanes_sum(v, warpSize); }
+// Block-wide reduction: `warp` reduces within each warp, then once more over the warps' results (`idle`
+// for the lanes past the last warp). Every thread of the block must call it, and every thread gets the
+// result.
+template <typename T, typename Warp>
+__device__ inline T block_reduce(T v, T idle, Warp warp) {
+  __shared__ T part[32];
   const int lane = threadIdx.x % warpSize, wid = threadIdx.x / warpSize, nw = (blockDim.x + warpSize - 1) / warpSize;
-  v = warp_max(v);
+  v = warp(v);
   __syncthreads();
   if (lane == 0) part[wid] = v;
   __syncthreads();
-  float t = lane < nw ? part[lane] : -INFINITY;
-  return warp_max(t);
+  T t = lane < nw ? part[lane] : idle;
+  return warp(t);
+}
+__device__ inline float block_max(float v) {
+  return block_reduce(v, -INFINITY, [](float x) { return warp_max(x); });
 }
 __device__ inline double block_sum_d(double v) {
-  __shared__ double part[32];
-  const int lane = threadIdx.x % warpSize, wid = threadIdx.x / warpSize, nw = (blockDim.x + warpSize - 1) / warpSize;
-  v = warp_sum_d(v);
-  __syncthreads();
-  if (lane == 0) part[wid] = v;
-  __syncthreads();
-  double t = lane < nw ? part[lane] : 0.0;
-  return warp_sum_d(t);
+  return block_reduce(v, 0.0, [](double x) { return warp_sum_d(x); });
 }
 
 // ---- 16-byte vectors --------------------------------------------------------------------------------

@@ -361,9 +361,11 @@ bool blas_required() {
 
 // Opens the first of `names` found on the loader path or in library_folders() that has every symbol
 // `bind` resolves; fills so/name/from, or why_not with what was tried. Says on stderr, once, which file
-// serves the GEMMs, or that none does.
+// serves the GEMMs, or that none does. Only the first call looks (`attempted`).
 template <typename Lib, typename Bind>
 void open_library(Lib& L, const char* label, std::initializer_list<const char*> names, Bind bind) {
+  if (L.attempted) return;
+  L.attempted = true;
   std::string errors;
   const std::vector<std::string> dirs = library_folders();
   for (const char* name : names) {
@@ -403,6 +405,16 @@ void open_library(Lib& L, const char* label, std::initializer_list<const char*> 
                "(or point CUDA_HOME/ROCM_PATH at it); LORAKIT_REQUIRE_GPU_BLAS=1 makes this an error.\n",
                label, L.why_not.c_str());
 }
+
+// Either vendor's library as open_library fills it and gemm_engine() reports it; each branch below adds
+// its entry points and handles. `mu` guards the whole.
+struct LoadedLibrary {
+  std::mutex mu;
+  bool attempted = false;
+  void* so = nullptr;
+  std::string name, from, why_not, declined;
+  bool forced = false;
+};
 
 #ifdef LORAKIT_CUDA
 
@@ -446,12 +458,7 @@ struct Plan {
 using PlanKey = std::array<int64_t, 17>;
 constexpr size_t kMaxPlans = 512;
 
-struct Library {
-  std::mutex mu;
-  bool attempted = false;
-  void* so = nullptr;
-  std::string name, from, why_not, declined;
-  bool forced = false;
+struct Library : LoadedLibrary {
   blas::LtCreateFn create = nullptr;
   blas::LtMatmulDescCreateFn desc_create = nullptr;
   blas::LtMatmulDescDestroyFn desc_destroy = nullptr;
@@ -467,14 +474,7 @@ struct Library {
   std::map<PlanKey, Plan> plans;
 };
 
-Library& library() {
-  static Library* lib = new Library;
-  return *lib;
-}
-
 void load_locked(Library& L) {
-  if (L.attempted) return;
-  L.attempted = true;
   // The library of the toolkit this addon was built with first: cuBLASLt 13 needs the driver CUDA 13 does.
 #if defined(CUDART_VERSION) && CUDART_VERSION < 13000
   const auto names = {"libcublasLt.so.12", "libcublasLt.so.13"};
@@ -655,26 +655,14 @@ const char* status_name(int s) {
   }
 }
 
-struct Library {
-  std::mutex mu;
-  bool attempted = false;
-  void* so = nullptr;
-  std::string name, from, why_not, declined;
-  bool forced = false;
+struct Library : LoadedLibrary {
   blas::RocCreateHandleFn create = nullptr;
   blas::RocSetStreamFn set_stream = nullptr;
   blas::RocGemmExFn gemm_ex = nullptr;
   std::map<int, blas::RocHandle> handles;
 };
 
-Library& library() {
-  static Library* lib = new Library;
-  return *lib;
-}
-
 void load_locked(Library& L) {
-  if (L.attempted) return;
-  L.attempted = true;
   // The unversioned name comes with the development package; the runtime packages carry the sonames.
   open_library(L, "rocBLAS", {"librocblas.so", "librocblas.so.5", "librocblas.so.4", "librocblas.so.0"},
                [](Library& L, void* so, std::string& missing) -> void* {
@@ -729,6 +717,11 @@ bool library_gemm(Library& L, GemmArgs g) {
 constexpr const char kLibraryLabel[] = "rocblas";
 
 #endif
+
+Library& library() {
+  static Library* lib = new Library;
+  return *lib;
+}
 
 }  // namespace
 

@@ -47,7 +47,7 @@ __global__ void __launch_bounds__(kQuantThreads)
     if (2 * i + 1 < len) m = fmaxf(m, fabsf(load_as_f32(src, dt, first + 2 * i + 1)));
   }
   // Every lane of the warp reaches the shuffles, including those past the last block.
-  for (int o = group / 2; o > 0; o >>= 1) m = fmaxf(m, __shfl_xor_sync(0xffffffffu, m, o));
+  m = lanes_max(m, group);
   if (len == 0) return;
   if (lane == 0) absmax[b] = m;
 

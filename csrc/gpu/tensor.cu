@@ -5,8 +5,8 @@
 // is rand_normal, whose double log and cos may differ from glibc's in the last bit: its floats agree
 // but for the rare value that sits on a rounding boundary.
 #include <cstring>
+#include <type_traits>
 
-#include "../cpu/dtype.h"
 #include "common.cuh"
 
 namespace lorakit::gpu {
@@ -24,48 +24,26 @@ template <> struct Store<DType::I64> { using T = int64_t; };
 template <> struct Store<DType::U8> { using T = uint8_t; };
 template <DType D> using S = typename Store<D>::T;
 
+// f(std::integral_constant<DType, D>{}) with D = dt: the one switch from a run-time dtype to the templates.
+template <typename F>
+void with_dtype(DType dt, F&& f) {
+  switch (dt) {
+    case DType::F32: return f(std::integral_constant<DType, DType::F32>{});
+    case DType::BF16: return f(std::integral_constant<DType, DType::BF16>{});
+    case DType::F16: return f(std::integral_constant<DType, DType::F16>{});
+    case DType::I32: return f(std::integral_constant<DType, DType::I32>{});
+    case DType::I64: return f(std::integral_constant<DType, DType::I64>{});
+    case DType::U8: return f(std::integral_constant<DType, DType::U8>{});
+  }
+}
+
 __host__ __device__ constexpr bool is_float(DType d) { return d == DType::F32 || d == DType::BF16 || d == DType::F16; }
-
-// ---- float16 on raw bits ----------------------------------------------------------------------------
-// The same integer algorithms as csrc/cpu/dtype.h rather than the hardware conversions, which canonicalise
-// NaNs differently on each vendor (the CPU keeps the payload going up and writes sign | 0x7e00 going down).
-__device__ inline float half_bits_to_f32(uint16_t h) {
-  const uint32_t sign = (h & 0x8000u) << 16, exp = (h >> 10) & 0x1fu, mant = h & 0x3ffu;
-  uint32_t u;
-  if (exp == 0x1f) {
-    u = sign | 0x7f800000u | (mant << 13);
-  } else if (exp != 0) {
-    u = sign | ((exp + 112u) << 23) | (mant << 13);
-  } else if (mant == 0) {
-    u = sign;
-  } else {  // subnormal: shift the leading one up to bit 10 and lower the exponent to match
-    const uint32_t shift = static_cast<uint32_t>(__clz(mant)) - 21u;
-    u = sign | ((113u - shift) << 23) | (((mant << shift) & 0x3ffu) << 13);
-  }
-  return __uint_as_float(u);
-}
-
-__device__ inline uint16_t f32_to_half_bits(float f) {
-  const uint32_t u = __float_as_uint(f), sign = (u >> 16) & 0x8000u, abs = u & 0x7fffffffu;
-  if (abs > 0x7f800000u) return static_cast<uint16_t>(sign | 0x7e00u);
-  if (abs >= 0x477ff000u) return static_cast<uint16_t>(sign | 0x7c00u);  // rounds to 65520 or more: inf
-  if (abs < 0x38800000u) {                                               // below 2^-14: subnormal
-    if (abs < 0x33000000u) return static_cast<uint16_t>(sign);           // below 2^-25: zero
-    const uint32_t e = abs >> 23, mant = (abs & 0x7fffffu) | 0x800000u, shift = 126u - e;
-    uint32_t q = mant >> shift;
-    const uint32_t rem = mant & ((1u << shift) - 1u), half = 1u << (shift - 1);
-    if (rem > half || (rem == half && (q & 1u))) ++q;
-    return static_cast<uint16_t>(sign | q);
-  }
-  const uint32_t q = abs - 0x38000000u;  // exponent bias 127 -> 15, then round off 13 bits to even
-  return static_cast<uint16_t>(sign | ((q + 0xfffu + ((q >> 13) & 1u)) >> 13));
-}
 
 // ---- conversions, the rules of csrc/cpu/tensor.cc ---------------------------------------------------
 template <DType D>
 __device__ inline float to_f32(S<D> x) {
   if constexpr (D == DType::BF16) return bf16_to_f32(x);
-  else if constexpr (D == DType::F16) return half_bits_to_f32(x);
+  else if constexpr (D == DType::F16) return bits::f16_to_f32(x);  // not the hardware's: the CPU's NaNs
   else return static_cast<float>(x);  // int64 rounds once, to nearest even, as the CPU's cast does
 }
 
@@ -73,7 +51,7 @@ __device__ inline float to_f32(S<D> x) {
 template <DType D>
 __device__ inline S<D> from_f32(float f) {
   if constexpr (D == DType::BF16) return f32_to_bf16(f);
-  else if constexpr (D == DType::F16) return f32_to_half_bits(f);
+  else if constexpr (D == DType::F16) return bits::f32_to_f16(f);
   else return f;
 }
 
@@ -177,18 +155,6 @@ void launch_cast(const void* src, void* dst, int64_t n) {
   LK_LAUNCHED("cast");
 }
 
-template <DType From>
-void cast_from(const void* src, void* dst, DType to, int64_t n) {
-  switch (to) {
-    case DType::F32: return launch_cast<From, DType::F32>(src, dst, n);
-    case DType::BF16: return launch_cast<From, DType::BF16>(src, dst, n);
-    case DType::F16: return launch_cast<From, DType::F16>(src, dst, n);
-    case DType::I32: return launch_cast<From, DType::I32>(src, dst, n);
-    case DType::I64: return launch_cast<From, DType::I64>(src, dst, n);
-    case DType::U8: return launch_cast<From, DType::U8>(src, dst, n);
-  }
-}
-
 // ---- random ----------------------------------------------------------------------------------------
 // Element i draws from counter offset + i. Uniform: lo + (hi - lo) * u with u the top 24 bits of word 0
 // over 2^24, in [0, 1). Normal: Box-Muller in double on words 0 and 1, u1 in (0, 1] so the log is finite:
@@ -266,8 +232,8 @@ void fill(void* dst, DType dt, int64_t n, double value) {
   if (n <= 0) return;
   switch (dt) {
     case DType::F32: return launch_fill(dst, n, static_cast<float>(value));
-    case DType::BF16: return launch_fill(dst, n, cpu::f32_to_bf16(static_cast<float>(value)));
-    case DType::F16: return launch_fill(dst, n, cpu::f32_to_f16(static_cast<float>(value)));
+    case DType::BF16: return launch_fill(dst, n, f32_to_bf16(static_cast<float>(value)));
+    case DType::F16: return launch_fill(dst, n, bits::f32_to_f16(static_cast<float>(value)));
     case DType::I32: return launch_fill(dst, n, static_cast<int32_t>(value));
     case DType::I64: return launch_fill(dst, n, static_cast<int64_t>(value));
     case DType::U8: return launch_fill(dst, n, static_cast<uint8_t>(value));
@@ -276,26 +242,14 @@ void fill(void* dst, DType dt, int64_t n, double value) {
 
 void arange(void* dst, DType dt, int64_t n, double start, double step) {
   if (n <= 0) return;
-  switch (dt) {
-    case DType::F32: return launch_arange<DType::F32>(dst, n, start, step);
-    case DType::BF16: return launch_arange<DType::BF16>(dst, n, start, step);
-    case DType::F16: return launch_arange<DType::F16>(dst, n, start, step);
-    case DType::I32: return launch_arange<DType::I32>(dst, n, start, step);
-    case DType::I64: return launch_arange<DType::I64>(dst, n, start, step);
-    case DType::U8: return launch_arange<DType::U8>(dst, n, start, step);
-  }
+  with_dtype(dt, [&](auto d) { launch_arange<decltype(d)::value>(dst, n, start, step); });
 }
 
 void cast(const void* src, DType from, void* dst, DType to, int64_t n) {
   if (n <= 0) return;
-  switch (from) {
-    case DType::F32: return cast_from<DType::F32>(src, dst, to, n);
-    case DType::BF16: return cast_from<DType::BF16>(src, dst, to, n);
-    case DType::F16: return cast_from<DType::F16>(src, dst, to, n);
-    case DType::I32: return cast_from<DType::I32>(src, dst, to, n);
-    case DType::I64: return cast_from<DType::I64>(src, dst, to, n);
-    case DType::U8: return cast_from<DType::U8>(src, dst, to, n);
-  }
+  with_dtype(from, [&](auto f) {
+    with_dtype(to, [&](auto t) { launch_cast<decltype(f)::value, decltype(t)::value>(src, dst, n); });
+  });
 }
 
 void rand_uniform(float* dst, int64_t n, uint64_t seed, uint64_t offset, float lo, float hi) {

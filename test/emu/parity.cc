@@ -501,22 +501,16 @@ struct Mat {
     }
     return value(bytes, dt, static_cast<size_t>(e));
   }
-  Operand host(bool trans) const {
+  Operand host(bool trans) const { return operand(bytes.data(), hview, trans); }
+  Operand dev(bool trans) const { return operand(dbytes.p(), dview, trans); }
+  // The matrix at `data` (host or device copy), NF4 codes described by `view`.
+  Operand operand(const void* data, const NF4View& view, bool trans) const {
     Operand o;
-    o.data = bytes.data();
+    o.data = data;
     o.dtype = dt;
     o.trans = trans;
     o.ld = ld;
-    o.nf4 = nf4 ? &hview : nullptr;
-    return o;
-  }
-  Operand dev(bool trans) const {
-    Operand o;
-    o.data = dbytes.p();
-    o.dtype = dt;
-    o.trans = trans;
-    o.ld = ld;
-    o.nf4 = nf4 ? &dview : nullptr;
+    o.nf4 = nf4 ? &view : nullptr;
     return o;
   }
 };
@@ -651,8 +645,10 @@ int desc_create(void** d, int compute, int scale) {
   *d = new Desc{compute, scale};
   return 0;
 }
-int desc_destroy(void* d) {
-  delete static_cast<Desc*>(d);
+// cublasLtMatmulDescDestroy, cublasLtMatrixLayoutDestroy, cublasLtMatmulPreferenceDestroy.
+template <typename T>
+int destroy(void* p) {
+  delete static_cast<T*>(p);
   return 0;
 }
 int desc_set(void* dv, int attr, const void* buf, size_t n) {
@@ -669,16 +665,8 @@ int layout_create(void** l, int type, uint64_t rows, uint64_t cols, int64_t ld) 
   *l = new Layout{type, rows, cols, ld};
   return 0;
 }
-int layout_destroy(void* l) {
-  delete static_cast<Layout*>(l);
-  return 0;
-}
 int pref_create(void** p) {
   *p = new Pref;
-  return 0;
-}
-int pref_destroy(void* p) {
-  delete static_cast<Pref*>(p);
   return 0;
 }
 int pref_set(void* pv, int attr, const void* buf, size_t n) {
@@ -772,17 +760,9 @@ void gemm_case(Case& c, int64_t m, int64_t n, int64_t k, DType da, DType db, boo
   const auto bias = randn(static_cast<size_t>(n));
   Buf dc = Buf::of(c0), dbias = Buf::of(bias, idx % 4 == 1 ? 4 : 0);
 
-  GemmArgs g;
-  g.m = m;
-  g.n = n;
-  g.k = k;
+  GemmArgs g = gemm_args(m, n, k, A.dev(ta), B.dev(tb), dc.as<float>(), alpha, beta,
+                         with_bias ? dbias.as<float>() : nullptr);
   g.ldc = ldc;
-  g.alpha = alpha;
-  g.beta = beta;
-  g.a = A.dev(ta);
-  g.b = B.dev(tb);
-  g.c = dc.as<float>();
-  g.bias = with_bias ? dbias.as<float>() : nullptr;
   const long calls = fake_rocblas::g_calls + fake_cublaslt::g_calls;
   gpu::gemm(g);
   if (library && m > 0 && n > 0 && k > 0 && k % 7 != 0 && fake_rocblas::g_calls + fake_cublaslt::g_calls == calls)
@@ -1576,26 +1556,26 @@ void test_activations() {
       const std::string name = fmt("n=%ld%s", static_cast<long>(n), mis ? " unaligned" : "");
       const auto x = inputs(3.f), dy = randn(static_cast<size_t>(n)), up = randn(static_cast<size_t>(n));
       Buf dx_ = Buf::of(x), ddy = Buf::of(dy, mis), dup_ = Buf::of(up);
+      // The GPU's n floats in `got` against those the CPU op `ref` writes.
+      auto agree = [&](Case& c, const char* what, const Buf& got, auto ref) {
+        std::vector<float> r(static_cast<size_t>(n));
+        ref(r.data());
+        close(c, what, got.get_as<float>(c, what), r, 1e-5, 1e-6);
+      };
       run("gelu_tanh_forward", name, [&](Case& c) {
         Buf y(n * 4, nullptr, mis);
         gpu::gelu_tanh_forward(dx_.as<float>(), y.as<float>(), n);
-        std::vector<float> r(static_cast<size_t>(n));
-        cpu::gelu_tanh_forward(x.data(), r.data(), n);
-        close(c, "y", y.get_as<float>(c, "y"), r, 1e-5, 1e-6);
+        agree(c, "y", y, [&](float* r) { cpu::gelu_tanh_forward(x.data(), r, n); });
       });
       run("gelu_tanh_backward", name, [&](Case& c) {
         Buf g(n * 4);
         gpu::gelu_tanh_backward(ddy.as<float>(), dx_.as<float>(), g.as<float>(), n);
-        std::vector<float> r(static_cast<size_t>(n));
-        cpu::gelu_tanh_backward(dy.data(), x.data(), r.data(), n);
-        close(c, "dx", g.get_as<float>(c, "dx"), r, 1e-5, 1e-6);
+        agree(c, "dx", g, [&](float* r) { cpu::gelu_tanh_backward(dy.data(), x.data(), r, n); });
       });
       run("swiglu_forward", name, [&](Case& c) {
         Buf y(n * 4);
         gpu::swiglu_forward(dx_.as<float>(), dup_.as<float>(), y.as<float>(), n);
-        std::vector<float> r(static_cast<size_t>(n));
-        cpu::swiglu_forward(x.data(), up.data(), r.data(), n);
-        close(c, "y", y.get_as<float>(c, "y"), r, 1e-5, 1e-6);
+        agree(c, "y", y, [&](float* r) { cpu::swiglu_forward(x.data(), up.data(), r, n); });
       });
       run("swiglu_backward", name, [&](Case& c) {
         Buf dg(n * 4), du(n * 4, nullptr, mis);
@@ -1933,12 +1913,12 @@ int main(int argc, char** argv) {
     emu::register_library(soname,
                           {{"cublasLtCreate", sym(&lt::create)},
                            {"cublasLtMatmulDescCreate", sym(&lt::desc_create)},
-                           {"cublasLtMatmulDescDestroy", sym(&lt::desc_destroy)},
+                           {"cublasLtMatmulDescDestroy", sym(&lt::destroy<lt::Desc>)},
                            {"cublasLtMatmulDescSetAttribute", sym(&lt::desc_set)},
                            {"cublasLtMatrixLayoutCreate", sym(&lt::layout_create)},
-                           {"cublasLtMatrixLayoutDestroy", sym(&lt::layout_destroy)},
+                           {"cublasLtMatrixLayoutDestroy", sym(&lt::destroy<lt::Layout>)},
                            {"cublasLtMatmulPreferenceCreate", sym(&lt::pref_create)},
-                           {"cublasLtMatmulPreferenceDestroy", sym(&lt::pref_destroy)},
+                           {"cublasLtMatmulPreferenceDestroy", sym(&lt::destroy<lt::Pref>)},
                            {"cublasLtMatmulPreferenceSetAttribute", sym(&lt::pref_set)},
                            {"cublasLtMatmulAlgoGetHeuristic", sym(&lt::heuristic)},
                            {"cublasLtMatmul", sym(&lt::matmul)}});

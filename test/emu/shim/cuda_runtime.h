@@ -41,6 +41,8 @@
 #include <type_traits>
 #include <utility>
 
+#include "float16.h"  // csrc/float16.h: bit_cast, the one definition csrc uses
+
 // ---- qualifiers -------------------------------------------------------------------------------------
 #define __global__
 #define __device__
@@ -419,28 +421,12 @@ inline float __saturatef(float x) { return x != x ? 0.f : x < 0.f ? 0.f : x > 1.
 inline float rsqrtf(float x) { return 1.f / sqrtf(x); }
 inline double rsqrt(double x) { return 1.0 / sqrt(x); }
 
-inline unsigned __float_as_uint(float f) {
-  unsigned u;
-  std::memcpy(&u, &f, 4);
-  return u;
-}
-inline float __uint_as_float(unsigned u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-inline int __float_as_int(float f) { return static_cast<int>(__float_as_uint(f)); }
-inline float __int_as_float(int i) { return __uint_as_float(static_cast<unsigned>(i)); }
-inline long long __double_as_longlong(double d) {
-  long long u;
-  std::memcpy(&u, &d, 8);
-  return u;
-}
-inline double __longlong_as_double(long long u) {
-  double d;
-  std::memcpy(&d, &u, 8);
-  return d;
-}
+inline unsigned __float_as_uint(float f) { return lorakit::bits::bit_cast<unsigned>(f); }
+inline float __uint_as_float(unsigned u) { return lorakit::bits::bit_cast<float>(u); }
+inline int __float_as_int(float f) { return lorakit::bits::bit_cast<int>(f); }
+inline float __int_as_float(int i) { return lorakit::bits::bit_cast<float>(i); }
+inline long long __double_as_longlong(double d) { return lorakit::bits::bit_cast<long long>(d); }
+inline double __longlong_as_double(long long u) { return lorakit::bits::bit_cast<double>(u); }
 inline int __clz(int x) { return x == 0 ? 32 : __builtin_clz(static_cast<unsigned>(x)); }
 inline int __clzll(long long x) { return x == 0 ? 64 : __builtin_clzll(static_cast<unsigned long long>(x)); }
 inline int __popc(unsigned x) { return __builtin_popcount(x); }
