@@ -4,8 +4,7 @@
  * nothing from layers or models, so every tier above can share it.
  */
 import { LorakitError, LorakitTypeError } from '../errors';
-import { isObject, show } from '../check';
-import { loraScale } from './linear';
+import { checkNumber, isObject, show } from '../check';
 
 /** PEFT's init_lora_weights values lorakit supports. */
 export type LoraInit = boolean | 'gaussian' | 'pissa';
@@ -105,6 +104,13 @@ export function parseLoraConfig(j: unknown, file: string): LoraConfig {
 function patternValue(patterns: Record<string, number>, module: string, name: string): number | undefined {
   for (const [key, value] of Object.entries(patterns)) if (compile(`^(.*\\.)?(${key})$`, name, key).test(module)) return value;
   return undefined;
+}
+
+/** PEFT's scaling: lora_alpha / r, or lora_alpha / √r with use_rslora. */
+export function loraScale(loraAlpha: number, r: number, useRslora = false): number {
+  checkNumber('loraScale', 'r', r, { integer: true, min: 1 });
+  checkNumber('loraScale', 'loraAlpha', loraAlpha);
+  return useRslora ? loraAlpha / Math.sqrt(r) : loraAlpha / r;
 }
 
 /** Rank and scale of one module under a config (rank_pattern / alpha_pattern first). */

@@ -21,7 +21,7 @@ export interface LoraLinearParams {
   loraA: Tensor;
   /** lora_B [out, r], float32. */
   loraB: Tensor;
-  /** The LoRA scale s; see `loraScale`. */
+  /** The LoRA scale s; see `loraScale` (lib/lora/config.ts). */
   scale: number;
 }
 
@@ -59,13 +59,6 @@ export interface LoraBackwardResult {
   dLoraB: Tensor;
   dBias?: Tensor;
   dWeight?: Tensor;
-}
-
-/** PEFT's scaling: lora_alpha / r, or lora_alpha / √r with use_rslora. */
-export function loraScale(loraAlpha: number, r: number, useRslora = false): number {
-  checkNumber('loraScale', 'r', r, { integer: true, min: 1 });
-  checkNumber('loraScale', 'loraAlpha', loraAlpha);
-  return useRslora ? loraAlpha / Math.sqrt(r) : loraAlpha / r;
 }
 
 interface Dims {

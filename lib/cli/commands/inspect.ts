@@ -4,7 +4,7 @@ import { LorakitError } from '../../errors';
 import { parameterCounts, readJsonFile, readModelConfig } from '../../io/config';
 import { readSafetensorsHeader } from '../../io/safetensors';
 import { readLoraConfig } from '../../lora/adapter';
-import { loraScale } from '../../lora/linear';
+import { loraScale } from '../../lora/config';
 import { trainingRecord } from '../../train/record';
 import { command, print } from '../run';
 import { jsonOption } from '../options';
