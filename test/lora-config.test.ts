@@ -51,6 +51,7 @@ describe('parseLoraConfig', () => {
     [{ r: 2.5 }, "'r' must be a positive integer, got 2.5"],
     [{ r: '8' }, "'r' must be a positive integer, got \"8\""],
     [{ lora_alpha: 'x' }, "'lora_alpha' must be a number, got \"x\""],
+    [{ lora_dropout: 'x' }, "'lora_dropout' must be a number, got \"x\""],
     [{ lora_dropout: -0.1 }, "'lora_dropout' must be in [0, 1), got -0.1"],
     [{ lora_dropout: 1 }, "'lora_dropout' must be in [0, 1), got 1"],
     [{ bias: 'all' }, 'bias "all" is not supported (only "none")'],
@@ -78,7 +79,10 @@ describe('loraScale and moduleScale', () => {
     expect(loraScale(32, 16, true)).toBe(8);
     expect(loraScale(8, 2, true)).toBe(8 / Math.SQRT2);
     expect(() => loraScale(16, 0)).toThrow(LorakitRangeError);
+    expect(() => loraScale(16, 0)).toThrow("loraScale: 'r' must be >= 1, got 0");
+    expect(() => loraScale(16, 2.5)).toThrow("loraScale: 'r' must be an integer, got 2.5");
     expect(() => loraScale(NaN, 4)).toThrow(LorakitTypeError);
+    expect(() => loraScale(NaN, 4)).toThrow("loraScale: 'loraAlpha' must be a finite number, got number NaN");
   });
 
   const config: LoraConfig = { ...LORA_DEFAULTS, r: 8, loraAlpha: 16, rankPattern: { 'layers\\.1\\.mlp\\.up_proj': 4, down_proj: 2 }, alphaPattern: { up_proj: 4 } };
@@ -96,6 +100,9 @@ describe('loraScale and moduleScale', () => {
 
   test('a pattern JavaScript cannot compile is the config\'s error, naming the key', () => {
     expect(() => moduleScale({ ...config, rankPattern: { '(': 2 } }, 'q_proj')).toThrow(/adapter: 'rank_pattern' "\(" is not a valid regular expression/);
+    expect(() => moduleScale({ ...config, alphaPattern: { '(': 2 } }, 'q_proj')).toThrow(/adapter: 'alpha_pattern' "\(" is not a valid regular expression/);
+    expect(() => matchTargets(['q_proj'], { ...LORA_DEFAULTS, targetModules: '(' })).toThrow(/adapter: 'target_modules' "\(" is not a valid regular expression/);
+    expect(() => matchTargets(['q_proj'], { ...LORA_DEFAULTS, excludeModules: '(' })).toThrow(/adapter: 'exclude_modules' "\(" is not a valid regular expression/);
   });
 });
 
@@ -108,6 +115,8 @@ describe('matchTargets', () => {
     expect(matchTargets(llama, { ...base, targetModules: ['q_proj'] })).toEqual([llama[0], llama[3]]);
     expect(matchTargets(llama, { ...base, targetModules: ['self_attn.v_proj', 'mlp.up_proj'] })).toEqual([llama[1], llama[2], llama[4]]);
     expect(matchTargets(llama, { ...base, targetModules: ['proj'] })).toEqual([]);
+    // A module named exactly so (a top-level module) matches too.
+    expect(matchTargets(['lm_head', 'x.lm_head2'], { ...base, targetModules: ['lm_head'] })).toEqual(['lm_head']);
   });
 
   test('a string is a regex over the whole name', () => {
@@ -121,8 +130,10 @@ describe('matchTargets', () => {
     expect(matchTargets(llama, { ...base, excludeModules: '.*layers\\.0\\..*' })).toEqual([llama[3], llama[4]]);
     expect(matchTargets(llama, { ...base, layersToTransform: [1] })).toEqual([llama[3], llama[4]]);
     expect(matchTargets(['transformer.h.2.attn.c_attn', 'transformer.h.0.attn.c_attn'], { ...base, layersToTransform: [2] })).toEqual(['transformer.h.2.attn.c_attn']);
+    expect(matchTargets(['model.layers.12.mlp.up_proj', 'model.layers.2.mlp.up_proj'], { ...base, layersToTransform: [12] })).toEqual(['model.layers.12.mlp.up_proj']);
     // A module outside any layer is left out once layers are named.
     expect(matchTargets(['lm_head'], { ...base, layersToTransform: [0] })).toEqual([]);
+    expect(matchTargets(['lm_head'], { ...base, layersToTransform: [1] })).toEqual([]);
   });
 });
 
