@@ -16,7 +16,7 @@ export {
   NoBinaryError,
   type ErrorCode,
 } from './errors';
-export * as lora from './lora';
+export * as lora from './lora-api';
 export { AdamW, gradNorm, evaluate, train, type AdamWHyper, type ParamGroup, type StepOptions, type StepResult, type StepOutcome, type EvalResult, type TrainOptions, type TrainHandle, type TrainResult } from './train';
 export * as io from './io';
 export { loadTokenizer, ByteTokenizer, type Tokenizer } from './tokenizer';

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { tensor } from '../lib';
 import { analyzeModel, intruderDimensions, layerKey, updateSpectrum } from '../lib/analysis';
 import { loadModel } from '../lib/models';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { matmul64 } from './helpers/reference';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');

@@ -2,7 +2,7 @@ import * as path from 'node:path';
 import { LorakitRangeError, LorakitTypeError, tensor } from '../lib';
 import { analyzeModel, intruderDimensions, svdLeft, updateSpectrum } from '../lib/analysis';
 import { loadModel } from '../lib/models';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { matmul64, randomArray, rng } from './helpers/reference';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');

@@ -7,7 +7,7 @@ import { type Tensor } from '../lib/tensor/tensor';
 import { analyzeModel } from '../lib/analysis';
 import { meanTokenKL, type AnalyzeReport } from '../lib/analysis/analyze-run';
 import { runAnalyze } from '../lib/cli/commands/analyze';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { loadModel, type CausalLM } from '../lib/models';
 import { evaluate } from '../lib/train/evaluate';
 import { type Example } from '../lib/data/example';

@@ -11,8 +11,8 @@ import * as fs from 'node:fs';
 import * as os from 'node:os';
 import * as path from 'node:path';
 import { loadModel, type CausalLM } from '../lib/models';
-import { addAdapter, saveAdapter } from '../lib/lora/adapter';
-import { combineAdapters, deltaError } from '../lib/lora/combine';
+import { addAdapter, saveAdapter } from '../lib/adapters/adapter';
+import { combineAdapters, deltaError } from '../lib/adapters/combine';
 import { eigenSym, matmul64, readSafetensors, relErr } from './helpers/reference';
 
 const LLAMA = path.join(__dirname, 'fixtures/peft/tiny-llama');

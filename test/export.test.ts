@@ -11,7 +11,7 @@ import { exportGguf, quantizeQ8_0, dequantizeQ8_0, toHalf, fromHalf, permuteRows
 import { quantize as nf4Quantize, dequantize as nf4Dequantize } from '../lib/nf4';
 import { loadModel, type CausalLM } from '../lib/models';
 import { randomModel } from '../lib/models/random';
-import { addAdapter, saveAdapter, loadAdapter } from '../lib/lora';
+import { addAdapter, saveAdapter, loadAdapter } from '../lib/lora-api';
 import { loadTokenizer } from '../lib/tokenizer';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { tensor } from '../lib/tensor/tensor';

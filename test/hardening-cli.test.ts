@@ -9,7 +9,7 @@ import * as path from 'node:path';
 import { tensor } from '../lib';
 import { runLab } from '../lib/lab';
 import { loadExamples } from '../lib/data/load';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { loadModel } from '../lib/models';
 import { evaluate } from '../lib/train/evaluate';
 import { configurations, parseSpec } from '../lib/sweep/spec';

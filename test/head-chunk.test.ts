@@ -2,7 +2,7 @@
 // and every gradient of the one-shot head: full fine-tuning, so the (tied or untied) head's gradient and
 // the hidden states' are both checked, with ignored labels inside the blocks.
 import { tensor } from '../lib';
-import { addAdapter } from '../lib/lora/adapter';
+import { addAdapter } from '../lib/adapters/adapter';
 import { MODEL_SHAPES, randomModel } from '../lib/models/random';
 import { normRelErr } from './helpers/reference';
 

@@ -10,7 +10,7 @@ import * as path from 'node:path';
 import { type Example } from '../lib/data/example';
 import { loadExamples } from '../lib/data/load';
 import { ARMS, LAB_BASE, armScale, formatLab, makeTask, runLab, score, trainableParameters, type LabReport } from '../lib/lab';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { loadModel, type CausalLM } from '../lib/models';
 import { tensor } from '../lib/tensor/tensor';
 import { loadTokenizer } from '../lib/tokenizer';

@@ -13,7 +13,7 @@ import * as path from 'node:path';
 import { LorakitRangeError, memory, tensor, type Tensor } from '../lib';
 import { expectError } from './helpers/errors';
 import { loadModel } from '../lib/models';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { matmul64, randomArray, readSafetensors, relErr, rng } from './helpers/reference';
 

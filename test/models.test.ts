@@ -1,7 +1,7 @@
 import * as path from 'node:path';
 import { NF4Tensor, Tensor, nf4, tensor } from '../lib';
 import { loadModel } from '../lib/models';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { matmul64, normRelErr, readSafetensors, relErr } from './helpers/reference';
 
 const FIX = path.join(__dirname, 'fixtures/peft');

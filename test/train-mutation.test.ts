@@ -16,7 +16,7 @@ import { resolveOptions, train } from '../lib/train/trainer';
 import { writeSafetensors } from '../lib/io/safetensors';
 import { spawnSync } from 'node:child_process';
 import { loadModel } from '../lib/models';
-import { loadAdapter } from '../lib/lora/adapter';
+import { loadAdapter } from '../lib/adapters/adapter';
 import { tensor, zeros } from '../lib/tensor/tensor';
 import { type Example } from '../lib/data/example';
 import { tempDirs } from './helpers/tmp';

@@ -9,7 +9,7 @@ import { learningRate, type ScheduleKind } from '../lib/train/schedule';
 import { train, type TrainOptions } from '../lib/train/trainer';
 import { loadModel } from '../lib/models';
 import { type CausalLM } from '../lib/models/causal-lm';
-import { addAdapter, loadAdapter } from '../lib/lora/adapter';
+import { addAdapter, loadAdapter } from '../lib/adapters/adapter';
 import { tensor } from '../lib/tensor/tensor';
 import { tempDirs } from './helpers/tmp';
 

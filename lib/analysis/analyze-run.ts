@@ -10,7 +10,7 @@ import { jsonlRecords } from '../data/jsonl';
 import { type Example } from '../data/example';
 import { readModelConfig } from '../io/config';
 import { loadExamples } from '../data/load';
-import { loadAdapter } from '../lora/adapter';
+import { loadAdapter } from '../adapters/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { NF4Tensor, dequantize, quantize } from '../nf4';
 import { loadTokenizer } from '../tokenizer';

@@ -1,6 +1,6 @@
 /**
  * What combining adapters costs each of them: for each combination method, every adapter's eval loss on
- * its own data, alone against combined. A workflow over lib/lora/combine.ts (the combination itself),
+ * its own data, alone against combined. A workflow over lib/adapters/combine.ts (the combination itself),
  * loading models, data and tokenizers and evaluating.
  */
 import * as fs from 'node:fs';
@@ -14,8 +14,8 @@ import { loadExamples } from '../data/load';
 import { type Example } from '../data/example';
 import { loadTokenizer } from '../tokenizer/hub';
 import { type Tokenizer } from '../tokenizer/tokenizer';
-import { loadAdapter } from '../lora/adapter';
-import { METHODS, checkAdapters, checkUnmerged, clearAdapters, combineAdapters, deltaError, type CombineMethod, type WeightedAdapter } from '../lora/combine';
+import { loadAdapter } from '../adapters/adapter';
+import { METHODS, checkAdapters, checkUnmerged, clearAdapters, combineAdapters, deltaError, type CombineMethod, type WeightedAdapter } from '../adapters/combine';
 
 export interface InterferenceAdapter extends WeightedAdapter {
   /** The adapter's own evaluation data: a .jsonl / .txt file (see loadExamples), or examples. */

@@ -10,7 +10,7 @@ import { LorakitError, LorakitTypeError } from '../errors';
 import { isObject, show } from '../check';
 import { readJsonFile, readModelConfig, type ModelConfig } from '../io/config';
 import { assertOutputApart, makeDir } from '../io/fs';
-import { loadAdapter } from '../lora/adapter';
+import { loadAdapter } from '../adapters/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { loadTokenizer } from '../tokenizer';
 import { trainingRecord } from '../train/record';

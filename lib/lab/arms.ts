@@ -2,7 +2,7 @@
  * The lab's arms: where the adapter goes at a matched budget, how rank interacts with α/r against rsLoRA's
  * α/√r, a quantized base, and full fine-tuning.
  */
-import { addAdapter } from '../lora/adapter';
+import { addAdapter } from '../adapters/adapter';
 import { resolveTarget } from '../lora/config';
 import { loadModel } from '../models';
 import { type Method } from '../train/trainer';

@@ -11,7 +11,7 @@ import { assertOutputApart, makeDir, writeTextFile } from '../io/fs';
 import { type Example } from '../data/example';
 import { loadExamples } from '../data/load';
 import { runIntruders } from '../analysis/analyze-run';
-import { loadAdapter } from '../lora/adapter';
+import { loadAdapter } from '../adapters/adapter';
 import { loadModel, type CausalLM } from '../models';
 import { native, PACKAGE_ROOT } from '../native/binding';
 import { summarize, type Summary } from '../sweep/stats';

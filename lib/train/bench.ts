@@ -5,7 +5,7 @@
  */
 import { LorakitRangeError, LorakitTypeError } from '../errors';
 import { parameterCounts, parseModelConfig, type ModelConfig } from '../io/config';
-import { addAdapter } from '../lora/adapter';
+import { addAdapter } from '../adapters/adapter';
 import { type CausalLM } from '../models/causal-lm';
 import { MODEL_SHAPES, randomModel } from '../models/random';
 import { native } from '../native/binding';

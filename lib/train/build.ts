@@ -1,5 +1,5 @@
 /** A run's model step: the model, its adapter (or full gradients), and the optimizer over what trains. */
-import { addAdapter, loadAdapter } from '../lora/adapter';
+import { addAdapter, loadAdapter } from '../adapters/adapter';
 import { resolveTarget } from '../lora/config';
 import { loadModel } from '../models';
 import { type CausalLM } from '../models/causal-lm';

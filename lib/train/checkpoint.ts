@@ -10,7 +10,7 @@ import { ioError, readJsonFile, writeJsonFile } from '../io/config';
 import { isObject } from '../check';
 import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
-import { saveAdapter } from '../lora/adapter';
+import { saveAdapter } from '../adapters/adapter';
 import { type CausalLM } from '../models/causal-lm';
 import { Tensor } from '../tensor/tensor';
 import { type AdamW } from './adamw';

@@ -5,7 +5,7 @@ import { type Example } from '../../data/example';
 import { loadExamples } from '../../data/load';
 import { readModelConfig } from '../../io/config';
 import { score } from '../../lab/lab';
-import { loadAdapter } from '../../lora/adapter';
+import { loadAdapter } from '../../adapters/adapter';
 import { loadModel } from '../../models';
 import { loadTokenizer } from '../../tokenizer';
 import { command, print } from '../run';

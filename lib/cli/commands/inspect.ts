@@ -3,7 +3,7 @@ import * as path from 'node:path';
 import { LorakitError } from '../../errors';
 import { parameterCounts, readJsonFile, readModelConfig } from '../../io/config';
 import { readSafetensorsHeader } from '../../io/safetensors';
-import { readLoraConfig } from '../../lora/adapter';
+import { readLoraConfig } from '../../adapters/adapter';
 import { loraScale } from '../../lora/config';
 import { trainingRecord } from '../../train/record';
 import { command, print } from '../run';

@@ -6,7 +6,7 @@ import { assertOutputApart, makeDir } from '../../io/fs';
 import { writeSafetensors } from '../../io/safetensors';
 import { jsonlRecords, tokenize, type LineRecord } from '../../data/jsonl';
 import { splitExample } from '../../data/load';
-import { loadAdapter } from '../../lora/adapter';
+import { loadAdapter } from '../../adapters/adapter';
 import { loadModel } from '../../models';
 import { logitsError } from '../../models/compare';
 import { loadTokenizer } from '../../tokenizer';

@@ -16,7 +16,7 @@ import { rand, randn } from '../tensor/random';
 import { matmul } from '../ops/matmul';
 import { svdLeft } from '../ops/linalg';
 import { addInPlace } from '../ops/nn';
-import { INIT_LORA_WEIGHTS, LORA_DEFAULTS, matches, matchesName, moduleScale, parseLoraConfig, matchTargets, type LoraConfig, type LoraOptions } from './config';
+import { INIT_LORA_WEIGHTS, LORA_DEFAULTS, matches, matchesName, moduleScale, parseLoraConfig, matchTargets, type LoraConfig, type LoraOptions } from '../lora/config';
 
 const KEY = /^base_model\.model\.(.+)\.lora_([AB])\.weight$/;
 

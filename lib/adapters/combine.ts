@@ -12,7 +12,7 @@ import { checkNumber, checkOptions, show } from '../check';
 import { matmul } from '../ops/matmul';
 import { addInPlace } from '../ops/nn';
 import { svdLeft } from '../ops/linalg';
-import { LORA_DEFAULTS, moduleScale, type LoraConfig } from './config';
+import { LORA_DEFAULTS, moduleScale, type LoraConfig } from '../lora/config';
 import { loadAdapter, readLoraConfig } from './adapter';
 
 /**
