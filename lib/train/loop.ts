@@ -6,7 +6,7 @@ import { LorakitError } from '../errors';
 import { type Batcher } from '../data';
 import { type CausalLM } from '../models/causal-lm';
 import { type Tensor } from '../tensor/tensor';
-import { type AdamW } from './adamw';
+import { type AdamW, type StepOutcome } from './adamw';
 import { saveWeights, writeFolderAtomically, type TrainerState } from './checkpoint';
 import { type BuiltModel, type Resume } from './build';
 import { type Checkpointer } from './checkpointer';
@@ -33,13 +33,13 @@ export interface StepInput {
  * One optimizer step, as a value: a non-finite loss or gradient norm is an outcome (nothing was
  * updated), which the loop turns into the error that stops the run.
  */
-export type StepOutcome =
+export type TrainStepOutcome =
   | { ok: true; loss: number; tokens: number; gradNorm?: number }
   | { ok: false; reason: 'loss'; loss: number }
-  | { ok: false; reason: 'grad-norm'; gradNorm: number };
+  | Exclude<StepOutcome, { ok: true }>;
 
 /** Forward and backward over the step's micro-batches (a turn for the event loop after each), then the update. */
-export async function optimizerStep(input: StepInput): Promise<StepOutcome> {
+export async function optimizerStep(input: StepInput): Promise<TrainStepOutcome> {
   const { model, batcher, o } = input;
   model.zeroGrad();
   let lossSum = 0, tokens = 0;
@@ -70,7 +70,7 @@ export async function optimizerStep(input: StepInput): Promise<StepOutcome> {
 }
 
 /** The error a refused step ends the run with (step counts from 0). */
-export function nonFiniteError(outcome: Exclude<StepOutcome, { ok: true }>, step: number): LorakitError {
+export function nonFiniteError(outcome: Exclude<TrainStepOutcome, { ok: true }>, step: number): LorakitError {
   const what = outcome.reason === 'loss' ? `the loss is ${outcome.loss}` : 'the gradient norm is not finite';
   return new LorakitError('ERR_NATIVE', `train: ${what} at step ${step + 1}; stopping (the last good checkpoint is kept)`);
 }
