@@ -181,6 +181,57 @@ struct AttentionArgs {
   float* dv = nullptr;
 };
 
+// Generation (#13). The paged KV cache: per layer, a K pool and a V pool of `pool_slots` rows of
+// width hkv*d (float32, or bfloat16 where memory matters), handed out in blocks of `block_size`
+// consecutive slots; a sequence owns a list of blocks, its block table. Sequence s's t-th token is in slot
+//   block_table[s * max_blocks + t / block_size] * block_size + t % block_size.
+// kv_write: row i of k and v ([n, width] float32) goes to slot slots[i] of k_pool and v_pool (converted to
+// kv_dtype); a negative slot skips the row.
+struct KvWriteArgs {
+  int64_t n = 0, width = 0, pool_slots = 0;
+  const float* k = nullptr;
+  const float* v = nullptr;
+  const int64_t* slots = nullptr;  // [n]
+  void* k_pool = nullptr;          // [pool_slots, width]
+  void* v_pool = nullptr;
+  DType kv_dtype = DType::F32;
+};
+
+// Attention of n query tokens over the pool: token i belongs to sequence seq[i] and attends to that
+// sequence's cached tokens 0 .. ctx[i]-1 (causal: ctx[i] is its own position + 1, its own K/V written
+// first). Grouped-query heads as in AttentionArgs. q and out are [n, hq, d] float32. One kernel serves a
+// prefill (many tokens of one sequence) and a decode step (one token of each of many sequences).
+struct PagedAttentionArgs {
+  int64_t n = 0, hq = 0, hkv = 0, d = 0;
+  int64_t block_size = 0, max_blocks = 0, num_seqs = 0, pool_slots = 0;
+  float scale = 1.f;
+  const float* q = nullptr;
+  const void* k_pool = nullptr;
+  const void* v_pool = nullptr;
+  DType kv_dtype = DType::F32;
+  const int64_t* block_table = nullptr;  // [num_seqs, max_blocks]; unused entries may hold anything
+  const int64_t* seq = nullptr;          // [n], in [0, num_seqs)
+  const int64_t* ctx = nullptr;          // [n], in [1, max_blocks * block_size]
+  float* out = nullptr;
+};
+
+// Many adapters in one batch, unmerged (S-LoRA / Punica's segmented gather): rows [start, end) of x use
+// segment j's adapter, y[rows] += scale_j * (x[rows] A_j^T) B_j^T with A_j [r_j, in], B_j [out, r_j]; ranks may
+// differ between segments, rows in no segment are left alone, segments do not overlap. x [m, in] and y
+// [m, out] are float32 with row strides ldx and ldy. `segments` is a host array (a GPU backend copies it).
+struct LoraSegment {
+  int64_t start = 0, end = 0, r = 0;
+  const float* a = nullptr;
+  const float* b = nullptr;
+  float scale = 1.f;
+};
+struct LoraSegmentsArgs {
+  int64_t m = 0, in = 0, out = 0, count = 0, ldx = 0, ldy = 0;
+  const float* x = nullptr;
+  float* y = nullptr;
+  const LoraSegment* segments = nullptr;
+};
+
 #define LORAKIT_DECLARE_OPS(NS)                                                                          \
   namespace NS {                                                                                         \
   void* alloc(size_t bytes);                                                                             \
@@ -224,6 +275,9 @@ struct AttentionArgs {
                        int64_t ignore_index, float grad_scale, bool want_grad, int64_t* count);          \
   void sym_eigen(double* a, int64_t n, double* w, bool vectors);                                         \
   void svd_left(const float* w, int64_t m, int64_t n, double* u, double* s, int64_t k);                  \
+  void kv_write(const KvWriteArgs& a);                                                                   \
+  void paged_attention(const PagedAttentionArgs& a);                                                     \
+  void lora_segments(const LoraSegmentsArgs& a);                                                         \
   }
 
 LORAKIT_DECLARE_OPS(cpu)
