@@ -11,7 +11,13 @@ export type ErrorCode =
   | 'ERR_NATIVE'
   | 'ERR_NO_BINARY'
   | 'ERR_TOKENIZER'
-  | 'ERR_SAFETENSORS' | 'ERR_CONFIG' | 'ERR_IO';
+  | 'ERR_SAFETENSORS' | 'ERR_CONFIG' | 'ERR_IO'
+  /** A generation engine's queue is full (a server answers 429 with Retry-After). */
+  | 'ERR_BUSY'
+  /** A generation engine is shutting down or closed. */
+  | 'ERR_CLOSED'
+  /** A generation was cancelled (its client went away or aborted it). */
+  | 'ERR_ABORTED';
 
 /**
  * The shape of lorakit's three base errors: a stable `code`, and a `name` of its own on one of the
