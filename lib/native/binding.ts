@@ -108,6 +108,16 @@ export interface AddonGpu {
   setGemmFallback(device: number, on: boolean): string;
 }
 
+/** One adapter of loraSegments: rows [start, end) get scale · (x Aᵀ) Bᵀ with a [r, in] and b [out, r] float32. */
+export interface AddonLoraSegment {
+  start: number;
+  end: number;
+  r: number;
+  a: AddonStorage;
+  b: AddonStorage;
+  scale: number;
+}
+
 type S = AddonStorage;
 type Opt = AddonStorage | null | undefined;
 
@@ -131,6 +141,13 @@ export interface Addon {
   crossEntropy(a: { logits: S; labels: S; rows: number; vocab: number; ignoreIndex: number; gradScale: number; wantGrad: boolean }): { loss: number; count: number };
   copy2d(a: { src: S; srcLd: number; srcOffset: number; dst: S; dstLd: number; dstOffset: number; rows: number; cols: number; accumulate: boolean }): void;
   axpy(a: { x: S; y: S; alpha: number; n: number }): void;
+  /** Generation (#13): rows of k and v into pool slots (a negative slot skips its row); pools of dtype code `dtype`. */
+  kvWrite(a: { k: S; v: S; slots: S; kPool: S; vPool: S; n: number; width: number; poolSlots: number; dtype: number }): void;
+  pagedAttention(a: {
+    q: S; kPool: S; vPool: S; blockTable: S; seq: S; ctx: S; out: S; dtype: number;
+    n: number; hq: number; hkv: number; d: number; blockSize: number; maxBlocks: number; numSeqs: number; poolSlots: number; scale: number;
+  }): void;
+  loraSegments(a: { x: S; y: S; m: number; in: number; out: number; ldx: number; ldy: number; segments: AddonLoraSegment[] }): void;
 
   Storage: new (bytes: number, device: string) => AddonStorage;
   fill(a: { dst: AddonStorage; dtype: number; n: number; value: number }): void;
