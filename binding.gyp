@@ -18,6 +18,7 @@
         "csrc/cpu/embedding.cc",
         "csrc/cpu/loss.cc",
         "csrc/cpu/linalg.cc",
+        "csrc/cpu/decode.cc",
         "csrc/napi/linalg.cc"
       ],
       "include_dirs": ["<!(node -p \"require('node-addon-api').include_dir\")"],

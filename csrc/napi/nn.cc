@@ -1,8 +1,11 @@
-// N-API surface of the transformer layer ops (csrc/cpu/{norm,attention,activation,embedding,loss}.cc).
-// Same contract as addon.cc: plain argument objects validated in lib/ops/nn.ts, every size re-checked.
+// N-API surface of the transformer layer ops (csrc/cpu/{norm,attention,activation,embedding,loss}.cc) and of
+// the generation ops (csrc/cpu/decode.cc).
+// Same contract as addon.cc: plain argument objects validated in lib/ops/{nn,decode}.ts, every size re-checked.
 #include "addon.h"
 #include "args.h"
 
+#include <algorithm>
+#include <string>
 #include <vector>
 
 namespace lorakit::napi {
@@ -210,6 +213,147 @@ Napi::Value Copy2d(const Napi::CallbackInfo& info) {
   return info.Env().Undefined();
 }
 
+// The pools' dtype: float32, or bfloat16 where memory matters.
+DType pool_dtype(const Call& c) {
+  const DType dt = c.dtype("dtype");
+  if (dt != DType::F32 && dt != DType::BF16) c.type_error(std::string("the pools must be float32 or bfloat16, got ") + dtype_name(dt));
+  return dt;
+}
+
+// {k, v, slots, kPool, vPool, n, width, poolSlots, dtype}
+Napi::Value KvWrite(const Napi::CallbackInfo& info) {
+  Call c(info, "kvWrite");
+  KvWriteArgs a;
+  a.n = c.i64("n");
+  a.width = c.i64("width");
+  a.pool_slots = c.i64("poolSlots");
+  non_negative(c, {{"n", a.n}, {"width", a.width}, {"poolSlots", a.pool_slots}});
+  a.kv_dtype = pool_dtype(c);
+  a.k = c.ptr<float>("k", {a.n, a.width});
+  a.v = c.ptr<float>("v", {a.n, a.width});
+  a.slots = c.ptr<int64_t>("slots", {a.n});
+  const int64_t pool = c.product("kPool", {a.pool_slots, a.width});
+  a.k_pool = c.typed("kPool", pool, a.kv_dtype);
+  a.v_pool = c.typed("vPool", pool, a.kv_dtype);
+  // A slot past the pool would write outside it. Host slots are refused here; GPU slots are not read
+  // back (a copy and a sync on every step): the GPU kernel must skip a slot >= poolSlots as it skips a
+  // negative one, which keeps every write in bounds.
+  if (!c.on_gpu())
+    for (int64_t i = 0; i < a.n; ++i)
+      if (a.slots[i] >= a.pool_slots)
+        c.range_error("'slots'[" + std::to_string(i) + "] = " + std::to_string(a.slots[i]) + " must be below the pools' " +
+                      std::to_string(a.pool_slots) + " slots (or negative, to skip the row)");
+  LK_RUN(c, kv_write, a);
+  return info.Env().Undefined();
+}
+
+// {q, kPool, vPool, blockTable, seq, ctx, out, dtype, n, hq, hkv, d, blockSize, maxBlocks, numSeqs, poolSlots, scale}
+Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
+  Call c(info, "pagedAttention");
+  PagedAttentionArgs a;
+  a.n = c.i64("n");
+  a.hq = c.i64("hq");
+  a.hkv = c.i64("hkv");
+  a.d = c.i64("d");
+  a.block_size = c.i64("blockSize");
+  a.max_blocks = c.i64("maxBlocks");
+  a.num_seqs = c.i64("numSeqs");
+  a.pool_slots = c.i64("poolSlots");
+  non_negative(c, {{"n", a.n}, {"d", a.d}, {"maxBlocks", a.max_blocks}, {"numSeqs", a.num_seqs}, {"poolSlots", a.pool_slots}});
+  if (a.hq < 1 || a.hkv < 1 || a.hq % a.hkv)
+    c.range_error("query heads (" + std::to_string(a.hq) + ") must be a positive multiple of kv heads (" + std::to_string(a.hkv) + ")");
+  if (a.block_size < 1) c.range_error("'blockSize' must be positive, got " + std::to_string(a.block_size));
+  a.scale = static_cast<float>(c.num("scale"));
+  a.kv_dtype = pool_dtype(c);
+  const int64_t nq = c.product("q", {a.n, a.hq, a.d});
+  a.q = c.ptr<float>("q", {nq});
+  a.out = c.ptr<float>("out", {nq});
+  const int64_t pool = c.product("kPool", {a.pool_slots, a.hkv, a.d});
+  a.k_pool = c.typed("kPool", pool, a.kv_dtype);
+  a.v_pool = c.typed("vPool", pool, a.kv_dtype);
+  a.block_table = c.ptr<int64_t>("blockTable", {a.num_seqs, a.max_blocks});
+  a.seq = c.ptr<int64_t>("seq", {a.n});
+  a.ctx = c.ptr<int64_t>("ctx", {a.n});
+  // A bad sequence id, context length or block id would read outside the table or the pools. Host
+  // values are refused here, each entry of the table a row reaches included; GPU values are not read
+  // back (a copy and a sync on every step): the GPU kernel must clamp instead (the sequence to
+  // [0, numSeqs), the context to [0, maxBlocks * blockSize], each block id to the pools' blocks), which
+  // keeps every read in bounds. lib/ builds valid ones.
+  if (!c.on_gpu()) {
+    const int64_t max_ctx = c.product("ctx", {a.max_blocks, a.block_size}), blocks = a.pool_slots / a.block_size;
+    for (int64_t i = 0; i < a.n; ++i) {
+      const std::string at = "[" + std::to_string(i) + "] = ";
+      const int64_t s = a.seq[i], t = a.ctx[i];
+      if (s < 0 || s >= a.num_seqs)
+        c.range_error("'seq'" + at + std::to_string(s) + " must lie in [0, " + std::to_string(a.num_seqs) + "), the rows of 'blockTable'");
+      if (t < 1 || t > max_ctx)
+        c.range_error("'ctx'" + at + std::to_string(t) + " must lie in [1, " + std::to_string(max_ctx) + "] (maxBlocks " +
+                      std::to_string(a.max_blocks) + " x blockSize " + std::to_string(a.block_size) + ")");
+      for (int64_t b = 0; b <= (t - 1) / a.block_size; ++b) {
+        const int64_t id = a.block_table[s * a.max_blocks + b];
+        if (id < 0 || id >= blocks)
+          c.range_error("'blockTable'[" + std::to_string(s) + ", " + std::to_string(b) + "] = " + std::to_string(id) + " (read by row " +
+                        std::to_string(i) + ") must lie in [0, " + std::to_string(blocks) + "), the pools' blocks of " +
+                        std::to_string(a.block_size) + " slots");
+      }
+    }
+  }
+  LK_RUN(c, paged_attention, a);
+  return info.Env().Undefined();
+}
+
+// {x, y, m, in, out, ldx, ldy, segments: [{start, end, r, a, b, scale}]}
+Napi::Value LoraSegments(const Napi::CallbackInfo& info) {
+  Call c(info, "loraSegments");
+  LoraSegmentsArgs a;
+  a.m = c.i64("m");
+  a.in = c.i64("in");
+  a.out = c.i64("out");
+  a.ldx = c.i64("ldx");
+  a.ldy = c.i64("ldy");
+  non_negative(c, {{"m", a.m}, {"in", a.in}, {"out", a.out}});
+  if (a.ldx < a.in || a.ldy < a.out) c.range_error("row strides must be at least the row widths ('ldx' >= 'in', 'ldy' >= 'out')");
+  // The elements up to the end of the last row: (m - 1) * ld + width.
+  const auto extent = [&](const char* key, int64_t ld, int64_t width) { return a.m == 0 ? 0 : c.product(key, {a.m - 1, ld}) + width; };
+  a.x = c.ptr<float>("x", {extent("x", a.ldx, a.in)});
+  a.y = c.ptr<float>("y", {extent("y", a.ldy, a.out)});
+  Napi::Value list = c.args().Get("segments");
+  if (!list.IsArray()) c.type_error("'segments' must be an array");
+  Napi::Array arr = list.As<Napi::Array>();
+  std::vector<LoraSegment> segs(arr.Length());
+  std::vector<std::string> labels(segs.size());
+  for (uint32_t j = 0; j < arr.Length(); ++j) {
+    const std::string name = "segments[" + std::to_string(j) + "]";
+    Napi::Value v = arr.Get(j);
+    if (!v.IsObject()) c.type_error("'" + name + "' must be an object {start, end, r, a, b, scale}");
+    Napi::Object o = v.As<Napi::Object>();
+    LoraSegment& s = segs[j];
+    s.start = c.i64(o, "start");
+    s.end = c.i64(o, "end");
+    s.r = c.i64(o, "r");
+    s.scale = static_cast<float>(c.num(o, "scale"));
+    if (s.start < 0 || s.start > s.end || s.end > a.m)
+      c.range_error("'" + name + "' covers rows [" + std::to_string(s.start) + ", " + std::to_string(s.end) +
+                    "), but must have 0 <= start <= end <= m = " + std::to_string(a.m));
+    if (s.r < 0) c.range_error("'" + name + "' has rank " + std::to_string(s.r) + ", which must be non-negative");
+    const std::string la = name + ".a", lb = name + ".b";
+    s.a = static_cast<const float*>(c.storage(o, "a", static_cast<size_t>(c.product(la.c_str(), {s.r, a.in}, 4)), false, la.c_str())->data());
+    s.b = static_cast<const float*>(c.storage(o, "b", static_cast<size_t>(c.product(lb.c_str(), {a.out, s.r}, 4)), false, lb.c_str())->data());
+  }
+  // Two segments adding into one row would race between threads (and is not what a batch means).
+  std::vector<size_t> order;
+  for (size_t j = 0; j < segs.size(); ++j)
+    if (segs[j].start < segs[j].end) order.push_back(j);
+  std::sort(order.begin(), order.end(), [&](size_t p, size_t q) { return segs[p].start < segs[q].start; });
+  for (size_t i = 1; i < order.size(); ++i)
+    if (segs[order[i]].start < segs[order[i - 1]].end)
+      c.range_error("'segments[" + std::to_string(order[i]) + "]' overlaps 'segments[" + std::to_string(order[i - 1]) + "]'");
+  a.count = static_cast<int64_t>(segs.size());
+  a.segments = segs.data();
+  LK_RUN(c, lora_segments, a);
+  return info.Env().Undefined();
+}
+
 }  // namespace
 
 void register_nn(Napi::Env env, Napi::Object exports) {
@@ -230,6 +374,9 @@ void register_nn(Napi::Env env, Napi::Object exports) {
       {"crossEntropy", CrossEntropy},
       {"copy2d", Copy2d},
       {"axpy", Axpy},
+      {"kvWrite", KvWrite},
+      {"pagedAttention", PagedAttention},
+      {"loraSegments", LoraSegments},
   });
 }
 
