@@ -277,7 +277,7 @@ Napi::Value PagedAttention(const Napi::CallbackInfo& info) {
   // A bad sequence id, context length or block id would read outside the table or the pools. Host
   // values are refused here, each entry of the table a row reaches included; GPU values are not read
   // back (a copy and a sync on every step): the GPU kernel must clamp instead (the sequence to
-  // [0, numSeqs), the context to [0, maxBlocks * blockSize], each block id to the pools' blocks), which
+  // [0, numSeqs), the context to [1, maxBlocks * blockSize], each block id to the pools' blocks), which
   // keeps every read in bounds. lib/ builds valid ones.
   if (!c.on_gpu()) {
     const int64_t max_ctx = c.product("ctx", {a.max_blocks, a.block_size}), blocks = a.pool_slots / a.block_size;
