@@ -336,4 +336,26 @@ describe('hostile arguments', () => {
     expect(() => native().kvWrite({ k: x.storage(), v: x.storage(), slots: i64([0]).storage(), kPool: y.storage(), vPool: y.storage(), n: 1, width: 6, poolSlots: 8, dtype: 0 }))
       .toThrow(/^kvWrite: 'kPool' holds 160 bytes, the call needs 192/);
   });
+
+  // Sizes whose products wrap around 64 bits (to a byte count a small storage "holds") or pass 2^53 are
+  // refused before a kernel runs; a crash here would take jest down with it, which fails the run too.
+  test('the addon refuses sizes whose products overflow', () => {
+    const N = native(), s = () => new N.Storage(64, 'cpu');
+    const H = 2 ** 32, K = 2 ** 52;
+    const pa = { q: s(), kPool: s(), vPool: s(), blockTable: s(), seq: s(), ctx: s(), out: s(), dtype: 0, n: 1, hq: 1, hkv: 1, d: 1, blockSize: 1, maxBlocks: 1, numSeqs: 1, poolSlots: 1, scale: 1 };
+    const ls = { x: s(), y: s(), m: 1, in: 1, out: 1, ldx: 1, ldy: 1, segments: [] as never[] };
+    const cases: [() => void, RegExp][] = [
+      [() => N.kvWrite({ k: s(), v: s(), slots: s(), kPool: s(), vPool: s(), n: H, width: H, poolSlots: 1, dtype: 0 }), /^kvWrite: 'k' would need 4294967296 x 4294967296/],
+      [() => N.kvWrite({ k: s(), v: s(), slots: s(), kPool: s(), vPool: s(), n: 1, width: 1, poolSlots: 9e15, dtype: 1 }), /^kvWrite: 'kPool' would need 9000000000000000 x 2, more than the 2\^53/],
+      [() => N.pagedAttention({ ...pa, n: H, hq: H }), /^pagedAttention: 'q' would need 4294967296 x 4294967296 x 1/],
+      [() => N.pagedAttention({ ...pa, poolSlots: K, d: 4 }), /^pagedAttention: 'kPool' would need 4503599627370496 x 1 x 4/],
+      [() => N.pagedAttention({ ...pa, numSeqs: H, maxBlocks: H }), /^pagedAttention: 'blockTable' would need 4294967296 x 4294967296/],
+      [() => N.pagedAttention({ ...pa, hkv: 2 }), /^pagedAttention: query heads \(1\) must be a positive multiple of kv heads \(2\)/],
+      [() => N.pagedAttention({ ...pa, dtype: 2 }), /^pagedAttention: the pools must be float32 or bfloat16, got float16/],
+      [() => N.loraSegments({ ...ls, m: H, in: H, ldx: H }), /^loraSegments: 'x' would need 4294967295 x 4294967296/],
+      [() => N.loraSegments({ ...ls, ldy: 0 }), /^loraSegments: row strides must be at least the row widths/],
+      [() => N.loraSegments({ ...ls, segments: [{ start: 0, end: 1, r: K, a: s(), b: s(), scale: 1 }] as never }), /^loraSegments: 'segments\[0\]\.a' would need 4503599627370496 x 1 elements of 4 bytes/],
+    ];
+    for (const [call, msg] of cases) expect(call).toThrow(msg);
+  });
 });
