@@ -13,7 +13,7 @@
 //   m' = max(m, s_j);  c = exp(m - m');  l' = c l + exp(s_j - m');  o' = c o + exp(s_j - m') V_j
 // and out = o / l at the end. Every key is read once and nothing of size ctx is stored. Work is split
 // over (row, head) pairs; each pair is computed by one thread in key order, so the result does not
-// depend on the thread count. Accumulation is in float32, as attention.cc's.
+// depend on the thread count. Scores, the running sum and the output accumulate in float32.
 //
 // lora_segments, per segment (rows [start, end), A [r, in], B [out, r], scale s) and row x of it:
 //   xa_k = x . A_k  (k < r: one dot product per row of A)
