@@ -13,11 +13,12 @@ import * as path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
 // The kernels that carry the training step: attention, the GEMM fallback, LoRA's dropout, NF4
-// dequantization, the optimizer, normalisation, RoPE, activations and the loss.
+// dequantization, the optimizer, normalisation, RoPE, activations and the loss; and a generation step's
+// paged attention and per-segment adapters.
 export const HOT_KERNELS = [
   'attention_forward_kernel', 'attention_dq_kernel', 'attention_dkdv_kernel', 'gemm_tiled_kernel', 'dropout_add_kernel',
   'nf4_dequantize_kernel', 'adamw_kernel', 'norm_forward_kernel', 'norm_backward_dx_kernel', 'rope_kernel',
-  'elementwise_kernel', 'ce_rows_kernel',
+  'elementwise_kernel', 'ce_rows_kernel', 'paged_attention_kernel', 'lora_shrink_kernel', 'lora_expand_kernel',
 ];
 
 const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..');

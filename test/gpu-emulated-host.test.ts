@@ -265,7 +265,8 @@ if (!nvcc) console.warn('\n*** spill check test SKIPPED: nvcc is not installed; 
 
 // On AMD a compute unit has 64 KiB of LDS: the attention kernels of an AMD build (their own tile sizes,
 // run on the emulator by test/gpu-emulated.test.ts's parity-w64-lds) must take at most 32 KiB per
-// workgroup for d <= 128, so that two workgroups fit. hipcc's resource report says what each one takes.
+// workgroup for d <= 128, so that two workgroups fit; paged attention (decode.cu) at most 32 KiB for every
+// head dim it takes. hipcc's resource report says what each one takes.
 function hipccPath(): string {
   try {
     execFileSync('hipcc', ['--version'], { stdio: 'ignore' });
@@ -275,14 +276,17 @@ function hipccPath(): string {
   }
 }
 const hipcc = hipccPath();
-if (!hipcc) console.warn('\n*** AMD attention LDS test SKIPPED: hipcc is not installed; the LDS size of AMD attention kernels is NOT being checked ***\n');
-(hipcc ? test : test.skip)('AMD builds of attention take at most 32 KiB of LDS per workgroup for d <= 128 (hipcc, gfx90a)', () => {
+if (!hipcc) console.warn('\n*** AMD LDS tests SKIPPED: hipcc is not installed; the LDS size of AMD attention kernels is NOT being checked ***\n');
+
+// LDS bytes per workgroup of every kernel of one csrc/gpu source, by mangled name, built for gfx90a.
+function ldsOf(source: string): Map<string, number> {
+  const obj = path.join(os.tmpdir(), `lorakit-lds-${process.pid}.o`);
   const r = spawnSync(hipcc, ['-x', 'hip', '--offload-arch=gfx90a', '-std=c++17', '-O3', '-Rpass-analysis=kernel-resource-usage', '-D__HIP_PLATFORM_AMD__',
-    '-Icsrc', '-Icsrc/gpu', '-c', 'csrc/gpu/attention.cu', '-o', path.join(os.tmpdir(), `lorakit-attention-${process.pid}.o`)], {
+    '-Icsrc', '-Icsrc/gpu', '-c', source, '-o', obj], {
     cwd: root, encoding: 'utf8', env: { ...process.env, HIP_PLATFORM: 'amd' },
   });
-  fs.rmSync(path.join(os.tmpdir(), `lorakit-attention-${process.pid}.o`), { force: true });
-  if (r.status !== 0) throw new Error(`hipcc attention.cu failed:\n${r.stderr.slice(-4000)}`);
+  fs.rmSync(obj, { force: true });
+  if (r.status !== 0) throw new Error(`hipcc ${source} failed:\n${r.stderr.slice(-4000)}`);
   // "Function Name: <mangled>" then, a few remarks later, "LDS Size [bytes/block]: N".
   const lds = new Map<string, number>();
   let fn = '';
@@ -292,7 +296,11 @@ if (!hipcc) console.warn('\n*** AMD attention LDS test SKIPPED: hipcc is not ins
     const size = /LDS Size \[bytes\/block\]: (\d+)/.exec(line);
     if (size && fn) lds.set(fn, Number(size[1]));
   }
-  const kernels = [...lds].filter(([f]) => /attention_(forward|dq|dkdv)_kernelILi(64|128|256)E/.test(f));
+  return lds;
+}
+
+(hipcc ? test : test.skip)('AMD builds of attention take at most 32 KiB of LDS per workgroup for d <= 128 (hipcc, gfx90a)', () => {
+  const kernels = [...ldsOf('csrc/gpu/attention.cu')].filter(([f]) => /attention_(forward|dq|dkdv)_kernelILi(64|128|256)E/.test(f));
   expect(kernels).toHaveLength(9);
   for (const [f, bytes] of kernels) {
     const d = Number(/kernelILi(\d+)E/.exec(f)![1]);
@@ -301,4 +309,11 @@ if (!hipcc) console.warn('\n*** AMD attention LDS test SKIPPED: hipcc is not ins
     // still fit the 64 KiB a workgroup may take.
     else expect([f, bytes <= 48 * 1024]).toEqual([f, true]);
   }
+});
+
+(hipcc ? test : test.skip)('AMD builds of paged attention take at most 32 KiB of LDS per workgroup up to d = 256 (hipcc, gfx90a)', () => {
+  // Float32 and bfloat16 pools, head-dim buckets 64, 128 and 256.
+  const kernels = [...ldsOf('csrc/gpu/decode.cu')].filter(([f]) => /paged_attention_kernelI[ft]Li(64|128|256)E/.test(f));
+  expect(kernels).toHaveLength(6);
+  for (const [f, bytes] of kernels) expect([f, bytes <= 32 * 1024]).toEqual([f, true]);
 });

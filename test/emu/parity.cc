@@ -1543,6 +1543,391 @@ void test_attention() {
   }
 }
 
+// ---- generation: the paged KV cache, many adapters per batch (#13) ----------------------------------------------
+// Against float64 references written here from ops.h's contracts. Slots, sequence ids, context lengths and
+// block ids come from device memory unchecked: out-of-range ones must stay inside the buffers (the canaries
+// and guard pages see to that) and leave the in-range results right.
+const int64_t kBadIndices[] = {-1, -3, std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()};
+
+void test_kv_write() {
+  struct W {
+    int64_t n, width, pool_slots;
+    DType dt;
+    size_t mis;
+  };
+  // Widths that take the 16-byte path (16 for both dtypes, 12 for float32 only) and the scalar one, and
+  // float32 inputs off the 16-byte grid.
+  const W ws[] = {{6, 16, 20, DType::F32, 0}, {6, 16, 20, DType::BF16, 0}, {5, 12, 9, DType::F32, 0}, {5, 12, 9, DType::BF16, 0},
+                  {7, 7, 11, DType::BF16, 0}, {4, 8, 6, DType::F32, 4},    {4, 24, 10, DType::BF16, 4}, {300, 64, 512, DType::BF16, 0},
+                  {1, 1, 1, DType::F32, 0}};
+  for (const W& w : ws) {
+    const std::string name = fmt("n=%ld width=%ld pool=%ld %s%s", static_cast<long>(w.n), static_cast<long>(w.width),
+                                 static_cast<long>(w.pool_slots), dname(w.dt), w.mis ? " unaligned" : "");
+    const size_t rows = static_cast<size_t>(w.n * w.width), pool = static_cast<size_t>(w.pool_slots * w.width);
+    auto k = randn(rows), v = randn(rows);
+    // Specials, and bfloat16 ties: 1 + 2^-8 rounds down to even, 1 + 3 * 2^-8 up.
+    const float specials[] = {kNaN, -kInf, 1.00390625f, 1.01171875f, -0.f};
+    for (size_t i = 0; i < std::min(rows, sizeof specials / sizeof specials[0]); ++i) k[i] = specials[i];
+    // Distinct slots, scattered over the pool; every third row skipped (a negative slot) or out of range.
+    std::vector<int64_t> perm(static_cast<size_t>(w.pool_slots));
+    for (size_t i = 0; i < perm.size(); ++i) perm[i] = static_cast<int64_t>(i);
+    std::shuffle(perm.begin(), perm.end(), g_rng);
+    std::vector<int64_t> slots(perm.begin(), perm.begin() + w.n);
+    const int64_t bad[] = {-1, w.pool_slots, w.pool_slots + 1000, std::numeric_limits<int64_t>::max(),
+                           std::numeric_limits<int64_t>::min(), -w.pool_slots};
+    for (size_t i = 1; i < slots.size(); i += 3) slots[i] = bad[(i / 3) % 6];
+    const auto k0 = store(randn(pool), w.dt), v0 = store(randn(pool), w.dt);
+    run("kv_write", name + " with skipped and out-of-range slots", [&](Case& c) {
+      Buf dk = Buf::of(k, w.mis), dv = Buf::of(v, w.mis), dslots = Buf::of(slots), kp = Buf::of(k0), vp = Buf::of(v0);
+      KvWriteArgs a;
+      a.n = w.n;
+      a.width = w.width;
+      a.pool_slots = w.pool_slots;
+      a.k = dk.as<float>();
+      a.v = dv.as<float>();
+      a.slots = dslots.as<int64_t>();
+      a.k_pool = kp.p();
+      a.v_pool = vp.p();
+      a.kv_dtype = w.dt;
+      gpu::kv_write(a);
+      auto rk = k0, rv = v0;
+      const size_t es = dsize(w.dt), row = static_cast<size_t>(w.width) * es;
+      for (size_t i = 0; i < slots.size(); ++i) {
+        if (slots[i] < 0 || slots[i] >= w.pool_slots) continue;
+        const auto kr = store(std::vector<float>(k.begin() + i * w.width, k.begin() + (i + 1) * w.width), w.dt);
+        const auto vr = store(std::vector<float>(v.begin() + i * w.width, v.begin() + (i + 1) * w.width), w.dt);
+        std::memcpy(&rk[static_cast<size_t>(slots[i]) * row], kr.data(), row);
+        std::memcpy(&rv[static_cast<size_t>(slots[i]) * row], vr.data(), row);
+      }
+      exact(c, "k_pool", kp.get(c, "k_pool"), rk, es, w.dt);
+      exact(c, "v_pool", vp.get(c, "v_pool"), rv, es, w.dt);
+    });
+  }
+  run("kv_write", "float16 pools are refused", [&](Case& c) {
+    const auto k = randn(8);
+    const std::vector<int64_t> slots = {0, 1};
+    const auto k0 = store(randn(8), DType::F16);
+    Buf dk = Buf::of(k), dslots = Buf::of(slots), kp = Buf::of(k0), vp = Buf::of(k0);
+    KvWriteArgs a;
+    a.n = 2;
+    a.width = 4;
+    a.pool_slots = 2;
+    a.k = a.v = dk.as<float>();
+    a.slots = dslots.as<int64_t>();
+    a.k_pool = kp.p();
+    a.v_pool = vp.p();
+    a.kv_dtype = DType::F16;
+    std::string err = "no error";
+    try {
+      gpu::kv_write(a);
+    } catch (const Error& e) {
+      err = e.code + ": " + e.what();
+    }
+    if (err != "ERR_DTYPE: kv_write: the pools must be float32 or bfloat16, got float16") c.fail("threw [" + err + "]");
+    exact(c, "k_pool untouched", kp.get(c, "k_pool"), k0, 2, DType::F16);
+  });
+}
+
+// A paged KV cache: `seqs` sequences of up to max_blocks blocks of bs slots, their blocks scattered over a pool
+// with spare blocks and a partial block at its end (never addressed); table entries past a sequence's length
+// hold garbage.
+struct PagedCache {
+  int64_t seqs, bs, max_blocks, hkv, d, pool_slots;
+  DType dt;
+  std::vector<int64_t> len, table;
+  std::vector<uint8_t> k, v;
+  float vmax = 0;
+  PagedCache(int64_t seqs_, int64_t bs_, int64_t max_blocks_, int64_t hkv_, int64_t d_, DType dt_)
+      : seqs(seqs_), bs(bs_), max_blocks(max_blocks_), hkv(hkv_), d(d_), dt(dt_) {
+    const int64_t blocks = seqs * max_blocks + 3;
+    pool_slots = blocks * bs + bs - 1;
+    std::vector<int64_t> free_blocks(static_cast<size_t>(blocks));
+    for (size_t i = 0; i < free_blocks.size(); ++i) free_blocks[i] = static_cast<int64_t>(i);
+    std::shuffle(free_blocks.begin(), free_blocks.end(), g_rng);
+    size_t next = 0;
+    const int64_t garbage[] = {-5, blocks + 7, int64_t{1} << 40, blocks};
+    table.resize(static_cast<size_t>(seqs * max_blocks));
+    for (int64_t s = 0; s < seqs; ++s) {
+      // The first sequence fills its table, the second holds one token, the rest anything between.
+      const int64_t l = s == 0 ? max_blocks * bs : s == 1 ? 1 : uniform(1, max_blocks * bs);
+      len.push_back(l);
+      for (int64_t b = 0; b < max_blocks; ++b)
+        table[static_cast<size_t>(s * max_blocks + b)] = b * bs < l ? free_blocks[next++] : garbage[(s + b) % 4];
+    }
+    const auto kf = randn(static_cast<size_t>(pool_slots * hkv * d)), vf = randn(kf.size());
+    k = store(kf, dt);
+    v = store(vf, dt);
+    for (size_t i = 0; i < vf.size(); ++i) vmax = std::max(vmax, std::fabs(value(v, dt, i)));
+  }
+  // out [hq, d] of one token of sequence s over its first ctx keys, in double.
+  void reference(const float* q, int64_t hq, int64_t s, int64_t ctx, float scale, float* out) const {
+    const int64_t width = hkv * d;
+    for (int64_t h = 0; h < hq; ++h) {
+      const int64_t kh = h / (hq / hkv);
+      std::vector<double> p(static_cast<size_t>(ctx));
+      std::vector<size_t> at(static_cast<size_t>(ctx));
+      double big = -INFINITY;
+      for (int64_t j = 0; j < ctx; ++j) {
+        const int64_t slot = table[static_cast<size_t>(s * max_blocks + j / bs)] * bs + j % bs;
+        at[j] = static_cast<size_t>(slot * width + kh * d);
+        double dot = 0;
+        for (int64_t e = 0; e < d; ++e) dot += static_cast<double>(q[h * d + e]) * value(k, dt, at[j] + e);
+        p[j] = dot * scale;
+        big = std::max(big, p[j]);
+      }
+      double total = 0;
+      for (auto& x : p) total += (x = std::exp(x - big));
+      for (int64_t e = 0; e < d; ++e) {
+        double acc = 0;
+        for (int64_t j = 0; j < ctx; ++j) acc += p[j] * value(v, dt, at[j] + e);
+        out[h * d + e] = static_cast<float>(acc / total);
+      }
+    }
+  }
+};
+
+void test_paged_attention() {
+  enum Kind { kDecode, kPrefill, kMixed, kOutOfRange };
+  struct P {
+    int64_t seqs, bs, max_blocks, hq, hkv, d;
+    DType dt;
+    Kind kind;
+    size_t mis;
+  };
+  const P ps[] = {{3, 4, 5, 4, 2, 16, DType::F32, kDecode, 0},    {3, 4, 5, 4, 2, 16, DType::BF16, kDecode, 0},
+                  {2, 8, 5, 4, 1, 64, DType::BF16, kPrefill, 0},  {4, 16, 3, 3, 3, 65, DType::F32, kMixed, 0},
+                  {2, 5, 4, 2, 1, 128, DType::BF16, kMixed, 0},   {2, 3, 3, 2, 2, 256, DType::F32, kDecode, 0},
+                  {3, 4, 4, 2, 1, 96, DType::F32, kDecode, 4},    {2, 1, 70, 1, 1, 8, DType::BF16, kDecode, 0},
+                  {3, 2, 3, 2, 1, 3, DType::F32, kPrefill, 0},    {5, 4, 4, 4, 2, 32, DType::F32, kOutOfRange, 0},
+                  {5, 4, 4, 4, 2, 32, DType::BF16, kOutOfRange, 0}, {4, 2, 6, 6, 2, 24, DType::BF16, kOutOfRange, 4}};
+  const char* kinds[] = {"decode", "prefill", "prefill chunk and decode", "out-of-range seq, ctx and block ids"};
+  for (const P& p : ps) {
+    PagedCache kv(p.seqs, p.bs, p.max_blocks, p.hkv, p.d, p.dt);
+    // Tokens (seq, ctx) and whether each is in range.
+    std::vector<int64_t> seq, ctx;
+    std::vector<bool> good;
+    auto token = [&](int64_t s, int64_t n, bool ok) {
+      seq.push_back(s);
+      ctx.push_back(n);
+      good.push_back(ok);
+    };
+    if (p.kind == kPrefill) {
+      for (int64_t t = 0; t < kv.len[0]; ++t) token(0, t + 1, true);
+    } else {
+      for (int64_t s = p.seqs - 1; s >= 0; --s)
+        if (p.kind != kOutOfRange || s != 3) token(s, kv.len[s], true);
+    }
+    if (p.kind == kMixed)
+      for (int64_t t = std::max<int64_t>(0, kv.len[0] - 5); t < kv.len[0]; ++t) token(0, t + 1, true);
+    if (p.kind == kOutOfRange) {
+      const int64_t most = p.max_blocks * p.bs;
+      for (int64_t bad : kBadIndices) token(bad, 1, false);
+      token(p.seqs, most, false);
+      for (int64_t bad : {int64_t{0}, int64_t{-4}, most + 1, std::numeric_limits<int64_t>::max(), std::numeric_limits<int64_t>::min()})
+        token(2, bad, false);
+      // Sequence 3's table names blocks outside the pool within its length.
+      const int64_t blocks = kv.pool_slots / p.bs;
+      kv.len[3] = most;
+      for (int64_t b = 0; b < p.max_blocks; ++b)
+        kv.table[static_cast<size_t>(3 * p.max_blocks + b)] = b % 2 ? blocks + b : -1 - b;
+      token(3, most, false);
+      token(3, 2, false);
+    }
+    const int64_t n = static_cast<int64_t>(seq.size());
+    const std::string name = fmt("%s: seqs=%ld block=%ld max_blocks=%ld hq=%ld hkv=%ld d=%ld %s n=%ld%s", kinds[p.kind],
+                                 static_cast<long>(p.seqs), static_cast<long>(p.bs), static_cast<long>(p.max_blocks),
+                                 static_cast<long>(p.hq), static_cast<long>(p.hkv), static_cast<long>(p.d), dname(p.dt),
+                                 static_cast<long>(n), p.mis ? " unaligned" : "");
+    run("paged_attention", name, [&](Case& c) {
+      const size_t nq = static_cast<size_t>(n * p.hq * p.d);
+      const auto q = randn(nq);
+      Buf dq = Buf::of(q, p.mis), out(nq * 4, nullptr, p.mis), dk = Buf::of(kv.k), dv = Buf::of(kv.v),
+          dtable = Buf::of(kv.table), dseq = Buf::of(seq), dctx = Buf::of(ctx);
+      PagedAttentionArgs a;
+      a.n = n;
+      a.hq = p.hq;
+      a.hkv = p.hkv;
+      a.d = p.d;
+      a.block_size = p.bs;
+      a.max_blocks = p.max_blocks;
+      a.num_seqs = p.seqs;
+      a.pool_slots = kv.pool_slots;
+      a.scale = 1.f / std::sqrt(static_cast<float>(p.d));
+      a.q = dq.as<float>();
+      a.k_pool = dk.p();
+      a.v_pool = dv.p();
+      a.kv_dtype = p.dt;
+      a.block_table = dtable.as<int64_t>();
+      a.seq = dseq.as<int64_t>();
+      a.ctx = dctx.as<int64_t>();
+      a.out = out.as<float>();
+      gpu::paged_attention(a);
+      const auto got = out.get_as<float>(c, "out");
+      // In-range tokens against the reference; out-of-range ones only need finite values (they were computed
+      // over clamped indices).
+      std::vector<float> g_in, r_in;
+      const size_t per = static_cast<size_t>(p.hq * p.d);
+      size_t nonfinite = 0;
+      for (int64_t i = 0; i < n; ++i) {
+        const float* gi = got.data() + i * per;
+        if (!good[i]) {
+          nonfinite += std::count_if(gi, gi + per, [](float x) { return !std::isfinite(x); });
+          continue;
+        }
+        std::vector<float> r(per);
+        kv.reference(q.data() + i * per, p.hq, seq[i], ctx[i], a.scale, r.data());
+        g_in.insert(g_in.end(), gi, gi + per);
+        r_in.insert(r_in.end(), r.begin(), r.end());
+      }
+      close(c, "out", g_in, r_in, 2e-5, 2e-5 * kv.vmax);
+      if (nonfinite) c.fail(fmt("out: %zu values of out-of-range tokens are not finite", nonfinite));
+    });
+  }
+  struct Refused {
+    int64_t d;
+    DType dt;
+    const char* error;
+  };
+  const Refused refused[] = {{257, DType::F32, "ERR_SHAPE: paged_attention: head dim 257 is above the GPU kernel's 256"},
+                             {8, DType::F16, "ERR_DTYPE: paged_attention: the pools must be float32 or bfloat16, got float16"}};
+  for (const Refused& f : refused)
+    run("paged_attention", fmt("d=%ld %s is refused", static_cast<long>(f.d), dname(f.dt)), [&](Case& c) {
+      const int64_t d = f.d;
+      const std::string want = f.error;
+      const std::vector<int64_t> one = {0};
+      const auto q = randn(static_cast<size_t>(d));
+      Buf dq = Buf::of(q), pool(static_cast<size_t>(d) * 4), dtable = Buf::of(one), dseq = Buf::of(one), dctx = Buf::of(std::vector<int64_t>{1}),
+          out(static_cast<size_t>(d) * 4);
+      PagedAttentionArgs a;
+      a.n = a.hq = a.hkv = a.block_size = a.max_blocks = a.num_seqs = a.pool_slots = 1;
+      a.d = d;
+      a.q = dq.as<float>();
+      a.k_pool = a.v_pool = pool.p();
+      a.kv_dtype = f.dt;
+      a.block_table = dtable.as<int64_t>();
+      a.seq = dseq.as<int64_t>();
+      a.ctx = dctx.as<int64_t>();
+      a.out = out.as<float>();
+      std::string err = "no error";
+      try {
+        gpu::paged_attention(a);
+      } catch (const Error& e) {
+        err = e.code + ": " + e.what();
+      }
+      if (err != want) c.fail("threw [" + err + "], expected [" + want + "]");
+      const auto o = out.get(c, "out");
+      if (std::any_of(o.begin(), o.end(), [](uint8_t u) { return u != 0xff; })) c.fail("the output was written");
+    });
+}
+
+void test_lora_segments() {
+  struct Seg {
+    int64_t start, end, r;
+    float scale;
+  };
+  struct L {
+    const char* what;
+    int64_t m, in, out, ldx, ldy;
+    size_t mis;  // of x and every A
+    std::vector<Seg> segs;
+  };
+  // Segments out of row order, with rows in none of them (before, between and after), an empty segment and a
+  // rank-0 one (both touch nothing), tiles of 8 rows cut by segment ends.
+  const std::vector<Seg> mixed = {{18, 37, 16, 0.5f}, {2, 11, 2, 2.f}, {5, 5, 4, 1.f}, {17, 18, 8, -1.5f}, {37, 40, 0, 1.f}};
+  const L ls[] = {{"ranks 16, 2, 8 with gaps", 40, 24, 300, 28, 303, 0, mixed},
+                  {"ranks 16, 2, 8 with gaps, scalar", 40, 13, 5, 13, 5, 0, mixed},
+                  {"ranks 16, 2, 8 with gaps, unaligned", 40, 32, 70, 32, 70, 4, mixed},
+                  {"ranks 9 and 40", 20, 64, 64, 64, 65, 0, {{9, 20, 40, 0.25f}, {0, 9, 9, 1.f}}},
+                  {"one row", 1, 8, 1, 8, 1, 0, {{0, 1, 1, 3.f}}},
+                  {"no segment", 4, 8, 8, 8, 8, 0, {}}};
+  for (const L& l : ls) {
+    const std::string name = fmt("%s: m=%ld in=%ld out=%ld ldx=%ld ldy=%ld", l.what, static_cast<long>(l.m), static_cast<long>(l.in),
+                                 static_cast<long>(l.out), static_cast<long>(l.ldx), static_cast<long>(l.ldy));
+    run("lora_segments", name, [&](Case& c) {
+      const auto x = randn(static_cast<size_t>(l.m * l.ldx)), y0 = randn(static_cast<size_t>(l.m * l.ldy));
+      Buf dx = Buf::of(x, l.mis), dy = Buf::of(y0);
+      std::vector<std::vector<float>> as, bs;
+      std::vector<Buf> das, dbs;
+      HostArray<LoraSegment> segs(l.segs.size());
+      for (size_t j = 0; j < l.segs.size(); ++j) {
+        const Seg& s = l.segs[j];
+        as.push_back(randn(static_cast<size_t>(s.r * l.in), 0.3f));
+        bs.push_back(randn(static_cast<size_t>(l.out * s.r), 0.3f));
+        das.push_back(Buf::of(as[j], l.mis));
+        dbs.push_back(Buf::of(bs[j]));
+        segs[j] = LoraSegment{s.start, s.end, s.r, das[j].as<float>(), dbs[j].as<float>(), s.scale};
+      }
+      LoraSegmentsArgs a;
+      a.m = l.m;
+      a.in = l.in;
+      a.out = l.out;
+      a.count = static_cast<int64_t>(l.segs.size());
+      a.ldx = l.ldx;
+      a.ldy = l.ldy;
+      a.x = dx.as<float>();
+      a.y = dy.as<float>();
+      a.segments = segs.p;
+      gpu::lora_segments(a);
+      const auto got = dy.get_as<float>(c, "y");
+      // The reference in double and, for the bound, the same sums of absolute values.
+      std::vector<float> want = y0, g_seg, r_seg, g_rest, r_rest;
+      std::vector<double> mag;
+      for (size_t j = 0; j < l.segs.size(); ++j) {
+        const Seg& s = l.segs[j];
+        if (s.r == 0) continue;
+        for (int64_t i = s.start; i < s.end; ++i) {
+          std::vector<double> xa(static_cast<size_t>(s.r)), xm(xa.size());
+          for (int64_t k = 0; k < s.r; ++k)
+            for (int64_t e = 0; e < l.in; ++e) {
+              xa[k] += static_cast<double>(x[i * l.ldx + e]) * as[j][k * l.in + e];
+              xm[k] += std::fabs(static_cast<double>(x[i * l.ldx + e]) * as[j][k * l.in + e]);
+            }
+          for (int64_t o = 0; o < l.out; ++o) {
+            double acc = 0, am = 0;
+            for (int64_t k = 0; k < s.r; ++k) {
+              acc += xa[k] * bs[j][o * s.r + k];
+              am += xm[k] * std::fabs(bs[j][o * s.r + k]);
+            }
+            const size_t at = static_cast<size_t>(i * l.ldy + o);
+            g_seg.push_back(got[at]);
+            r_seg.push_back(static_cast<float>(y0[at] + s.scale * acc));
+            mag.push_back(std::fabs(y0[at]) + std::fabs(s.scale) * am);
+            want[at] = kNaN;  // compared above
+          }
+        }
+      }
+      for (size_t at = 0; at < want.size(); ++at)
+        if (!std::isnan(want[at])) {
+          g_rest.push_back(got[at]);
+          r_rest.push_back(want[at]);
+        }
+      close(c, "y (segment rows)", g_seg, r_seg, (l.in + 40) * 2.4e-7, 1e-30, &mag);
+      exact(c, "y (rows in no segment, and the row padding)", g_rest, r_rest);
+    });
+  }
+  run("lora_segments", "a segment past the last row is refused", [&](Case& c) {
+    const auto x = randn(4 * 8), y0 = randn(4 * 8), w = randn(8 * 8);
+    Buf dx = Buf::of(x), dy = Buf::of(y0), dw = Buf::of(w);
+    HostArray<LoraSegment> segs(1);
+    segs[0] = LoraSegment{2, 5, 2, dw.as<float>(), dw.as<float>(), 1.f};
+    LoraSegmentsArgs a;
+    a.m = 4;
+    a.in = a.out = a.ldx = a.ldy = 8;
+    a.count = 1;
+    a.x = dx.as<float>();
+    a.y = dy.as<float>();
+    a.segments = segs.p;
+    std::string err = "no error";
+    try {
+      gpu::lora_segments(a);
+    } catch (const Error& e) {
+      err = e.code;
+    }
+    if (err != "ERR_SHAPE") c.fail("threw [" + err + "], expected ERR_SHAPE");
+    exact(c, "y untouched", dy.get_as<float>(c, "y"), y0);
+  });
+}
+
 // ---- activations, embeddings, loss ------------------------------------------------------------------------------
 void test_activations() {
   for (int64_t n : {1, 3, 4, 5, 1000, 4099}) {
@@ -1938,6 +2323,9 @@ int main(int argc, char** argv) {
   test_norm();
   test_rope();
   test_attention();
+  test_kv_write();
+  test_paged_attention();
+  test_lora_segments();
   test_activations();
   test_embedding();
   test_loss();
