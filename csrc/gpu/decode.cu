@@ -103,8 +103,8 @@ void launch_kv_write(const KvWriteArgs& a) {
 // always taken by whole warps.
 //
 // Shared memory is kKeyGroups partial outputs of DMAX floats: 16 KiB at the largest bucket, DMAX = 256,
-// which is the head-dim limit; the launcher refuses a larger d. That is within kLdsBudget (32 KiB), so an
-// AMD compute unit (64 KiB of LDS) holds at least two of these workgroups, as attention.cu's tiles allow.
+// which is the head-dim limit; the launcher refuses a larger d. That is within kLdsBudget (32 KiB, the most
+// attention.cu's AMD tiles take), so an AMD compute unit (64 KiB of LDS) holds four of these workgroups.
 constexpr int kAttnThreads = 256;
 constexpr int kKeyLanes = 16;
 constexpr int kKeyGroups = kAttnThreads / kKeyLanes;
@@ -241,12 +241,14 @@ void paged_for(const PagedAttentionArgs& a) {
 // Punica / S-LoRA's segmented gather: every segment's rows in two launches, whatever the segment count.
 //   shrink:  xa[i, k] = scale_j * x_i . A_j[k]        (k < r_j)        into a [m, r_max] float32 buffer
 //   expand:  y[i, o] += xa[i, :r_j] . B_j[o]          (o < out)
-// (scale applied to xa, as the CPU does.) The segments go to the device as a small descriptor array, each
-// with the index of its first row tile; a block finds its segment by binary search over those and works on
-// one tile of kRowTile rows of it, so no block is spent on rows outside every segment, and those rows of y
-// are never touched.
-// shrink: grid (row tiles); kGroups groups of kLanes lanes take ranks k, k + kGroups, ...; a group reads A's
-// row k in 16-byte pieces side by side and dots it with each row of the tile, then sums over its lanes.
+// (scale applied to xa, as the CPU does.) The segments go to the device as a small descriptor array (through
+// upload_args, the backend's argument ring, copied on its stream and recycled behind it), each with the index
+// of its first row tile; a block finds its segment by binary search over those and works on one tile of
+// kRowTile rows of it, so no block is spent on rows outside every segment, and those rows of y are never
+// touched.
+// shrink: grid (row tiles); kSegGroups groups of kSegLanes lanes take ranks k, k + kSegGroups, ...; a group
+// reads A's row k in 16-byte pieces side by side and dots it with each row of the tile, then sums over its
+// lanes.
 // expand: grid (row tiles, column tiles); thread = output column o, reading B's row o (r contiguous floats)
 // once for the tile's rows; xa is the same address across the block (a broadcast).
 constexpr int kSegThreads = 256;
