@@ -48,8 +48,8 @@ export function checkSamplingOptions(op: string, o: unknown): ResolvedSampling {
     if (!(SAMPLING_OPTION_KEYS as readonly string[]).includes(k) && bag[k] !== undefined)
       throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${k}' is not a sampling option${nearestSamplingOption(k)}`);
   const topK = bag.topK === undefined ? 0 : checkNumber(op, 'topK', bag.topK, { integer: true, min: 0 });
-  const topP = bag.topP === undefined ? 1 : checkNumber(op, 'topP', bag.topP, { max: 1 });
-  if (topP <= 0) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: 'topP' must be in (0, 1], got ${topP}`);
+  const topP = bag.topP === undefined ? 1 : checkNumber(op, 'topP', bag.topP);
+  if (topP <= 0 || topP > 1) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: 'topP' must be in (0, 1], got ${topP}`);
   const filtered = bag.topK !== undefined || bag.topP !== undefined;
   const temperature = bag.temperature === undefined ? (filtered ? 1 : 0) : checkNumber(op, 'temperature', bag.temperature, { min: 0 });
   const repetitionPenalty = bag.repetitionPenalty === undefined ? 1 : checkNumber(op, 'repetitionPenalty', bag.repetitionPenalty);
@@ -142,18 +142,39 @@ const TOP_P_TOLERANCE = 1e-9;
 const BINS_PER_NAT = 64;
 const BINS = 4096;
 
+/**
+ * Working buffers, grown to the largest vocabulary seen, so that a call per token allocates nothing of the
+ * vocabulary's size. One set serves every Sampler: next() runs to its end without yielding, so no two calls
+ * share them at once, and a server running many requests holds one set rather than one per request.
+ */
+class Scratch {
+  penalized = new Float32Array(0);
+  weights = new Float64Array(0);
+  order = new Uint32Array(0);
+  bins = new Uint16Array(0);
+  heapValues = new Float64Array(0);
+  heapIds = new Uint32Array(0);
+  readonly binMass = new Float64Array(BINS);
+
+  fit(vocab: number): void {
+    if (this.weights.length >= vocab) return;
+    this.penalized = new Float32Array(vocab);
+    this.weights = new Float64Array(vocab);
+    this.order = new Uint32Array(vocab);
+    this.bins = new Uint16Array(vocab);
+  }
+
+  fitHeap(k: number): void {
+    if (this.heapValues.length >= k) return;
+    this.heapValues = new Float64Array(k);
+    this.heapIds = new Uint32Array(k);
+  }
+}
+const scratch = new Scratch();
+
 export class Sampler {
   readonly options: ResolvedSampling;
   private readonly rng: Xoshiro128;
-  // Scratch buffers, grown to the vocabulary on first use and reused: one call per token must not allocate
-  // vocabulary-sized arrays.
-  private penalized = new Float32Array(0);
-  private weights = new Float64Array(0);
-  private order = new Uint32Array(0);
-  private bins = new Uint16Array(0);
-  private heapValues = new Float64Array(0);
-  private heapIds = new Uint32Array(0);
-  private readonly binMass = new Float64Array(BINS);
 
   constructor(options: SamplingOptions = {}) {
     this.options = checkSamplingOptions('Sampler', options);
@@ -175,6 +196,7 @@ export class Sampler {
     if (!(logits instanceof Float32Array)) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'logits' must be a Float32Array, got ${describe(logits)}`);
     if (logits.length === 0) throw new LorakitRangeError('ERR_SHAPE', `${op}: 'logits' is empty; expected one logit per vocabulary entry`);
     const { temperature, topK, topP, repetitionPenalty } = this.options;
+    scratch.fit(logits.length);
     const s = repetitionPenalty === 1 ? logits : this.penalize(op, logits, seen, repetitionPenalty);
     const top = argmax(op, s);
     if (temperature === 0) return top;
@@ -192,8 +214,7 @@ export class Sampler {
 
   /** A copy of the logits with the repetition penalty applied once to each distinct seen id. */
   private penalize(op: string, logits: Float32Array, seen: readonly number[] | ReadonlySet<number>, penalty: number): Float32Array {
-    if (this.penalized.length !== logits.length) this.penalized = new Float32Array(logits.length);
-    const out = this.penalized;
+    const out = scratch.penalized.subarray(0, logits.length);
     out.set(logits);
     for (const id of seen) {
       if (!Number.isInteger(id) || id < 0 || id >= logits.length)
@@ -205,25 +226,13 @@ export class Sampler {
     return out;
   }
 
-  private ensure(vocab: number): void {
-    if (this.weights.length < vocab) {
-      this.weights = new Float64Array(vocab);
-      this.order = new Uint32Array(vocab);
-      this.bins = new Uint16Array(vocab);
-    }
-  }
-
   /**
    * Puts the ids of the topK largest logits, and any tied with the k-th, in `order`, largest first; returns
    * how many. A size-k min-heap finds the k-th value in one pass without sorting the vocabulary.
    */
   private topKCandidates(s: Float32Array, k: number): number {
-    this.ensure(s.length);
-    if (this.heapValues.length < k) {
-      this.heapValues = new Float64Array(k);
-      this.heapIds = new Uint32Array(k);
-    }
-    const hv = this.heapValues, hi = this.heapIds;
+    scratch.fitHeap(k);
+    const hv = scratch.heapValues, hi = scratch.heapIds;
     for (let i = 0; i < k; i++) {
       hv[i] = s[i]!;
       hi[i] = i;
@@ -238,7 +247,7 @@ export class Sampler {
       }
     }
     const kth = hv[0]!;
-    const order = this.order;
+    const order = scratch.order;
     let n = 0;
     for (let i = 0; i < s.length; i++) if (s[i]! >= kth) order[n++] = i;
     sortByLogit(order.subarray(0, n), s);
@@ -251,8 +260,7 @@ export class Sampler {
    * where the cumulative probability crosses p is sorted, to find where in it the set ends.
    */
   private drawTopP(s: Float32Array, max: number, invT: number, topP: number): number {
-    this.ensure(s.length);
-    const w = this.weights, bin = this.bins, mass = this.binMass;
+    const w = scratch.weights, bin = scratch.bins, mass = scratch.binMass;
     mass.fill(0);
     let total = 0;
     for (let i = 0; i < s.length; i++) {
@@ -267,7 +275,7 @@ export class Sampler {
     const target = topP * total * (1 - TOP_P_TOLERANCE);
     let cross = 0;
     for (let below = 0; cross < BINS - 1 && below + mass[cross]! < target; ) below += mass[cross++]!;
-    const order = this.order;
+    const order = scratch.order;
     let whole = 0;
     for (let i = 0; i < s.length; i++) if (bin[i]! < cross) order[whole++] = i;
     let n = whole;
@@ -278,7 +286,7 @@ export class Sampler {
 
   /** Candidates in `order[0..n)`, largest first: applies top-p to their renormalized softmax and draws. */
   private drawSorted(s: Float32Array, n: number, max: number, invT: number, topP: number): number {
-    const w = this.weights, order = this.order;
+    const w = scratch.weights, order = scratch.order;
     let total = 0;
     for (let j = 0; j < n; j++) {
       const id = order[j]!;
@@ -294,7 +302,7 @@ export class Sampler {
    * `target` (all of it when none does), and draws from what is kept in proportion to the weights.
    */
   private cutAndDraw(whole: number, n: number, target: number): number {
-    const order = this.order, w = this.weights;
+    const order = scratch.order, w = scratch.weights;
     let kept = 0, sum = 0;
     while (kept < whole) sum += w[order[kept++]!]!;
     while (kept < n && !(sum >= target)) sum += w[order[kept++]!]!;
@@ -311,8 +319,7 @@ export class Sampler {
 
   /** Plain sampling from the softmax of the whole vocabulary, walking ids in order. */
   private drawAll(s: Float32Array, max: number, invT: number): number {
-    this.ensure(s.length);
-    const w = this.weights;
+    const w = scratch.weights;
     let total = 0;
     for (let i = 0; i < s.length; i++) {
       const wi = Math.exp((s[i]! - max) * invT);
