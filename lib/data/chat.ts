@@ -17,26 +17,31 @@ export interface ChatMessage {
 
 const ROLES: readonly string[] = ['system', 'user', 'assistant'];
 
-/**
- * @internal Checks a data line's 'messages'; `fail` turns a complaint into the caller's error. A conversation
- * with no assistant message is refused: it would train nothing.
- */
-export function parseMessages(value: unknown, fail: (msg: string) => LorakitError): ChatMessage[] {
+/** @internal Checks a conversation's shape; `fail` turns a complaint into the caller's error. */
+export function checkMessages(value: unknown, fail: (msg: string) => Error): ChatMessage[] {
   if (!Array.isArray(value) || value.length === 0)
     throw fail(`'messages' must be a non-empty array of {"role", "content"} objects, got ${show(value)}`);
-  const messages = value.map((m: unknown, i): ChatMessage => {
+  return value.map((m: unknown, i): ChatMessage => {
     if (!isObject(m)) throw fail(`'messages[${i}]' must be an object with 'role' and 'content', got ${show(m)}`);
     if (typeof m.role !== 'string' || !ROLES.includes(m.role))
       throw fail(`'messages[${i}].role' must be 'system', 'user' or 'assistant', got ${show(m.role)}`);
     if (typeof m.content !== 'string') throw fail(`'messages[${i}].content' must be a string, got ${show(m.content)}`);
     return { role: m.role as ChatRole, content: m.content };
   });
+}
+
+/**
+ * @internal Checks a data line's 'messages'. A conversation with no assistant message is refused: it would
+ * train nothing.
+ */
+export function parseMessages(value: unknown, fail: (msg: string) => LorakitError): ChatMessage[] {
+  const messages = checkMessages(value, fail);
   if (!messages.some((m) => m.role === 'assistant')) throw fail(`'messages' has no assistant message, so it would train nothing`);
   return messages;
 }
 
 /** How one tokenizer turns a conversation into tokens. */
-interface ChatFormat {
+export interface ChatFormat {
   render(messages: readonly ChatMessage[], addGenerationPrompt: boolean): string;
   /** Tokens before the rendered text's own. */
   lead: number[];
@@ -137,8 +142,12 @@ function templateFormat(tokenizer: Tokenizer, source: string, where: string): Ch
 
 const formats = new WeakMap<Tokenizer, ChatFormat>();
 
-/** The tokenizer's format, made once; `where` names the example that needed it, should the template be broken. */
-function formatOf(tokenizer: Tokenizer, where: string): ChatFormat {
+/**
+ * @internal The tokenizer's format, made once; `where` names the example that needed it, should the template be
+ * broken. Rendering may throw the library's errors (a template that raises), or a LorakitError when the render
+ * runs past its budget.
+ */
+export function formatOf(tokenizer: Tokenizer, where: string): ChatFormat {
   let f = formats.get(tokenizer);
   if (f === undefined) {
     f = tokenizer.chatTemplate === null ? plainFormat(tokenizer) : templateFormat(tokenizer, tokenizer.chatTemplate, where);
@@ -147,7 +156,8 @@ function formatOf(tokenizer: Tokenizer, where: string): ChatFormat {
   return f;
 }
 
-function messageOf(e: unknown): string {
+/** @internal */
+export function messageOf(e: unknown): string {
   return isObject(e) && typeof e.message === 'string' ? e.message : String(e);
 }
 
