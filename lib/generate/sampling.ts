@@ -20,8 +20,9 @@ export interface SamplingOptions {
   /** Keeps the k most likely tokens (and any tied with the k-th, as transformers does); an integer >= 0, 0 = off (default). */
   topK?: number;
   /**
-   * Keeps the smallest set of most likely tokens whose probabilities sum to at least p (always at least one);
-   * in (0, 1], 1 = off (default).
+   * Keeps the smallest set of most likely tokens whose probabilities sum to at least p (always at least one;
+   * among equal probabilities the lower ids come first); in (0, 1], 1 = off (default). Applied after topK,
+   * to the probabilities of the tokens topK kept.
    */
   topP?: number;
   /**
