@@ -10,7 +10,7 @@ import { readJsonFile, writeJsonFile } from '../io/config';
 import { makeDir } from '../io/fs';
 import { openSafetensors, writeSafetensors } from '../io/safetensors';
 import { type CausalLM } from '../models/causal-lm';
-import { type Linear } from '../models/linear';
+import { type Linear, type LoraAdapterWeights } from '../models/linear';
 import { Tensor, tensor, zeros } from '../tensor/tensor';
 import { rand, randn } from '../tensor/random';
 import { matmul } from '../ops/matmul';
@@ -30,6 +30,18 @@ export function readLoraConfig(file: string): LoraConfig {
  * Every tensor must name a module of this model with matching shapes.
  */
 export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
+  const { config, modules } = readAdapter(model, dir);
+  for (const [name, weights] of modules) model.linears.get(name)!.attach(weights);
+  model.adapterConfig = config;
+  return config;
+}
+
+/**
+ * Reads and validates a PEFT adapter folder for `model` without attaching it: each adapted module's
+ * A, B (float32, on the model's device; the caller owns them), scale and dropout. A generation engine
+ * holds many of these beside one base model.
+ */
+export function readAdapter(model: CausalLM, dir: string): { config: LoraConfig; modules: Map<string, LoraAdapterWeights> } {
   const config = readLoraConfig(path.join(dir, 'adapter_config.json'));
   const file = path.join(dir, 'adapter_model.safetensors');
   using src = openSafetensors(file);
@@ -72,12 +84,20 @@ export function loadAdapter(model: CausalLM, dir: string): LoraConfig {
       t.dispose();
     }
   };
-  for (const p of plan)
-    model.linears.get(p.module)!.attach({
-      loraA: onModel(src.load(p.A, { dtype: 'float32' })), loraB: onModel(src.load(p.B, { dtype: 'float32' })), scale: p.scale, dropout: config.loraDropout,
-    });
-  model.adapterConfig = config;
-  return config;
+  const modules = new Map<string, LoraAdapterWeights>();
+  try {
+    for (const p of plan)
+      modules.set(p.module, {
+        loraA: onModel(src.load(p.A, { dtype: 'float32' })), loraB: onModel(src.load(p.B, { dtype: 'float32' })), scale: p.scale, dropout: config.loraDropout,
+      });
+  } catch (e) {
+    for (const w of modules.values()) {
+      w.loraA.dispose();
+      w.loraB.dispose();
+    }
+    throw e;
+  }
+  return { config, modules };
 }
 
 /**

@@ -8,8 +8,10 @@ import { type ModelConfig } from '../io/config';
 import { checkOptions, type Device } from '../check';
 import { checkTensor, Tensor, tensor, zeros } from '../tensor/tensor';
 import { matmul } from '../ops/matmul';
-import { addInPlace, copyRows, crossEntropy } from '../ops/nn';
-import { Linear } from './linear';
+import { addInPlace, attention, copyRows, crossEntropy, type AttentionOptions } from '../ops/nn';
+import { kvWrite, pagedAttention } from '../ops/decode';
+import { type KvCache } from './kv-cache';
+import { Linear, type AdapterSegment } from './linear';
 import { NF4Tensor, dequantize } from '../nf4';
 import { transpose2d } from './weights';
 import { logitsError } from './compare';
@@ -36,6 +38,25 @@ export interface ForwardOptions {
   docStarts?: Tensor;
 }
 
+/**
+ * @internal One generation step's tokens against the paged KV cache (lib/generate builds it). The step's
+ * N tokens are one row of ids [1, N]; token i belongs to sequence seq[i], is written to pool row slots[i],
+ * and attends to its sequence's first ctx[i] cached tokens.
+ */
+export interface DecodeInputs {
+  cache: KvCache;
+  /** int64 [N] */
+  slots: Tensor;
+  /** int64 [sequences, max blocks] */
+  blockTable: Tensor;
+  /** int64 [N] */
+  seq: Tensor;
+  /** int64 [N] */
+  ctx: Tensor;
+  /** Runs of rows served with an adapter (unmerged, many per batch). */
+  segments?: readonly AdapterSegment[];
+}
+
 /** @internal What an architecture's trunk receives for one pass. */
 export interface PassInputs {
   ids: Tensor;
@@ -44,6 +65,8 @@ export interface PassInputs {
   train: boolean;
   seed: number;
   grad: boolean;
+  /** A generation step: attention reads and extends the KV cache; no gradients. */
+  decode?: DecodeInputs;
 }
 
 export interface ForwardResult {
@@ -175,6 +198,51 @@ export abstract class CausalLM {
   /** Loss, and the adapters' gradients added into each Linear's `grads`. */
   forwardBackward(inputIds: Tensor, options?: ForwardOptions): ForwardResult {
     return this.#run('forwardBackward', inputIds, options, true);
+  }
+
+  /**
+   * Layer `layer`'s attention: causal over the pass's own tokens, or, in a generation step, over the KV
+   * cache after this step's keys and values are written into it (then no lse: nothing runs backward).
+   */
+  protected attend(layer: number, q: Tensor, k: Tensor, v: Tensor, options: AttentionOptions, decode?: DecodeInputs): { out: Tensor; lse?: Tensor } {
+    if (!decode) return attention(q, k, v, options);
+    const c = decode.cache;
+    kvWrite(k, v, decode.slots, c.k[layer]!, c.v[layer]!);
+    return {
+      out: pagedAttention(q, c.k[layer]!, c.v[layer]!, {
+        heads: options.heads, kvHeads: options.kvHeads, blockSize: c.blockSize, blockTable: decode.blockTable, seq: decode.seq, ctx: decode.ctx,
+      }),
+    };
+  }
+
+  /**
+   * @internal One generation step: runs `ids` [1, N] at `positions` [1, N] through the model, reading and
+   * extending the KV cache, and returns the float32 logits [rows.length, vocab] of the listed token rows
+   * (each sequence's last token of the step; the others only fill the cache), or undefined when no row is listed.
+   */
+  decodeStep(ids: Tensor, positions: Tensor, decode: DecodeInputs, rows: readonly number[]): Tensor | undefined {
+    const op = 'model.decodeStep';
+    if (this.#disposed) throw new DisposedError(`${op}: the model`);
+    if (decode.cache.disposed) throw new DisposedError(`${op}: the KV cache`);
+    checkTensor(op, 'ids', ids, { dtypes: ['int64'], ndim: 2 });
+    const n = ids.shape[1]!;
+    checkTensor(op, 'positions', positions, { dtypes: ['int64'], shape: [1, n] });
+    const scope = new Scope();
+    try {
+      const t = this.trunk({ ids, positions, train: false, seed: 0, grad: false, decode }, scope);
+      const D = this.config.hiddenSize;
+      // A step of prompt chunks only fills the cache: no row needs the head.
+      if (rows.length === 0) return undefined;
+      using hidden = t.hidden.reshape([n, D]);
+      using picked = Tensor.empty([rows.length, D], 'float32', hidden.device, op);
+      rows.forEach((r, i) => {
+        if (!Number.isInteger(r) || r < 0 || r >= n) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: row ${r} is not a token of this step (0..${n - 1})`);
+        copyRows(hidden, r, picked, i, 1);
+      });
+      return matmul(picked, this.headWeight(), { transposeB: true, outDtype: 'float32' });
+    } finally {
+      scope.dispose();
+    }
   }
 
   /** Folds every attached adapter into its base weight (PEFT's merge); the adapters stay for unmerge. */

@@ -5,7 +5,7 @@
  */
 import { type ModelConfig } from '../io/config';
 import { Tensor } from '../tensor/tensor';
-import { addInPlace, attention, attentionBackward, copyColumns, embedding, embeddingBackward, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
+import { addInPlace, attentionBackward, copyColumns, embedding, embeddingBackward, gelu, geluBackward, layerNorm, layerNormBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
 import { endTrunk } from './trunk';
 import { type CheckpointWeights } from './weights';
@@ -80,7 +80,8 @@ export class GPT2 extends CausalLM {
     return this.#wte;
   }
 
-  protected trunk({ ids, positions: pos, docStarts, train, seed, grad }: PassInputs, scope: Scope): Trunk {
+  protected trunk({ ids, positions: pos, docStarts, train, seed, grad, decode }: PassInputs, scope: Scope): Trunk {
+    const segments = decode?.segments;
     const [batch, seq] = ids.shape as [number, number];
     const { numHeads: heads, hiddenSize: D, normEps: eps } = this.config;
     let h = scope.keep(embedding(ids, this.#wte));
@@ -95,7 +96,7 @@ export class GPT2 extends CausalLM {
       const a = scope.keep(n1.y);
       scope.keep(n1.saved.mean!);
       scope.keep(n1.saved.rstd);
-      const qkv = blk.attn.forward(a, train, s);
+      const qkv = blk.attn.forward(a, train, s, segments);
       scope.keep(qkv.y);
       if (qkv.ctx.xa) scope.keep(qkv.ctx.xa);
       const [q, k, v] = [0, 1, 2].map((i) => {
@@ -103,25 +104,25 @@ export class GPT2 extends CausalLM {
         copyColumns(qkv.y, i * D, t, 0, D);
         return t;
       }) as [Tensor, Tensor, Tensor];
-      const at = attention(q, k, v, { heads, docStarts });
+      const at = this.attend(l, q, k, v, { heads, docStarts }, decode);
       scope.keep(at.out);
-      scope.keep(at.lse);
-      const o = blk.proj.forward(at.out, train, s + 1);
+      if (at.lse) scope.keep(at.lse);
+      const o = blk.proj.forward(at.out, train, s + 1, segments);
       if (o.ctx.xa) scope.keep(o.ctx.xa);
       const h2 = scope.keep(addInPlace(o.y, h));
       const n2 = layerNorm(h2, blk.ln2.w, blk.ln2.b, eps);
       const m = scope.keep(n2.y);
       scope.keep(n2.saved.mean!);
       scope.keep(n2.saved.rstd);
-      const fc = blk.fc.forward(m, train, s + 2);
+      const fc = blk.fc.forward(m, train, s + 2, segments);
       const f = scope.keep(fc.y);
       if (fc.ctx.xa) scope.keep(fc.ctx.xa);
       const g = scope.keep(gelu(f));
-      const mp = blk.mlpProj.forward(g, train, s + 3);
+      const mp = blk.mlpProj.forward(g, train, s + 3, segments);
       if (mp.ctx.xa) scope.keep(mp.ctx.xa);
       const h3 = scope.keep(addInPlace(mp.y, h2));
       if (grad)
-        caches.push({ x: h, ln1: n1.saved, a, attnCtx: qkv.ctx, q, k, v, out: at.out, lse: at.lse, projCtx: o.ctx, h2, ln2: n2.saved, m, fcCtx: fc.ctx, f, g, mlpCtx: mp.ctx });
+        caches.push({ x: h, ln1: n1.saved, a, attnCtx: qkv.ctx, q, k, v, out: at.out, lse: at.lse!, projCtx: o.ctx, h2, ln2: n2.saved, m, fcCtx: fc.ctx, f, g, mlpCtx: mp.ctx });
       h = h3;
     });
     const nf = layerNorm(h, this.#lnf.w, this.#lnf.b, eps);

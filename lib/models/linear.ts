@@ -9,12 +9,23 @@ import { linearForward, linearBackward } from '../lora/linear';
 import { matmul } from '../ops/matmul';
 import { addInPlace } from '../ops/nn';
 import { LorakitTypeError } from '../errors';
+import { loraSegments, type LoraSegmentSpec } from '../ops/decode';
 
 export interface LoraAdapterWeights {
   loraA: Tensor;
   loraB: Tensor;
   scale: number;
   dropout: number;
+}
+
+/**
+ * Rows [start, end) of a batch that run with one adapter's modules (by module name), without merging
+ * it: how a generation engine serves many adapters on one base in one forward pass.
+ */
+export interface AdapterSegment {
+  start: number;
+  end: number;
+  modules: ReadonlyMap<string, LoraAdapterWeights>;
 }
 
 /** What the backward pass needs from the forward pass. */
@@ -123,8 +134,26 @@ export class Linear {
     for (const g of [this.grads?.loraA, this.grads?.loraB, this.baseGrads?.weight, this.baseGrads?.bias]) g?.fill(0);
   }
 
-  /** y = x·Wᵀ + b (+ the adapter's branch). `seed` keys the dropout mask when training. */
-  forward(x: Tensor, train: boolean, seed = 0): { y: Tensor; ctx: LinearContext } {
+  /**
+   * y = x·Wᵀ + b (+ the adapter's branch). `seed` keys the dropout mask when training. `segments` adds,
+   * to each run of rows, the branch of that run's adapter for this module (inference only).
+   */
+  forward(x: Tensor, train: boolean, seed = 0, segments?: readonly AdapterSegment[]): { y: Tensor; ctx: LinearContext } {
+    if (segments) {
+      const y = this.forward(x, false, seed).y;
+      const specs: LoraSegmentSpec[] = [];
+      for (const s of segments) {
+        const w = s.modules.get(this.name);
+        if (w && s.end > s.start) specs.push({ start: s.start, end: s.end, loraA: w.loraA, loraB: w.loraB, scale: w.scale });
+      }
+      if (specs.length > 0) {
+        const rows = x.numel / this.inFeatures;
+        using x2 = x.reshape([rows, this.inFeatures]);
+        using y2 = y.reshape([rows, this.outFeatures]);
+        loraSegments(x2, y2, specs);
+      }
+      return { y, ctx: { x, seed } };
+    }
     if (this.adapter && !this.#merged) {
       const dropout = train ? this.adapter.dropout : 0;
       const { y, xa } = linearForward(x, { weight: this.weight, bias: this.bias, loraA: this.adapter.loraA, loraB: this.adapter.loraB, scale: this.adapter.scale }, { dropout, seed });

@@ -5,7 +5,7 @@
 import { type ModelConfig } from '../io/config';
 import { LorakitRangeError, LorakitTypeError } from '../errors';
 import { Tensor } from '../tensor/tensor';
-import { addInPlace, attention, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
+import { addInPlace, attentionBackward, embedding, embeddingBackward, rmsNorm, rmsNormBackward, ropeInPlace, swiglu, swigluBackward, type NormSaved } from '../ops/nn';
 import { CausalLM, Scope, type PassInputs, type Trunk } from './causal-lm';
 import { endTrunk } from './trunk';
 import { type CheckpointWeights } from './weights';
@@ -82,13 +82,14 @@ export class Llama extends CausalLM {
     return this.#head;
   }
 
-  protected trunk({ ids, positions, docStarts, train, seed, grad }: PassInputs, scope: Scope): Trunk {
+  protected trunk({ ids, positions, docStarts, train, seed, grad, decode }: PassInputs, scope: Scope): Trunk {
     const { numHeads: heads, numKvHeads: kvHeads, normEps: eps } = this.config;
     const theta = this.config.ropeTheta ?? 10000;
     const window = this.config.slidingWindow;
     // A window no shorter than the context loads as full attention (fromWeights), which it is only while no
     // token looks further back than the window: a longer sequence (or packed document) is refused.
-    if (window !== null && ids.shape[1]! > window) {
+    // A generation step's row holds many sequences' tokens: the engine bounds each one's length instead.
+    if (window !== null && !decode && ids.shape[1]! > window) {
       const seq = ids.shape[1]!;
       const starts = docStarts?.data() as BigInt64Array | undefined;
       for (let i = 0; i < ids.numel; i++) {
@@ -98,6 +99,7 @@ export class Llama extends CausalLM {
       }
     }
     const keepCtx = (c: LinearContext) => c.xa && scope.keep(c.xa);
+    const segments = decode?.segments;
     let h = scope.keep(embedding(ids, this.#embed));
     const caches: {
       x: Tensor; n1: NormSaved; qc: LinearContext; kc: LinearContext; vc: LinearContext; q: Tensor; k: Tensor; v: Tensor; out: Tensor; lse: Tensor;
@@ -108,34 +110,34 @@ export class Llama extends CausalLM {
       const n1 = rmsNorm(h, L.inNorm, eps);
       const a = scope.keep(n1.y);
       scope.keep(n1.saved.rstd);
-      const q = L.q.forward(a, train, s), k = L.k.forward(a, train, s + 1), v = L.v.forward(a, train, s + 2);
+      const q = L.q.forward(a, train, s, segments), k = L.k.forward(a, train, s + 1, segments), v = L.v.forward(a, train, s + 2, segments);
       for (const r of [q, k, v]) {
         scope.keep(r.y);
         keepCtx(r.ctx);
       }
       ropeInPlace(q.y, { heads, theta, positions });
       ropeInPlace(k.y, { heads: kvHeads, theta, positions });
-      const at = attention(q.y, k.y, v.y, { heads, kvHeads, docStarts });
+      const at = this.attend(l, q.y, k.y, v.y, { heads, kvHeads, docStarts }, decode);
       scope.keep(at.out);
-      scope.keep(at.lse);
-      const o = L.o.forward(at.out, train, s + 3);
+      if (at.lse) scope.keep(at.lse);
+      const o = L.o.forward(at.out, train, s + 3, segments);
       keepCtx(o.ctx);
       const h2 = scope.keep(addInPlace(o.y, h));
       const n2 = rmsNorm(h2, L.postNorm, eps);
       const m = scope.keep(n2.y);
       scope.keep(n2.saved.rstd);
-      const gate = L.gate.forward(m, train, s + 4), up = L.up.forward(m, train, s + 5);
+      const gate = L.gate.forward(m, train, s + 4, segments), up = L.up.forward(m, train, s + 5, segments);
       for (const r of [gate, up]) {
         scope.keep(r.y);
         keepCtx(r.ctx);
       }
       const act = scope.keep(swiglu(gate.y, up.y));
-      const down = L.down.forward(act, train, s + 6);
+      const down = L.down.forward(act, train, s + 6, segments);
       keepCtx(down.ctx);
       const h3 = scope.keep(addInPlace(down.y, h2));
       if (grad)
         caches.push({
-          x: h, n1: n1.saved, qc: q.ctx, kc: k.ctx, vc: v.ctx, q: q.y, k: k.y, v: v.y, out: at.out, lse: at.lse,
+          x: h, n1: n1.saved, qc: q.ctx, kc: k.ctx, vc: v.ctx, q: q.y, k: k.y, v: v.y, out: at.out, lse: at.lse!,
           oc: o.ctx, h2, n2: n2.saved, gc: gate.ctx, uc: up.ctx, gate: gate.y, up: up.y, dc: down.ctx,
         });
       h = h3;
