@@ -95,7 +95,7 @@ interface Sequence {
   maxTokens: number;
   stopAtEos: boolean;
   sampler: Sampler;
-  text: TextStream;
+  text: TextStream | null;
   generated: number[];
   seen: Set<number>;
   /** Events not yet taken by the iterator, and the iterator waiting for one. */
@@ -115,7 +115,8 @@ const MiB = 2 ** 20;
 
 export class Engine {
   readonly model: CausalLM;
-  readonly tokenizer: Tokenizer;
+  /** null: token ids in and out only (a random model without a vocabulary, in benchmarks); texts are empty. */
+  readonly tokenizer: Tokenizer | null;
   readonly modelName: string;
   readonly cache: KvCache;
   readonly maxBatch: number;
@@ -136,7 +137,7 @@ export class Engine {
   #steps = 0;
   #ownsModel = false;
 
-  constructor(model: CausalLM, tokenizer: Tokenizer, options: EngineOptions = {}) {
+  constructor(model: CausalLM, tokenizer: Tokenizer | null, options: EngineOptions = {}) {
     const op = 'Engine';
     const o = checkOptions<EngineOptions>(op, options);
     if (model.disposed) throw new DisposedError(`${op}: the model`);
@@ -157,7 +158,7 @@ export class Engine {
       : checkNumber(op, 'cacheTokens', o.cacheTokens, { integer: true, min: 1 });
     this.cache = new KvCache(config, model.device, { blockSize, blocks: Math.ceil(cacheTokens / blockSize), dtype });
     this.maxContext = Math.min(config.maxPositions, this.cache.totalBlocks * blockSize);
-    this.#eos = new Set(config.eosTokenId.length > 0 ? config.eosTokenId : tokenizer.eosTokenId !== null ? [tokenizer.eosTokenId] : []);
+    this.#eos = new Set(config.eosTokenId.length > 0 ? config.eosTokenId : tokenizer?.eosTokenId != null ? [tokenizer.eosTokenId] : []);
   }
 
   /** An engine on a model folder (config.json, safetensors, tokenizer files); it owns the model it loads. */
@@ -236,6 +237,7 @@ export class Engine {
     const stop = r.stop ?? [];
     if (!Array.isArray(stop) || stop.some((s) => typeof s !== 'string' || s === ''))
       throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'stop' must be an array of non-empty strings, got ${describe(stop)}`);
+    if (stop.length > 0 && !this.tokenizer) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: stop strings need a tokenizer; this engine has none`);
     const stopAtEos = r.stopAtEos ?? true;
     if (typeof stopAtEos !== 'boolean') throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'stopAtEos' must be true or false, got ${describe(stopAtEos)}`);
     const sampling = checkSamplingOptions(op, { temperature: r.temperature, topK: r.topK, topP: r.topP, repetitionPenalty: r.repetitionPenalty, seed: r.seed ?? randomInt(2 ** 31) });
@@ -250,7 +252,7 @@ export class Engine {
     result.catch(() => {});
     const seq: Sequence = {
       id: this.#nextId++, ids: [...ids], promptTokens: ids.length, cached: 0, table: [], adapter, maxTokens: Math.min(maxTokens, this.maxContext - ids.length),
-      stopAtEos, sampler: new Sampler(sampling), text: new TextStream(this.tokenizer, { stop, prompt: ids }), generated: [], seen: new Set(ids), events: [], hitStop: false, resolve, reject,
+      stopAtEos, sampler: new Sampler(sampling), text: this.tokenizer ? new TextStream(this.tokenizer, { stop, prompt: ids }) : null, generated: [], seen: new Set(ids), events: [], hitStop: false, resolve, reject,
     };
     // The request asked for more than the context leaves: it ends with 'length' there, as OpenAI's API does.
     if (signal) {
@@ -357,6 +359,7 @@ export class Engine {
 
   #prompt(op: string, prompt: unknown): number[] {
     if (typeof prompt === 'string') {
+      if (!this.tokenizer) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: this engine has no tokenizer: give the prompt as token ids`);
       const ids = this.tokenizer.encode(prompt);
       if (ids.length === 0) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the prompt encodes to no tokens; give at least one`);
       return ids;
@@ -415,14 +418,14 @@ export class Engine {
     // What the stop-string matcher held back is final now, unless a stop string cut it off.
     if (!seq.hitStop && !seq.error) {
       try {
-        const tail = seq.text.finish();
+        const tail = seq.text?.finish() ?? '';
         if (tail) seq.events.push({ token: seq.generated.at(-1) ?? -1, delta: tail });
       } catch (e) {
         seq.error = e instanceof Error ? e : new Error(String(e));
       }
     }
     if (seq.error) seq.reject(seq.error);
-    else seq.resolve({ text: seq.text.text, tokens: seq.generated, finishReason: reason, promptTokens: seq.promptTokens });
+    else seq.resolve({ text: seq.text?.text ?? '', tokens: seq.generated, finishReason: reason, promptTokens: seq.promptTokens });
     seq.wake?.();
     seq.wake = undefined;
   }
@@ -567,7 +570,7 @@ export class Engine {
     s.ids.push(token);
     s.generated.push(token);
     s.seen.add(token);
-    const { delta, stopped } = s.text.push(token);
+    const { delta, stopped } = s.text?.push(token) ?? { delta: '', stopped: false };
     s.events.push({ token, delta });
     s.wake?.();
     s.wake = undefined;
