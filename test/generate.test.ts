@@ -234,3 +234,27 @@ describe('the engine under load and misuse', () => {
     expect(s2.tokens).toEqual(s1.tokens);
   });
 });
+
+describe('model.generate from the package', () => {
+  test('streams the tokens the full forward picks, with the attached adapter, and frees its engine', async () => {
+    const pkg = await import('../lib');
+    using m = model('llama', false);
+    randomAdapter(m, 9, 4);
+    const g = m.generate(tokenizer, { prompt: PROMPT, maxTokens: 8, temperature: 0 });
+    const streamed: number[] = [];
+    let text = '';
+    for await (const e of g) {
+      streamed.push(e.token);
+      text += e.delta;
+    }
+    const r = await g.result;
+    expect(streamed.slice(0, r.tokens.length)).toEqual(r.tokens);
+    expect(text).toBe(r.text);
+    expect(r.text).toBe(tokenizer.decode(r.tokens, { skipSpecialTokens: true }));
+    expectGreedyMatches(m, PROMPT, r.tokens);
+    expect(typeof pkg.Engine).toBe('function');
+    // The package's generate is the same path.
+    const again = await pkg.generate(m, tokenizer, { prompt: PROMPT, maxTokens: 8, temperature: 0 }).result;
+    expect(again.tokens).toEqual(r.tokens);
+  });
+});
