@@ -14,12 +14,13 @@ import { sweepCommand } from './commands/sweep';
 import { labCommand } from './commands/lab';
 import { benchCommand } from './commands/bench';
 import { exportCommand } from './commands/export';
+import { serveCommand } from './commands/serve';
 import { generateCommand } from './commands/generate';
 
 const COMMANDS: [string, (y: Argv) => Argv][] = [
   ['train', trainCommand], ['inspect', inspectCommand], ['eval', evalCommand], ['merge', mergeCommand], ['analyze', analyzeCommand],
   ['sweep', sweepCommand], ['plan', planCommand], ['lab', labCommand], ['bench', benchCommand], ['export', exportCommand],
-  ['generate', generateCommand],
+  ['generate', generateCommand], ['serve', serveCommand],
 ];
 
 /**
