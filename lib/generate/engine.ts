@@ -9,7 +9,7 @@
 import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import { LorakitError, LorakitRangeError, LorakitTypeError, DisposedError } from '../errors';
-import { checkNumber, checkOptions, describe, show } from '../check';
+import { checkChoice, checkNumber, checkOptions, describe, show } from '../check';
 import { tensor } from '../tensor/tensor';
 import { type CausalLM } from '../models/causal-lm';
 import { KvCache } from '../models/kv-cache';
@@ -72,6 +72,8 @@ export interface EngineOptions {
   maxAdapterBytes?: number;
   /** The name the base model answers to (default: its folder's name, or 'base'). */
   modelName?: string;
+  /** The KV pool's element type: float32 on the CPU, bfloat16 on a GPU by default (half the memory). */
+  kvDtype?: 'float32' | 'bfloat16';
 }
 
 interface LoadedAdapter {
@@ -151,7 +153,7 @@ export class Engine {
     if (typeof this.modelName !== 'string' || this.modelName === '') throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: 'modelName' must be a non-empty string, got ${describe(o.modelName)}`);
     const blockSize = checkNumber(op, 'blockSize', o.blockSize ?? 16, { integer: true, min: 1, max: 4096 });
     const config = model.config;
-    const dtype = model.device === 'cpu' ? 'float32' : 'bfloat16';
+    const dtype = checkChoice(op, 'kvDtype', o.kvDtype ?? (model.device === 'cpu' ? 'float32' : 'bfloat16'), ['float32', 'bfloat16'] as const, "'float32' or 'bfloat16'");
     const perToken = KvCache.blockBytes(config, 1, dtype);
     const cacheTokens = o.cacheTokens === undefined
       ? Math.max(config.maxPositions, Math.min(this.maxBatch * config.maxPositions, Math.floor((512 * MiB) / perToken)))
