@@ -15,6 +15,7 @@ const root = path.resolve(__dirname, '..');
 const readme = fs.readFileSync(path.join(root, 'README.md'), 'utf8');
 const tsc = path.join(root, 'node_modules', 'typescript', 'bin', 'tsc');
 const model = path.join(root, 'test', 'fixtures', 'peft', 'tiny-llama');
+const shipped = path.join(root, 'assets', 'default');
 
 interface Block { lang: string; code: string; before: string }
 
@@ -50,7 +51,8 @@ describe('the TypeScript examples, compiled with the tsconfig.json the README gi
     examples.forEach((b, i) => {
       const uses = b.code.split("'./SmolLM-135M'").length - 1;
       expect(uses).toBeLessThanOrEqual(1);
-      fs.writeFileSync(path.join(work, `example-${i}.ts`), b.code.replace("'./SmolLM-135M'", JSON.stringify(model)));
+      // Generation needs a tokenizer, which the tiny fixture lacks: that example runs on the shipped model.
+      fs.writeFileSync(path.join(work, `example-${i}.ts`), b.code.replace("'./SmolLM-135M'", JSON.stringify(i === 2 ? shipped : model)));
     });
     const compiled = spawnSync(process.execPath, [tsc, '-p', work], { cwd: work, encoding: 'utf8' });
     if (compiled.status !== 0) throw new Error(`the README's examples do not compile with its tsconfig.json:\n${compiled.stdout}${compiled.stderr}`);
@@ -60,10 +62,23 @@ describe('the TypeScript examples, compiled with the tsconfig.json the README gi
     if (work) fs.rmSync(work, { recursive: true, force: true });
   });
 
-  test('there are two examples: tensors and kernels, then a model and an adapter', () => {
-    expect(examples).toHaveLength(2);
+  test('there are three examples: tensors and kernels, a model and an adapter, generation', () => {
+    expect(examples).toHaveLength(3);
     expect(examples[0]!.code).toContain('nf4.quantize');
     expect(examples[1]!.code).toContain("loadModel('./SmolLM-135M'");
+    expect(examples[2]!.code).toContain('model.generate(');
+  });
+
+  test('the generation example streams what lorakit generate prints, then a greedy and a sampled completion', () => {
+    const out = run(2).split('\n');
+    const cli = spawnSync(process.execPath, [path.join(root, 'dist', 'cli', 'index.js'), 'generate', '--model', shipped, '--prompt', 'Once upon a time', '--max-tokens', '24', '--json'], { encoding: 'utf8' });
+    const want = JSON.parse(cli.stdout) as { text: string };
+    expect(want.text.length).toBeGreaterThan(0);
+    expect(out[0]).toBe(want.text);
+    const last = JSON.parse(out[1]!) as { greedy: string; sampled: string; finish: string };
+    expect(last.greedy).toBe(want.text);
+    expect(last.sampled).not.toBe(want.text);
+    expect(['stop', 'length']).toContain(last.finish);
   });
 
   test('the tensor, QLoRA layer and AdamW example runs on Node 20 and prints the backend it used', () => {
