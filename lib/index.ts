@@ -25,6 +25,7 @@ export { readJsonl, tokenize, type Example, type DataRecord } from './data';
 export * as analysis from './analysis';
 export { exportGguf, type ExportOptions, type ExportResult, type ExportDtype } from './export';
 export { Engine, generate, chatPrompt, Sampler, type EngineOptions, type Generation, type GenerationEvent, type GenerationRequest, type GenerationResult, type FinishReason, type SamplingOptions } from './generate';
+export { startServer, type ServerOptions, type Server } from './serve/server';
 
 import { CausalLM } from './models';
 import { generate, type Generation, type GenerationRequest } from './generate';
