@@ -4,7 +4,11 @@
 //   - LoRA linear forward+backward (dx, dA, dB) against the frozen dense layer's forward + dx,
 //     M=8192, 4096->4096 and 768->2304, r=16;
 //   - AdamW over GPT-2-124M-shaped fp32 parameters and over the 96 tensors of a GPT-2 r=16 all-linear
-//     adapter, against a copy moving the same 28 bytes per parameter.
+//     adapter, against a copy moving the same 28 bytes per parameter;
+//   - generation (#13): decode tokens/s at batch 1, 8, 32 on the shipped model and a SmolLM-135M-shaped
+//     random model against the no-cache greedy loop and, with one unmerged r=16 adapter, against it merged;
+//     and 32 concurrent streams over 1, 8 and 32 unmerged r=8 adapters against one merged model (goal 0.8x
+//     with 32). The same functions as bench/decode.mjs and bench/serve.mjs, with the models on the device.
 // The PyTorch/PEFT figures measured on the H200 (../shared/gpu/README.md) are printed beside ours as the
 // peer; they come from another process, so only the in-run ratios are ours to claim.
 //
@@ -16,7 +20,11 @@
 // GPU sustains (host overhead included where it is the bottleneck, as for small AdamW steps).
 import * as fs from 'node:fs';
 import { createRequire } from 'node:module';
+import * as os from 'node:os';
+import * as path from 'node:path';
 import { Bench } from 'tinybench';
+import { MODELS, BATCHES, runModel, makeAdapters, makePrompts } from './decode.mjs';
+import { ADAPTER_COUNTS, STREAMS, REQUESTS, NEW_TOKENS, RANK, adapterCases, engineLoad } from './serve.mjs';
 
 const require = createRequire(import.meta.url);
 const lk = require('../dist/index.js');
@@ -161,6 +169,41 @@ async function adamw(name, shapes, goalMs, peerMs) {
   for (const t of [...params, ...grads, big, big2]) t.dispose();
 }
 
+// --smoke: the shipped model alone (a 135M model on the emulated addon would take the CI minutes).
+const GEN_MODELS = SMOKE ? MODELS.slice(0, 1) : MODELS;
+
+// 64 new tokens for both models: the device runs the 135M model's no-cache floor at that length in
+// seconds, and the CPU suite's 8 would leave the engine's rate mostly prefill.
+async function decode() {
+  for (const spec of GEN_MODELS) {
+    const rows = await runModel(spec, { device: DEV, batches: SMOKE ? [1, 2] : BATCHES, newTokens: SMOKE ? 2 : 64 });
+    for (const r of rows)
+      report(`decode ${r.model.split(' ')[0]} B=${r.batch} +${r.newTokens} ${r.name}`, r.value, 'tok/s', `${r.baselineName} (this run)`, r.baseline, {
+        decodeOnly: r.decode, baselineDecodeOnly: r.decodeBaseline, decodeRatio: r.decodeRatio, same: r.same,
+      });
+  }
+}
+
+async function serving() {
+  const o = SMOKE ? { counts: [2], streams: 2, requests: 1, newTokens: 2 } : { counts: ADAPTER_COUNTS, streams: STREAMS, requests: REQUESTS, newTokens: NEW_TOKENS };
+  for (const spec of GEN_MODELS) {
+    const { model, tokenizer } = spec.make(DEV);
+    const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-gpu-serve-'));
+    try {
+      const dirs = makeAdapters(model, tmp, Math.max(...o.counts), RANK);
+      const prompts = makePrompts(model, tokenizer, o.streams * o.requests);
+      const cases = await adapterCases(model, tokenizer, dirs, (engine) => ({ load: (name, x) => engineLoad(engine, prompts, { ...x, adapterOf: name }), close: async () => {} }), o);
+      for (const n of o.counts)
+        report(`serve ${spec.name.split(' ')[0]} ${o.streams} streams, ${n} adapters r=${RANK}`, cases[n].tps, 'tok/s', 'one merged model (this run)', cases.merged.tps, {
+          goal: n === 32 ? 0.8 : '-', p50ms: cases[n].p50, p99ms: cases[n].p99, mergedP50ms: cases.merged.p50, mergedP99ms: cases.merged.p99,
+        });
+    } finally {
+      model.dispose();
+      fs.rmSync(tmp, { recursive: true, force: true });
+    }
+  }
+}
+
 async function main() {
   if (gpuCount() === 0) {
     console.error(`bench/gpu: no GPU backend is active (${lk.backend().gpuUnavailableReason}); nothing measured`);
@@ -175,6 +218,8 @@ async function main() {
   await loraLayer(768, 2304, GOAL.loraOverDense768, PEER.loraOverDense768);
   await adamw('gpt2-124M full', gpt2Shapes(), GOAL.adamwFullMs, PEER.adamwFullMs);
   await adamw('gpt2 lora r16 all-linear', gpt2LoraShapes(), GOAL.adamwLoraMs, PEER.adamwLoraMs);
+  await decode();
+  await serving();
   const i = process.argv.indexOf('--out');
   if (i > 0) fs.writeFileSync(process.argv[i + 1], JSON.stringify({ date: new Date().toISOString(), backend: info, rows }, null, 2));
 }

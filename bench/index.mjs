@@ -5,11 +5,12 @@
 //
 // Each suite measures its baseline in the same run: numpy/OpenBLAS for GEMM, the frozen dense layer
 // for the LoRA layer, memcpy for NF4 dequantization, and memcpy of the bytes AdamW must touch for the
-// optimizer. Record new figures, with the date and the machine, in bench/RESULTS.md. The GPU suites are
+// optimizer, the no-cache greedy loop and a merged adapter for decoding, and one merged model for
+// multi-adapter serving. Record new figures, with the date and the machine, in bench/RESULTS.md. The GPU suites are
 // bench/gpu.mjs (run on a machine with a GPU; scripts/gpu-check.sh runs them with the parity suite).
 import * as os from 'node:os';
 
-const SUITES = ['gemm', 'lora', 'nf4', 'adamw', 'train'];
+const SUITES = ['gemm', 'lora', 'nf4', 'adamw', 'train', 'decode', 'serve'];
 const wanted = process.argv.slice(2).filter((a) => SUITES.includes(a));
 const selected = wanted.length ? wanted : SUITES;
 
