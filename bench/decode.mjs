@@ -46,11 +46,11 @@ export function makePrompts(model, tokenizer, count, len = PROMPT) {
  * Writes `count` PEFT adapters (all-linear, rank r, alpha 2r, random non-zero A and B) under `dir` and
  * returns their folders; the model is left without an adapter.
  */
-export function makeAdapters(model, dir, count, r) {
+export function makeAdapters(model, dir, count, r, targetModules = 'all-linear') {
   const dirs = [];
   for (let i = 0; i < count; i++) {
-    adapters.addAdapter(model, { r, loraAlpha: 2 * r, targetModules: 'all-linear', initLoraWeights: false, seed: i + 1 });
-    const d = path.join(dir, `adapter-${i}`);
+    adapters.addAdapter(model, { r, loraAlpha: 2 * r, targetModules, initLoraWeights: false, seed: i + 1 });
+    const d = path.join(dir, `adapter-${[targetModules].flat().join('-')}-${i}`);
     adapters.saveAdapter(model, d);
     for (const l of model.linears.values()) l.detach();
     model.adapterConfig = undefined;

@@ -1,5 +1,6 @@
 // Multi-adapter serving on the shipped model (assets/default): 32 concurrent streams over 1, 8 and 32
-// distinct adapters (r=8, all-linear, random non-zero B, all loaded unmerged in one engine), against the
+// distinct adapters (r=8, random non-zero B, all loaded unmerged in one engine; all-linear, and on q_proj and
+// v_proj, PEFT's default for Llama and the kind of adapter S-LoRA served), against the
 // same load on one model with one adapter merged into its weights (the baseline; issue #13's goal: at
 // least 0.8x its tokens/s with 32 distinct adapters). The load is bounded and closed-loop: each stream
 // sends its requests one after another (fixed request count), so at most 32 are in flight.
@@ -127,24 +128,41 @@ export async function adapterCases(model, tokenizer, dirs, open, { counts = ADAP
   return cases;
 }
 
-function rowsOf(via, cases, counts) {
+function rowsOf(via, cases, counts, targets) {
   const base = cases.merged;
   return [
-    ...counts.map((n) => ({ via, name: `${n} distinct adapter${n > 1 ? 's' : ''} unmerged`, ...cases[n], baseline: base.tps, ratio: cases[n].tps / base.tps })),
-    { via, name: '1 adapter merged (baseline)', ...base, baseline: base.tps, ratio: 1 },
+    ...counts.map((n) => ({ via, targets, name: `${n} distinct adapter${n > 1 ? 's' : ''} unmerged`, ...cases[n], baseline: base.tps, ratio: cases[n].tps / base.tps })),
+    { via, targets, name: '1 adapter merged (baseline)', ...base, baseline: base.tps, ratio: 1 },
   ];
+}
+
+/**
+ * A model, not a measurement: float32 bytes a decode step must read for the weights, the base's once for the
+ * whole batch, and each distinct adapter's A and B (or Bᵀ) once for its rows. With 32 distinct adapters every
+ * step reads them all; their share of the traffic bounds what unmerged serving can keep of the merged speed
+ * where a step is memory-bound.
+ */
+function trafficModel(model, dir) {
+  const cfg = JSON.parse(fs.readFileSync(path.join(dir, 'adapter_config.json'), 'utf8'));
+  const st = fs.statSync(path.join(dir, 'adapter_model.safetensors')).size;
+  let base = 0;
+  for (const l of model.linears.values()) base += l.inFeatures * l.outFeatures * 4;
+  return { targets: [cfg.target_modules].flat().join(','), adapterBytes: st, baseBytes: base };
 }
 
 export async function run() {
   const model = lk.loadModel(SHIPPED);
   const tokenizer = lk.loadTokenizer(SHIPPED);
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'lorakit-serve-'));
-  const rows = [];
+  const rows = [], traffic = [];
   try {
     const dirs = makeAdapters(model, tmp, Math.max(...ADAPTER_COUNTS), RANK);
+    const qv = makeAdapters(model, tmp, Math.max(...ADAPTER_COUNTS), RANK, ['q_proj', 'v_proj']);
+    traffic.push(trafficModel(model, dirs[0]), trafficModel(model, qv[0]));
     const prompts = makePrompts(model, tokenizer, STREAMS * REQUESTS);
-    const viaEngine = await adapterCases(model, tokenizer, dirs, (engine) => ({ load: (name, o) => engineLoad(engine, prompts, { ...o, adapterOf: name }), close: async () => {} }));
-    rows.push(...rowsOf('engine', viaEngine, ADAPTER_COUNTS));
+    const onEngine = (engine) => ({ load: (name, o) => engineLoad(engine, prompts, { ...o, adapterOf: name }), close: async () => {} });
+    rows.push(...rowsOf('engine', await adapterCases(model, tokenizer, dirs, onEngine), ADAPTER_COUNTS, 'all-linear'));
+    rows.push(...rowsOf('engine', await adapterCases(model, tokenizer, qv, onEngine), ADAPTER_COUNTS, 'q,v'));
     let startServer;
     try {
       ({ startServer } = require('../dist/serve/server.js'));
@@ -156,20 +174,22 @@ export async function run() {
         const server = await startServer(engine, { port: 0, maxTokensLimit: NEW_TOKENS });
         return { load: (name, o) => httpLoad(server.url, prompts, { ...o, modelOf: (s) => name(s) ?? engine.modelName }), close: () => server.close() };
       });
-      rows.push(...rowsOf('http', viaHttp, ADAPTER_COUNTS));
+      rows.push(...rowsOf('http', viaHttp, ADAPTER_COUNTS, 'all-linear'));
     }
   } finally {
     model.dispose();
     fs.rmSync(tmp, { recursive: true, force: true });
   }
-  return { rows };
+  return { rows, traffic };
 }
 
-export function print({ rows }) {
-  console.log(`${STREAMS} concurrent streams x ${REQUESTS} requests each, prompt ${PROMPT} + ${NEW_TOKENS} new tokens, greedy, r=${RANK} all-linear; baseline: the same load on one merged model`);
+export function print({ rows, traffic }) {
+  console.log(`${STREAMS} concurrent streams x ${REQUESTS} requests each, prompt ${PROMPT} + ${NEW_TOKENS} new tokens, greedy, r=${RANK}; baseline: the same load on one merged model`);
+  for (const t of traffic ?? [])
+    console.log(`traffic model (not measured): base linears ${(t.baseBytes / 2 ** 20).toFixed(1)} MiB per step; one ${t.targets} adapter ${(t.adapterBytes / 2 ** 20).toFixed(2)} MiB, 32 of them ${((32 * t.adapterBytes) / 2 ** 20).toFixed(1)} MiB (${((32 * t.adapterBytes) / t.baseBytes).toFixed(2)}x the base)`);
   for (const r of rows)
     console.log(
-      `${r.via.padEnd(6)} ${r.name.padEnd(30)} ${r.tps.toFixed(1).padStart(8)} tok/s   merged ${r.baseline.toFixed(1).padStart(8)} tok/s   ratio ${r.ratio.toFixed(2)}   ` +
+      `${r.via.padEnd(6)} ${r.targets.padEnd(10)} ${r.name.padEnd(30)} ${r.tps.toFixed(1).padStart(8)} tok/s   merged ${r.baseline.toFixed(1).padStart(8)} tok/s   ratio ${r.ratio.toFixed(2)}   ` +
         `per-token p50 ${r.p50.toFixed(1)} ms p99 ${r.p99.toFixed(1)} ms   TTFT p50 ${r.ttft50.toFixed(0)} ms   (${r.tokens} tokens in ${(r.ms / 1e3).toFixed(1)} s)`,
     );
 }

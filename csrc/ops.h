@@ -223,6 +223,9 @@ struct LoraSegment {
   int64_t start = 0, end = 0, r = 0;
   const float* a = nullptr;
   const float* b = nullptr;
+  // Optional: B transposed, [r, out]. A CPU row then expands as r contiguous axpys instead of `out` dot
+  // products of length r (the engine keeps one per adapter, made once at load); the GPU reads b.
+  const float* bt = nullptr;
   float scale = 1.f;
 };
 struct LoraSegmentsArgs {

@@ -236,6 +236,32 @@ describe('loraSegments', () => {
     }
   });
 
+  test('with Bᵀ given (the engine\'s CPU layout): the same sums, the same untouched rows; a wrong Bᵀ is refused', () => {
+    const transposed = (b: Float32Array, r: number) => Float32Array.from({ length: r * out }, (_, i) => b[(i % out) * r + Math.floor(i / out)]!);
+    const Y = tensor(y0, [m, out]);
+    ops.loraSegments(tensor(x, [m, inF]), Y, segs().map((g, j) => ({ ...g, loraBT: tensor(transposed(specs[j]!.b, specs[j]!.r), [specs[j]!.r, out]) })));
+    const got = Y.toFloat32Array(), ref = reference();
+    const covered = (i: number) => specs.some((s) => i >= s.start && i < s.end);
+    for (let i = 0; i < m; i++) {
+      const g = got.slice(i * out, (i + 1) * out), r = ref.slice(i * out, (i + 1) * out);
+      if (covered(i)) expect(relErr(g, r)).toBeLessThan(1e-5);
+      else expect(Array.from(g)).toEqual(Array.from(y0.slice(i * out, (i + 1) * out)));
+    }
+    const bad = segs().map((g, j) => ({ ...g, loraBT: zeros([out, specs[j]!.r]) }));
+    expect(() => ops.loraSegments(tensor(x, [m, inF]), tensor(y0, [m, out]), bad)).toThrow(/segments\[0\]\.loraBT.*\[8, 20\]/);
+  });
+
+  test('weights checked once (LoraSegmentWeights) give the same sums; disposed ones are refused by name', () => {
+    const Y1 = tensor(y0, [m, out]), Y2 = tensor(y0, [m, out]);
+    ops.loraSegments(tensor(x, [m, inF]), Y1, segs());
+    const prepared = segs().map((g) => ({ start: g.start, end: g.end, weights: new ops.LoraSegmentWeights(g.loraA, g.loraB, g.scale) }));
+    ops.loraSegments(tensor(x, [m, inF]), Y2, prepared);
+    expect(Array.from(Y2.toFloat32Array())).toEqual(Array.from(Y1.toFloat32Array()));
+    prepared[3]!.weights.loraB.dispose();
+    expect(() => ops.loraSegments(tensor(x, [m, inF]), Y2, prepared)).toThrow(/segments\[3\]\.loraB.*disposed/);
+    expect(() => new ops.LoraSegmentWeights(zeros([2, 4]), zeros([5, 3]), 1)).toThrow(/weights\.loraB.*\[5, 2\]/);
+  });
+
   test('no segments: y is unchanged', () => {
     const Y = tensor(y0, [m, out]);
     ops.loraSegments(tensor(x, [m, inF]), Y, []);
@@ -306,7 +332,7 @@ describe('hostile arguments', () => {
     ['loraSegments: overlapping segments', () => ls([seg(0, 4), seg(6, 8), seg(3, 5)]), LorakitRangeError, /^loraSegments: 'segments\[2\]' \(rows \[3, 5\)\) overlaps 'segments\[0\]' \(rows \[0, 4\)\)/],
     ['loraSegments: a segment past the rows', () => ls([seg(5, 9)]), LorakitRangeError, /^loraSegments: 'segments\[0\]\.end' must be <= 8, got 9/],
     ['loraSegments: end before start', () => ls([seg(5, 4)]), LorakitRangeError, /^loraSegments: 'segments\[0\]\.end' must be >= 5, got 4/],
-    ['loraSegments: loraA width', () => ls([seg(0, 2), seg(2, 4, 2, 7)]), LorakitRangeError, /^loraSegments: 'segments\[1\]\.loraA' must have shape \[2, 6\], got \[2, 7\]/],
+    ['loraSegments: loraA width', () => ls([seg(0, 2), seg(2, 4, 2, 7)]), LorakitRangeError, /^loraSegments: 'segments\[1\]' maps 7 -> 5 features \(loraA \[2, 7\], loraB \[5, 2\]\), but 'x' has rows of 6/],
     ['loraSegments: loraB rank', () => ls([{ ...seg(0, 2, 3), loraB: zeros([5, 2]) }]), LorakitRangeError, /^loraSegments: 'segments\[0\]\.loraB' must have shape \[5, 3\], got \[5, 2\]/],
     ['loraSegments: loraA dtype', () => ls([{ ...seg(0, 2), loraA: zeros([2, 6], { dtype: 'bfloat16' }) }]), LorakitTypeError, /^loraSegments: 'segments\[0\]\.loraA' must be float32, got bfloat16/],
     ['loraSegments: y rows', () => ls([seg(0, 2)], zeros([8, 6]), zeros([7, 5])), LorakitRangeError, /^loraSegments: 'y' \[7, 5\] must have as many rows as 'x' \[8, 6\] \(8\)/],

@@ -158,7 +158,8 @@ describe('many adapters in one batch', () => {
     const dir = tmp();
     saveAdapter(m, dir);
     using base = model('llama', false);
-    const bytesOfOne = [...m.linears.values()].reduce((t, l) => t + (l.adapter ? (l.adapter.loraA.numel + l.adapter.loraB.numel) * 4 : 0), 0);
+    // A, B and (on the CPU, the kernel's streaming layout) Bᵀ, in float32.
+    const bytesOfOne = [...m.linears.values()].reduce((t, l) => t + (l.adapter ? (l.adapter.loraA.numel + 2 * l.adapter.loraB.numel) * 4 : 0), 0);
     using e = new Engine(base, tokenizer, { maxAdapterBytes: bytesOfOne * 2 });
     for (const n of ['x', 'y', 'z']) e.addAdapter(n, dir);
     expect(e.stats.loadedAdapters).toBe(2);

@@ -18,6 +18,9 @@
 // lora_segments, per segment (rows [start, end), A [r, in], B [out, r], scale s) and row x of it:
 //   xa_k = x . A_k  (k < r: one dot product per row of A)
 //   y_o += (s xa) . B_o   (o < out: one dot product of length r per row of B)
+// or, given Bᵀ ([r, out]), y += sum_k (s xa_k) Bᵀ_k: r axpys over contiguous rows, which vectorise across
+// the outputs (a dot product of length r = 8 is mostly horizontal adds). The sum over k is formed in a
+// scratch row first and added to y once, as the dot-product form adds it.
 // Rows of all segments together are split over the threads; each row is one thread's, start to end.
 #include <algorithm>
 #include <cmath>
@@ -25,6 +28,7 @@
 
 #include "../ops.h"
 #include "dtype.h"
+#include "gemm.h"
 #include "parallel.h"
 
 namespace lorakit::cpu {
@@ -33,7 +37,7 @@ namespace {
 
 // a . b with eight partial sums, a form the compiler vectorises (a single running sum it may not
 // reorder, under -ffp-contract=off and without -ffast-math). The order is fixed, so so are the bits.
-inline float dot(const float* a, const float* b, int64_t n) {
+inline __attribute__((always_inline)) float dot(const float* a, const float* b, int64_t n) {
   float acc[8] = {0, 0, 0, 0, 0, 0, 0, 0};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
@@ -50,6 +54,34 @@ void store_row(const float* src, void* pool, DType dt, int64_t slot, int64_t wid
   }
   uint16_t* dst = static_cast<uint16_t*>(pool) + slot * width;
   for (int64_t i = 0; i < width; ++i) dst[i] = f32_to_bf16(src[i]);
+}
+
+// One row of lora_segments: xa = s (x . A_k) for each k, then y += xa Bᵀ (from Bᵀ's rows when given, else as
+// dot products with B's rows). Compiled three times, for AVX-512, AVX2 and the baseline, and chosen at run
+// time as gemm.cc chooses its kernels: the library is built without -march, and these loops are all of
+// the per-row work (a baseline SSE build runs them at a quarter of the width).
+inline __attribute__((always_inline)) void lora_row_impl(const float* x, float* y, const LoraSegment& s, int64_t in, int64_t out, float* xa, float* acc) {
+  for (int64_t k = 0; k < s.r; ++k) xa[k] = s.scale * dot(x, s.a + k * in, in);
+  if (s.bt) {
+    for (int64_t o = 0; o < out; ++o) acc[o] = 0.f;
+    for (int64_t k = 0; k < s.r; ++k) {
+      const float c = xa[k], *row = s.bt + k * out;
+      for (int64_t o = 0; o < out; ++o) acc[o] += c * row[o];
+    }
+    for (int64_t o = 0; o < out; ++o) y[o] += acc[o];
+  } else {
+    for (int64_t o = 0; o < out; ++o) y[o] += dot(xa, s.b + o * s.r, s.r);
+  }
+}
+using LoraRow = void (*)(const float*, float*, const LoraSegment&, int64_t, int64_t, float*, float*);
+__attribute__((target("avx512f"))) void lora_row_avx512(const float* x, float* y, const LoraSegment& s, int64_t in, int64_t out, float* xa, float* acc) { lora_row_impl(x, y, s, in, out, xa, acc); }
+__attribute__((target("avx2,fma"))) void lora_row_avx2(const float* x, float* y, const LoraSegment& s, int64_t in, int64_t out, float* xa, float* acc) { lora_row_impl(x, y, s, in, out, xa, acc); }
+void lora_row_generic(const float* x, float* y, const LoraSegment& s, int64_t in, int64_t out, float* xa, float* acc) { lora_row_impl(x, y, s, in, out, xa, acc); }
+
+LoraRow pick_lora_row() {
+  if (cpu_has_avx512()) return lora_row_avx512;
+  if (cpu_has_avx2()) return lora_row_avx2;
+  return lora_row_generic;
 }
 
 }  // namespace
@@ -118,18 +150,16 @@ void lora_segments(const LoraSegmentsArgs& a) {
     first[j + 1] = first[j] + (a.segments[j].end - a.segments[j].start);
     max_r = std::max(max_r, a.segments[j].r);
   }
+  static const LoraRow row_kernel = pick_lora_row();
   parallel_for(first[a.count], [&](int64_t u0, int64_t u1, int) {
-    std::vector<float> xa(static_cast<size_t>(max_r));
+    std::vector<float> xa(static_cast<size_t>(max_r)), acc(static_cast<size_t>(a.out));
     // The segment holding row u0, then walked forward with u.
     int64_t j = std::upper_bound(first.begin(), first.end(), u0) - first.begin() - 1;
     for (int64_t u = u0; u < u1; ++u) {
       while (u >= first[j + 1]) ++j;
       const LoraSegment& s = a.segments[j];
       const int64_t row = s.start + (u - first[j]);
-      const float* x = a.x + row * a.ldx;
-      float* y = a.y + row * a.ldy;
-      for (int64_t k = 0; k < s.r; ++k) xa[k] = s.scale * dot(x, s.a + k * a.in, a.in);
-      for (int64_t o = 0; o < a.out; ++o) y[o] += dot(xa.data(), s.b + o * s.r, s.r);
+      row_kernel(a.x + row * a.ldx, a.y + row * a.ldy, s, a.in, a.out, xa.data(), acc.data());
     }
   });
 }

@@ -339,6 +339,8 @@ Napi::Value LoraSegments(const Napi::CallbackInfo& info) {
     const std::string la = name + ".a", lb = name + ".b";
     s.a = static_cast<const float*>(c.storage(o, "a", static_cast<size_t>(c.product(la.c_str(), {s.r, a.in}, 4)), false, la.c_str())->data());
     s.b = static_cast<const float*>(c.storage(o, "b", static_cast<size_t>(c.product(lb.c_str(), {a.out, s.r}, 4)), false, lb.c_str())->data());
+    const std::string lbt = name + ".bt";
+    if (Storage* bt = c.storage(o, "bt", static_cast<size_t>(c.product(lbt.c_str(), {s.r, a.out}, 4)), true, lbt.c_str())) s.bt = static_cast<const float*>(bt->data());
   }
   // Two segments adding into one row would race between threads (and is not what a batch means).
   std::vector<size_t> order;

@@ -10,16 +10,21 @@ import * as path from 'node:path';
 import { randomInt } from 'node:crypto';
 import { LorakitError, LorakitRangeError, LorakitTypeError, DisposedError } from '../errors';
 import { checkChoice, checkNumber, checkOptions, describe, show } from '../check';
-import { tensor } from '../tensor/tensor';
+import { tensor, type Tensor } from '../tensor/tensor';
 import { type CausalLM } from '../models/causal-lm';
 import { KvCache } from '../models/kv-cache';
 import { type AdapterSegment, type LoraAdapterWeights } from '../models/linear';
+import { transpose2d } from '../models/weights';
+import { LoraSegmentWeights } from '../ops/decode';
 import { loadModel, type LoadModelOptions } from '../models';
 import { readAdapter } from '../adapters/adapter';
 import { loadTokenizer } from '../tokenizer/hub';
 import { type Tokenizer } from '../tokenizer/tokenizer';
 import { Sampler, checkSamplingOptions, type SamplingOptions } from './sampling';
 import { TextStream } from './text';
+
+/** An adapter module's weights as the engine holds them: checked once for the segmented kernel, with Bᵀ on the CPU. */
+type AdapterWeights = LoraAdapterWeights & { loraBT?: Tensor; segment?: LoraSegmentWeights };
 
 export interface GenerationRequest extends SamplingOptions {
   /** Text (encoded with the tokenizer's special tokens, as training encodes a row) or token ids. */
@@ -78,7 +83,7 @@ export interface EngineOptions {
 
 interface LoadedAdapter {
   dir: string;
-  modules?: Map<string, LoraAdapterWeights>;
+  modules?: Map<string, AdapterWeights>;
   bytes: number;
   lastUsed: number;
   /** Running sequences using it: it cannot be unloaded while any does. */
@@ -378,10 +383,20 @@ export class Engine {
 
   #load(entry: LoadedAdapter): void {
     if (entry.modules) return;
-    const { modules } = readAdapter(this.model, entry.dir);
-    let bytes = 0;
-    for (const w of modules.values()) bytes += (w.loraA.numel + w.loraB.numel) * 4;
+    const modules: Map<string, AdapterWeights> = readAdapter(this.model, entry.dir).modules;
     entry.modules = modules;
+    // On the CPU each module also keeps Bᵀ, the layout in which the segmented kernel streams B (made once here,
+    // not on every step); a GPU reads B as it is.
+    if (this.model.device === 'cpu')
+      try {
+        for (const w of modules.values()) w.loraBT = transpose2d(w.loraB.clone());
+      } catch (e) {
+        this.#unload(entry);
+        throw e;
+      }
+    for (const w of modules.values()) w.segment = new LoraSegmentWeights(w.loraA, w.loraB, w.scale, w.loraBT);
+    let bytes = 0;
+    for (const w of modules.values()) bytes += (w.loraA.numel + w.loraB.numel + (w.loraBT?.numel ?? 0)) * 4;
     entry.bytes = bytes;
   }
 
@@ -389,6 +404,7 @@ export class Engine {
     for (const w of entry.modules?.values() ?? []) {
       w.loraA.dispose();
       w.loraB.dispose();
+      w.loraBT?.dispose();
     }
     entry.modules = undefined;
   }

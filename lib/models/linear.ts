@@ -9,7 +9,7 @@ import { linearForward, linearBackward } from '../lora/linear';
 import { matmul } from '../ops/matmul';
 import { addInPlace } from '../ops/nn';
 import { LorakitTypeError } from '../errors';
-import { loraSegments, type LoraSegmentSpec } from '../ops/decode';
+import { loraSegments, type LoraSegmentSpec, type LoraSegmentWeights } from '../ops/decode';
 
 export interface LoraAdapterWeights {
   loraA: Tensor;
@@ -25,7 +25,8 @@ export interface LoraAdapterWeights {
 export interface AdapterSegment {
   start: number;
   end: number;
-  modules: ReadonlyMap<string, LoraAdapterWeights>;
+  /** Each module's weights, or (from a server that keeps them) the same checked once, with Bᵀ on the CPU. */
+  modules: ReadonlyMap<string, LoraAdapterWeights | { segment: LoraSegmentWeights }>;
 }
 
 /** What the backward pass needs from the forward pass. */
@@ -144,7 +145,7 @@ export class Linear {
       const specs: LoraSegmentSpec[] = [];
       for (const s of segments) {
         const w = s.modules.get(this.name);
-        if (w && s.end > s.start) specs.push({ start: s.start, end: s.end, loraA: w.loraA, loraB: w.loraB, scale: w.scale });
+        if (w && s.end > s.start) specs.push('segment' in w ? { start: s.start, end: s.end, weights: w.segment } : { start: s.start, end: s.end, loraA: w.loraA, loraB: w.loraB, scale: w.scale });
       }
       if (specs.length > 0) {
         const rows = x.numel / this.inFeatures;

@@ -115,6 +115,8 @@ export interface AddonLoraSegment {
   r: number;
   a: AddonStorage;
   b: AddonStorage;
+  /** b transposed, [r, out]: the CPU's faster layout, when the caller keeps one. */
+  bt?: AddonStorage;
   scale: number;
 }
 

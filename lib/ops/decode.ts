@@ -118,19 +118,64 @@ export function pagedAttention(q: Tensor, kPool: Tensor, vPool: Tensor, options:
   return out;
 }
 
-/** One adapter of a loraSegments batch. */
-export interface LoraSegmentSpec {
+/**
+ * One adapter module's weights for loraSegments, checked once: lora_A [r, in] and lora_B [out, r] (and
+ * optionally lora_B transposed, [r, out], the layout the CPU kernel streams), float32 on one device, with
+ * the adapter's scale. A server holds one per module for as long as the adapter is loaded, so that each
+ * step checks only where its rows are and that the tensors are still alive.
+ */
+export class LoraSegmentWeights {
+  readonly loraA: Tensor;
+  readonly loraB: Tensor;
+  readonly loraBT?: Tensor;
+  readonly scale: number;
+  readonly r: number;
+  readonly inFeatures: number;
+  readonly outFeatures: number;
+
+  constructor(loraA: Tensor, loraB: Tensor, scale: number, loraBT?: Tensor, op = 'LoraSegmentWeights', arg = 'weights') {
+    checkTensor(op, `${arg}.loraA`, loraA, { dtypes: F32, ndim: 2 });
+    const [r, inF] = loraA.shape as [number, number];
+    checkTensor(op, `${arg}.loraB`, loraB, { dtypes: F32, ndim: 2 });
+    const out = loraB.shape[0]!;
+    checkTensor(op, `${arg}.loraB`, loraB, { shape: [out, r] });
+    sameDevice(op, `${arg}.loraB`, loraB, loraA.device, `${arg}.loraA`);
+    if (loraBT !== undefined) {
+      checkTensor(op, `${arg}.loraBT`, loraBT, { dtypes: F32, shape: [r, out] });
+      sameDevice(op, `${arg}.loraBT`, loraBT, loraA.device, `${arg}.loraA`);
+    }
+    this.scale = checkNumber(op, `${arg}.scale`, scale);
+    this.loraA = loraA;
+    this.loraB = loraB;
+    this.loraBT = loraBT;
+    this.r = r;
+    this.inFeatures = inF;
+    this.outFeatures = out;
+  }
+}
+
+/** One adapter of a loraSegments batch: its rows, and its weights (as tensors, or checked once beforehand). */
+export type LoraSegmentSpec = {
   /** First row of the segment. */
   start: number;
   /** One past its last row. */
   end: number;
-  /** lora_A [r, in], float32. */
-  loraA: Tensor;
-  /** lora_B [out, r], float32. */
-  loraB: Tensor;
-  /** The adapter's scale (α/r, or α/√r for rsLoRA). */
-  scale: number;
-}
+} & (
+  | { weights: LoraSegmentWeights }
+  | {
+      /** lora_A [r, in], float32. */
+      loraA: Tensor;
+      /** lora_B [out, r], float32. */
+      loraB: Tensor;
+      /**
+       * Optional: lora_B transposed, [r, out], equal to loraB. The CPU kernel then adds each row's update as r
+       * contiguous axpys; a caller that serves an adapter for many steps makes it once (the GPU reads loraB).
+       */
+      loraBT?: Tensor;
+      /** The adapter's scale (α/r, or α/√r for rsLoRA). */
+      scale: number;
+    }
+);
 
 /**
  * Many adapters in one batch, unmerged: for each segment, y[start:end] += scale · (x[start:end] · Aᵀ) · Bᵀ.
@@ -150,18 +195,20 @@ export function loraSegments(x: Tensor, y: Tensor, segments: readonly LoraSegmen
   const specs = segments.map((s: unknown, j) => {
     const arg = `segments[${j}]`;
     if (s === null || typeof s !== 'object')
-      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${arg}' must be an object {start, end, loraA, loraB, scale}, got ${describe(s)}`);
-    const spec = s as LoraSegmentSpec;
+      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: '${arg}' must be an object {start, end, loraA, loraB, scale} or {start, end, weights}, got ${describe(s)}`);
+    const spec = s as Record<string, unknown>;
     const start = checkNumber(op, `${arg}.start`, spec.start, { integer: true, min: 0, max: m });
     const end = checkNumber(op, `${arg}.end`, spec.end, { integer: true, min: start, max: m });
-    checkTensor(op, `${arg}.loraA`, spec.loraA, { dtypes: F32, ndim: 2 });
-    const r = spec.loraA.shape[0]!;
-    checkTensor(op, `${arg}.loraA`, spec.loraA, { shape: [r, inF] });
-    checkTensor(op, `${arg}.loraB`, spec.loraB, { dtypes: F32, shape: [out, r] });
-    sameDevice(op, `${arg}.loraA`, spec.loraA, x.device, 'x');
-    sameDevice(op, `${arg}.loraB`, spec.loraB, x.device, 'x');
-    const scale = checkNumber(op, `${arg}.scale`, spec.scale);
-    return { start, end, r, a: spec.loraA.storage(), b: spec.loraB.storage(), scale };
+    const w = spec.weights instanceof LoraSegmentWeights
+      ? spec.weights
+      : new LoraSegmentWeights(spec.loraA as Tensor, spec.loraB as Tensor, spec.scale as number, spec.loraBT as Tensor | undefined, op, arg);
+    if (w.inFeatures !== inF || w.outFeatures !== out)
+      throw new LorakitRangeError('ERR_SHAPE', `${op}: '${arg}' maps ${w.inFeatures} -> ${w.outFeatures} features (loraA ${shapeStr(w.loraA.shape)}, loraB ${shapeStr(w.loraB.shape)}), but 'x' has rows of ${inF} and 'y' of ${out}`);
+    sameDevice(op, `${arg}.loraA`, w.loraA, x.device, 'x');
+    return {
+      start, end, r: w.r, scale: w.scale,
+      a: w.loraA.storage(op, `${arg}.loraA`), b: w.loraB.storage(op, `${arg}.loraB`), bt: w.loraBT?.storage(op, `${arg}.loraBT`),
+    };
   });
   // Sorted by start, each non-empty segment must begin at or after the end of the one before it.
   const order = specs.map((_, j) => j).filter((j) => specs[j]!.start < specs[j]!.end).sort((i, j) => specs[i]!.start - specs[j]!.start);
