@@ -277,6 +277,59 @@ void store_rows(const GemmArgs& g, int64_t i0, int64_t rows, const float* acc, i
   }
 }
 
+// ---- a few rows against a weight stored [n, k]: decoding one or a few tokens ------------------------
+// The narrow form below would pad these m rows to 16 lanes (wasting up to 15/16 of its arithmetic) and copy
+// the activations transposed first; here each weight row is read once, in place, and dotted with every row
+// of A while it sits in L1: the memory-bound matrix-vector product of a decode step. Each dot product keeps
+// 16 partial sums over p (one AVX-512 register, two AVX2 ones), added in a fixed order at the end.
+
+constexpr int64_t kDots = 8;
+
+inline __attribute__((always_inline)) void dots_impl(const float* const* arow, int rows, const float* b, int64_t k, float* out) {
+  for (int r = 0; r < rows; ++r) {
+    const float* a = arow[r];
+    float t[kLanes] = {};
+    int64_t p = 0;
+    for (; p + kLanes <= k; p += kLanes)
+      for (int j = 0; j < kLanes; ++j) t[j] += a[p + j] * b[p + j];
+    float s = 0.f;
+    for (int j = 0; j < kLanes; ++j) s += t[j];
+    for (; p < k; ++p) s += a[p] * b[p];
+    out[r] = s;
+  }
+}
+using DotsFn = void (*)(const float* const*, int, const float*, int64_t, float*);
+__attribute__((target("avx512f"))) void dots_avx512(const float* const* a, int rows, const float* b, int64_t k, float* out) { dots_impl(a, rows, b, k, out); }
+__attribute__((target("avx2,fma"))) void dots_avx2(const float* const* a, int rows, const float* b, int64_t k, float* out) { dots_impl(a, rows, b, k, out); }
+void dots_generic(const float* const* a, int rows, const float* b, int64_t k, float* out) { dots_impl(a, rows, b, k, out); }
+
+// Float32 A [m, k] (untransposed) and B stored [n, k] (transposed), m <= kDots: what gemm_dots takes.
+bool dots_apply(const GemmArgs& g) {
+  return g.m <= kDots && !g.a.trans && g.b.trans && !g.a.nf4 && !g.b.nf4 && g.a.dtype == DType::F32 && g.b.dtype == DType::F32;
+}
+
+void gemm_dots(const GemmArgs& g) {
+  const std::string kname = kernel().name;
+  const DotsFn fn = kname == "avx512" ? dots_avx512 : kname == "avx2" ? dots_avx2 : dots_generic;
+  const float* arow[kDots];
+  for (int64_t i = 0; i < g.m; ++i) arow[i] = static_cast<const float*>(g.a.data) + i * g.a.ld;
+  const float* b = static_cast<const float*>(g.b.data);
+  const int rows = static_cast<int>(g.m);
+  parallel_for(g.n, [&](int64_t j0, int64_t j1, int) {
+    float d[kDots];
+    for (int64_t j = j0; j < j1; ++j) {
+      fn(arow, rows, b + j * g.b.ld, g.k, d);
+      for (int i = 0; i < rows; ++i) {
+        float* c = g.c + i * g.ldc + j;
+        float v = g.alpha * d[i];
+        if (g.beta != 0.f) v += g.beta * *c;
+        if (g.bias) v += g.bias[j];
+        *c = v;
+      }
+    }
+  });
+}
+
 void gemm_narrow(const GemmArgs& g) {
   const std::string kname = kernel().name;
   const bool wide = kname == "avx512", mid = kname == "avx2";
@@ -380,6 +433,7 @@ void gemm(const GemmArgs& g) {
   }
   const Kernel& K = kernel();
   const int mr = K.mr, nr = K.nr;
+  if (dots_apply(g)) return gemm_dots(g);
   if (g.n <= kNarrow) return gemm_narrow(g);
   if (g.m <= kNarrow) {
     // A short, wide product (LoRA's rank-r side, dA = g^T x): C^T = op(B)^T op(A)^T is narrow.
