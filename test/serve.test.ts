@@ -446,6 +446,22 @@ describe('lorakit serve (the command)', () => {
       const want = await direct(engine, 'beta', ids, 8);
       const got = await openaiClient(url!).chat.completions.create({ model: 'beta', messages: CHAT, max_tokens: 8, temperature: 0 });
       expect(got.choices[0]!.message.content).toBe(want.text);
+      // What `lorakit generate` prints, for the base model and each adapter, streamed and not.
+      const prompt = 'Once upon a time';
+      const texts: string[] = [];
+      for (const [model, extra] of [['tiny', []], ['alpha', ['--adapter', adapterDirs.alpha!]], ['beta', ['--adapter', adapterDirs.beta!]]] as const) {
+        const cli = spawnSync(process.execPath, [CLI, 'generate', '--model', modelDir, ...extra, '--prompt', prompt, '--max-tokens', '12', '--json'], { encoding: 'utf8' });
+        expect(cli.stderr).toBe('');
+        const text = (JSON.parse(cli.stdout) as { text: string }).text;
+        const client = openaiClient(url!);
+        const plain = await client.completions.create({ model, prompt, max_tokens: 12, temperature: 0 });
+        expect(plain.choices[0]!.text).toBe(text);
+        let streamed = '';
+        for await (const chunk of await client.completions.create({ model, prompt, max_tokens: 12, temperature: 0, stream: true })) streamed += chunk.choices[0]?.text ?? '';
+        expect(streamed).toBe(text);
+        texts.push(text);
+      }
+      expect(new Set(texts).size).toBe(3);
       expect((await apiError(openaiClient(url!, 'wrong').models.list())).status).toBe(401);
     } finally {
       child.kill('SIGTERM');
