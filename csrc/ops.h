@@ -223,10 +223,10 @@ struct LoraSegment {
   int64_t start = 0, end = 0, r = 0;
   const float* a = nullptr;
   const float* b = nullptr;
+  float scale = 1.f;
   // Optional: B transposed, [r, out]. A CPU row then expands as r contiguous axpys instead of `out` dot
   // products of length r (the engine keeps one per adapter, made once at load); the GPU reads b.
   const float* bt = nullptr;
-  float scale = 1.f;
 };
 struct LoraSegmentsArgs {
   int64_t m = 0, in = 0, out = 0, count = 0, ldx = 0, ldy = 0;
