@@ -200,8 +200,7 @@ export class Engine {
   /** Unregisters an adapter; requests that use it must have finished. */
   removeAdapter(name: string): void {
     const op = 'Engine.removeAdapter';
-    const entry = this.#adapters.get(name);
-    if (!entry) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: no adapter named ${show(name)} (registered: ${this.adapterNames.join(', ') || 'none'})`);
+    const entry = this.#registered(op, name);
     if (entry.users > 0 || this.#waiting.some((s) => s.adapter === name))
       throw new LorakitError('ERR_INVALID_ARG', `${op}: adapter '${name}' is in use by ${entry.users} running and ${this.#waiting.filter((s) => s.adapter === name).length} waiting requests`);
     this.#unload(entry);
@@ -236,8 +235,7 @@ export class Engine {
     const r = checkOptions<GenerationRequest>(op, request);
     const ids = this.#prompt(op, r.prompt);
     const adapter = r.adapter ?? null;
-    if (adapter !== null && !this.#adapters.has(adapter))
-      throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: no adapter named ${show(adapter)} (registered: ${this.adapterNames.join(', ') || 'none'})`);
+    if (adapter !== null) this.#registered(op, adapter);
     const maxTokens = checkNumber(op, 'maxTokens', r.maxTokens ?? 128, { integer: true, min: 1 });
     if (ids.length >= this.maxContext)
       throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the prompt has ${ids.length} tokens; this engine's context holds ${this.maxContext} (the model's ${this.model.config.maxPositions} positions, a KV pool of ${this.cache.totalBlocks * this.cache.blockSize} tokens), one of which must be left to generate`);
@@ -301,24 +299,20 @@ export class Engine {
     const op = 'Engine.prefillLogits';
     this.#alive(op);
     const ids = this.#prompt(op, prompt);
-    const entry = adapter === null ? undefined : this.#adapters.get(adapter);
-    if (adapter !== null && !entry) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: no adapter named ${show(adapter)} (registered: ${this.adapterNames.join(', ') || 'none'})`);
+    const entry = adapter === null ? undefined : this.#registered(op, adapter);
     if (ids.length > this.maxContext) throw new LorakitRangeError('ERR_OUT_OF_RANGE', `${op}: the prompt has ${ids.length} tokens; this engine's context holds ${this.maxContext}`);
     if (entry) this.#load(entry);
     const table: number[] = [];
     if (!this.cache.reserve(table, ids.length))
       throw new LorakitError('ERR_OUT_OF_MEMORY', `${op}: the KV pool has ${this.cache.freeBlocks} free blocks, the prompt needs ${this.cache.blocksFor(ids.length)}`);
     try {
-      const n = ids.length, device = this.model.device;
-      using tIds = tensor(BigInt64Array.from(ids, BigInt), [1, n], { device });
-      using tPos = tensor(BigInt64Array.from(ids, (_, i) => BigInt(i)), [1, n], { device });
-      using tSlots = tensor(BigInt64Array.from(ids, (_, i) => BigInt(this.cache.slot(table, i))), [n], { device });
-      using tSeq = tensor(new BigInt64Array(n), [n], { device });
-      using tCtx = tensor(BigInt64Array.from(ids, (_, i) => BigInt(i + 1)), [n], { device });
-      using tTable = tensor(BigInt64Array.from(table, BigInt), [1, table.length], { device });
-      const segments: AdapterSegment[] = entry ? [{ start: 0, end: n, modules: entry.modules! }] : [];
-      using logits = this.model.decodeStep(tIds, tPos, { cache: this.cache, slots: tSlots, blockTable: tTable, seq: tSeq, ctx: tCtx, segments }, ids.map((_, i) => i))!;
-      return logits.toFloat32Array();
+      const n = ids.length;
+      return this.#forward({
+        ids: BigInt64Array.from(ids, BigInt), pos: BigInt64Array.from(ids, (_, i) => BigInt(i)),
+        slots: BigInt64Array.from(ids, (_, i) => BigInt(this.cache.slot(table, i))), seq: new BigInt64Array(n),
+        ctx: BigInt64Array.from(ids, (_, i) => BigInt(i + 1)), table: BigInt64Array.from(table, BigInt), sequences: 1,
+        segments: entry ? [{ start: 0, end: n, modules: entry.modules! }] : [], rows: ids.map((_, i) => i),
+      })!;
     } finally {
       this.cache.release(table);
     }
@@ -362,6 +356,12 @@ export class Engine {
 
   #alive(op: string): void {
     if (this.#disposed) throw new DisposedError(`${op}: the engine`);
+  }
+
+  #registered(op: string, name: unknown): LoadedAdapter {
+    const entry = typeof name === 'string' ? this.#adapters.get(name) : undefined;
+    if (!entry) throw new LorakitTypeError('ERR_INVALID_ARG', `${op}: no adapter named ${show(name)} (registered: ${this.adapterNames.join(', ') || 'none'})`);
+    return entry;
   }
 
   #prompt(op: string, prompt: unknown): number[] {
@@ -562,22 +562,30 @@ export class Engine {
       }
     });
     this.#steps++;
-    const device = this.model.device;
-    using tIds = tensor(ids, [1, n], { device });
-    using tPos = tensor(pos, [1, n], { device });
-    using tSlots = tensor(slots, [n], { device });
-    using tSeq = tensor(seqOf, [n], { device });
-    using tCtx = tensor(ctx, [n], { device });
-    using tTable = tensor(table, [order.length, maxBlocks], { device });
-    using logits = this.model.decodeStep(tIds, tPos, { cache: this.cache, slots: tSlots, blockTable: tTable, seq: tSeq, ctx: tCtx, segments }, rows);
-    if (!logits) return;
-    const all = logits.toFloat32Array();
+    const all = this.#forward({ ids, pos, slots, seq: seqOf, ctx, table, sequences: order.length, segments, rows });
+    if (!all) return;
     const V = this.model.config.vocabSize;
     sampled.forEach((s, i) => {
       if (s.finished) return;
       const token = s.sampler.next(all.subarray(i * V, (i + 1) * V), s.seen);
       this.#emit(s, token);
     });
+  }
+
+  /**
+   * One forward pass of a step's tokens through the model and the KV pool (see DecodeInputs): the float32
+   * logits of the listed rows, or undefined when none is listed (prompt chunks only fill the cache).
+   */
+  #forward(t: { ids: BigInt64Array; pos: BigInt64Array; slots: BigInt64Array; seq: BigInt64Array; ctx: BigInt64Array; table: BigInt64Array; sequences: number; segments: AdapterSegment[]; rows: number[] }): Float32Array | undefined {
+    const n = t.ids.length, device = this.model.device;
+    using ids = tensor(t.ids, [1, n], { device });
+    using pos = tensor(t.pos, [1, n], { device });
+    using slots = tensor(t.slots, [n], { device });
+    using seq = tensor(t.seq, [n], { device });
+    using ctx = tensor(t.ctx, [n], { device });
+    using blockTable = tensor(t.table, [t.sequences, t.table.length / t.sequences], { device });
+    using logits = this.model.decodeStep(ids, pos, { cache: this.cache, slots, blockTable, seq, ctx, segments: t.segments }, t.rows);
+    return logits?.toFloat32Array();
   }
 
   #emit(s: Sequence, token: number): void {
