@@ -9,8 +9,8 @@ import { loadModel } from '../lib/models';
 import { type CausalLM } from '../lib/models/causal-lm';
 import { addAdapter, loadAdapter, saveAdapter } from '../lib/adapters/adapter';
 import { loadTokenizer } from '../lib/tokenizer/hub';
-import { tensor } from '../lib/tensor/tensor';
 import { tempDirs } from './helpers/tmp';
+import { fullArgmax } from './helpers/greedy';
 
 const CLI = path.resolve(__dirname, '../dist/cli/index.js');
 const MODEL = path.resolve(__dirname, '../assets/default');
@@ -25,20 +25,14 @@ function jsonLines(out: string): { prompt: string; text: string; tokens: number[
   return out.trim().split('\n').map((l) => JSON.parse(l));
 }
 
-/** Greedy continuation by the full forward pass: no cache, no engine. */
+/** Greedy continuation by the full forward pass: no cache, no engine; it ends at end-of-sequence as generate does. */
 function reference(m: CausalLM, prompt: string, n: number): number[] {
   const ids = tokenizer.encode(prompt);
   const out: number[] = [];
-  const V = m.config.vocabSize;
   for (let t = 0; t < n; t++) {
-    const all = [...ids, ...out];
-    using input = tensor(BigInt64Array.from(all, BigInt), [1, all.length]);
-    using logits = m.forward(input, { returnLogits: true }).logits!;
-    const row = logits.toFloat32Array().subarray((all.length - 1) * V);
-    let best = 0;
-    for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
-    if (m.config.eosTokenId.includes(best)) break;
-    out.push(best);
+    const { token } = fullArgmax(m, [...ids, ...out]);
+    if (m.config.eosTokenId.includes(token)) break;
+    out.push(token);
   }
   return out;
 }

@@ -10,9 +10,9 @@ import { type CausalLM } from '../lib/models/causal-lm';
 import { addAdapter, loadAdapter, saveAdapter } from '../lib/adapters/adapter';
 import { loadTokenizer } from '../lib/tokenizer/hub';
 import { openSafetensors } from '../lib/io/safetensors';
-import { tensor } from '../lib/tensor/tensor';
 import { Engine, type GenerationRequest } from '../lib/generate/engine';
 import { tempDirs } from './helpers/tmp';
+import { fullArgmax } from './helpers/greedy';
 
 const ROOT = path.join(__dirname, '..');
 const FIXTURES = path.join(ROOT, 'test', 'fixtures', 'peft');
@@ -43,19 +43,6 @@ function model(shape: string, quantize: boolean): CausalLM {
 /** An adapter whose B is not zero (init_lora_weights=False), so that it changes what the model says. */
 function randomAdapter(m: CausalLM, seed: number, r: number): void {
   addAdapter(m, { r, loraAlpha: 2 * r, targetModules: 'all-linear', initLoraWeights: false, seed });
-}
-
-/** The argmax of the last position of a full forward pass over `ids`, and the margin to the runner-up. */
-function fullArgmax(m: CausalLM, ids: readonly number[]): { token: number; margin: number } {
-  using input = tensor(BigInt64Array.from(ids.map(BigInt)), [1, ids.length]);
-  using logits = m.forward(input, { returnLogits: true }).logits!;
-  const all = logits.toFloat32Array();
-  const V = m.config.vocabSize;
-  const row = all.subarray((ids.length - 1) * V);
-  let best = 0, second = -Infinity;
-  for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
-  for (let v = 0; v < V; v++) if (v !== best && row[v]! > second) second = row[v]!;
-  return { token: best, margin: row[best]! - second };
 }
 
 /**

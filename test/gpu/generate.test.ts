@@ -7,10 +7,10 @@ import { loadModel } from '../../lib/models';
 import { type CausalLM } from '../../lib/models/causal-lm';
 import { addAdapter, saveAdapter } from '../../lib/adapters/adapter';
 import { loadTokenizer } from '../../lib/tokenizer/hub';
-import { tensor } from '../../lib/tensor/tensor';
 import { Engine } from '../../lib/generate/engine';
 import { gpuCount, backend } from '../../lib/backend';
 import { normRelErr } from '../helpers/reference';
+import { fullArgmax } from '../helpers/greedy';
 import * as fs from 'node:fs';
 import * as os from 'node:os';
 
@@ -23,22 +23,10 @@ const tokenizer = loadTokenizer(MODEL);
 const PROMPT = tokenizer.encode('Q: Where does Nell keep the yellow mirror?\nA:');
 const NEW = quick ? 4 : 24;
 
+/** The full forward's argmax (and its margin) after the prompt and each prefix of `tokens`. */
 function argmaxTokens(m: CausalLM, prompt: readonly number[], tokens: readonly number[]): { ref: number[]; margins: number[] } {
-  const ref: number[] = [], margins: number[] = [];
-  const V = m.config.vocabSize;
-  tokens.forEach((_, t) => {
-    const ids = [...prompt, ...tokens.slice(0, t)];
-    using input = tensor(BigInt64Array.from(ids, BigInt), [1, ids.length]);
-    using logits = m.forward(input, { returnLogits: true }).logits!;
-    const row = logits.toFloat32Array().subarray((ids.length - 1) * V);
-    let best = 0;
-    for (let v = 1; v < V; v++) if (row[v]! > row[best]!) best = v;
-    let second = -Infinity;
-    for (let v = 0; v < V; v++) if (v !== best) second = Math.max(second, row[v]!);
-    ref.push(best);
-    margins.push(row[best]! - second);
-  });
-  return { ref, margins };
+  const steps = tokens.map((_, t) => fullArgmax(m, [...prompt, ...tokens.slice(0, t)]));
+  return { ref: steps.map((s) => s.token), margins: steps.map((s) => s.margin) };
 }
 
 suite('generation on the GPU follows the CPU', () => {
